@@ -1,0 +1,125 @@
+"""Config files: the shipped ones parse to the intended matrix; every kind of bad input
+is a ConfigError naming the file, the key and what is allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wattscope import config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MINIMAL = """
+[[matrix]]
+models = ["synthetic:Qwen2-1.5B"]
+batches = [1]
+precisions = ["fp16", "nf4"]
+"""
+
+
+def test_seed_config_is_the_seed_matrix() -> None:
+    sweep = config.load(ROOT / "configs" / "seed.toml")
+    rows = [(c.model_label, c.batch, c.precision) for c in sweep.configs]
+    assert len(rows) == 15
+    expected = [
+        (m, b, p)
+        for m, batches in (("Qwen2-1.5B", (1, 8)), ("Qwen2.5-3B", (1, 8)), ("Yi-1.5-6B", (8,)))
+        for b in batches
+        for p in ("fp16", "int8", "nf4")
+    ]
+    assert rows == expected
+    assert all(c.synthetic for c in sweep.configs)
+    assert sweep.protocol.decode_steps == 32
+    assert sweep.protocol.min_window_s >= 2.0
+    assert sweep.bitsandbytes.llm_int8_threshold == 6.0
+
+
+def test_quick_config_parses() -> None:
+    sweep = config.load(ROOT / "configs" / "quick.toml")
+    assert {c.precision for c in sweep.configs} == {"fp16", "int8", "nf4"}
+
+
+def test_defaults_and_fp16_first() -> None:
+    text = MINIMAL.replace('["fp16", "nf4"]', '["nf4", "int8", "fp16"]')
+    sweep = config.parse(text, "x.toml")
+    assert [c.precision for c in sweep.configs] == ["fp16", "nf4", "int8"]
+    assert sweep.protocol == config.Protocol()
+    assert sweep.sampler.rate_hz == 100.0
+    assert sweep.name == "x"
+
+
+def test_random_order_is_seeded() -> None:
+    text = '[protocol]\nprecision_order = "random"\nseed = 3\n' + MINIMAL.replace(
+        '["fp16", "nf4"]', '["fp16", "bf16", "int8", "nf4"]'
+    )
+    a = [c.precision for c in config.parse(text, "x.toml").configs]
+    b = [c.precision for c in config.parse(text, "x.toml").configs]
+    assert a == b and sorted(a) == ["bf16", "fp16", "int8", "nf4"]
+
+
+def test_for_simulation_shortens_windows() -> None:
+    sweep = config.parse(MINIMAL, "x.toml").for_simulation()
+    assert sweep.protocol.min_window_s == config.Sim().min_window_s
+    assert sweep.protocol.decode_steps == 32
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ("[protocol]\nrepeatz = 3\n" + MINIMAL, ["protocol.repeatz", "allowed", "repeats"]),
+        ('[protocol]\nrepeats = "3"\n' + MINIMAL, ["protocol.repeats", "integer >= 1"]),
+        ("[protocol]\nrepeats = 0\n" + MINIMAL, ["protocol.repeats", "integer >= 1"]),
+        ("[protocol]\nmin_window_s = true\n" + MINIMAL, ["protocol.min_window_s", "seconds"]),
+        ("[sampler]\nrate_hz = 5000\n" + MINIMAL, ["sampler.rate_hz", "1 to 1000"]),
+        (MINIMAL.replace('"nf4"', '"int4"'), ["matrix[0].precisions", "'int4'", "fp16, bf16, int8, nf4"]),
+        (MINIMAL.replace("[1]", "[0]"), ["matrix[0].batches", "integers >= 1"]),
+        (MINIMAL.replace("[1]", "[]"), ["matrix[0].batches"]),
+        (MINIMAL.replace("Qwen2-1.5B", "Qwen9"), ["matrix[0].models", "unknown synthetic model 'Qwen9'", "Yi-1.5-6B"]),
+        ("colour = 1\n" + MINIMAL, ["unknown key 'colour'"]),
+        ("[protocol]\n", ["'matrix' is missing"]),
+        ('[[matrix]]\nmodels = ["synthetic:Qwen2-1.5B"]\nbatches = [1]\n', ["matrix[0].precisions", "missing"]),
+        ("[bitsandbytes]\nnf4_compute_dtype = 'fp8'\n" + MINIMAL, ["bitsandbytes.nf4_compute_dtype", "float16"]),
+        ("not toml [", ["not valid TOML"]),
+    ],
+)
+def test_bad_config_names_file_key_and_allowed(text: str, needles: list[str]) -> None:
+    with pytest.raises(config.ConfigError) as exc:
+        config.parse(text, "configs/bad.toml")
+    msg = str(exc.value)
+    assert msg.startswith("configs/bad.toml: ")
+    for needle in needles:
+        assert needle in msg
+
+
+def test_missing_file() -> None:
+    with pytest.raises(config.ConfigError, match="nope.toml: config file not found"):
+        config.load("nope.toml")
+
+
+def test_synthetic_config_json_resolved_next_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "tiny.json").write_text("{}")
+    text = MINIMAL.replace("synthetic:Qwen2-1.5B", "synthetic:tiny.json")
+    sweep = config.parse(text, str(tmp_path / "s.toml"))
+    assert sweep.configs[0].model_label == "tiny"
+    with pytest.raises(config.ConfigError, match="not found"):
+        config.parse(text.replace("tiny.json", "other.json"), str(tmp_path / "s.toml"))
+
+
+@pytest.mark.parametrize("bad", ["[protocol]\nrepeats = 0\n" + MINIMAL, None])
+def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path: Path, bad: str | None) -> None:
+    cfg = tmp_path / "bad.toml"
+    if bad is not None:
+        cfg.write_text(bad)
+    out = tmp_path / "rec.wattscope"
+    proc = subprocess.run(
+        [sys.executable, "-m", "wattscope", "run", str(cfg), "--sim", "--headless", "-o", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert str(cfg) in proc.stderr
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == ([cfg] if bad is not None else [])

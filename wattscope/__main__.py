@@ -1,0 +1,5 @@
+import sys
+
+from wattscope.cli import main
+
+sys.exit(main())

@@ -1,0 +1,67 @@
+"""What the protocol drives: a model (real or simulated) behind four calls.
+
+The protocol never touches torch; it only calls a Workload, so the same windows,
+counter reads and events are produced for a real GPU and for the simulated one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any, Protocol
+
+
+class Workload(Protocol):
+    batch: int
+    prompt_len: int
+
+    def prefill(self) -> None:
+        """One forward pass over the prompt for the whole batch (work queued, maybe not done)."""
+
+    def prepare_decode(self) -> None:
+        """Prefill once and keep the KV cache; not part of any measured call."""
+
+    def decode_run(self, steps: int) -> None:
+        """Exactly ``steps`` greedy decode steps from the prefilled cache (no EOS stop);
+        every run restarts from the same prefilled cache."""
+
+    def synchronize(self) -> None:
+        """Wait until all queued work is done."""
+
+    def run_info(self) -> dict[str, Any]:
+        """What was learned while running (e.g. peak memory), merged into the row's info."""
+
+    def close(self) -> None:
+        """Free what the workload holds (model, cache, GPU memory)."""
+
+
+class WorkloadError(RuntimeError):
+    """A configuration cannot run; the message is the short reason shown in its row."""
+
+
+def prompt_ids(seed: int, batch: int, prompt_tokens: int, vocab_size: int) -> list[list[int]]:
+    """The prompt token ids of a (model, batch): seeded only by the protocol seed and the
+    shapes, so every precision of a model and batch sees exactly the same prompt."""
+    if vocab_size < 1:
+        raise WorkloadError(f"vocab_size must be >= 1, got {vocab_size}")
+    rng = random.Random(f"wattscope-prompt/{seed}/{batch}/{prompt_tokens}/{vocab_size}")
+    return [[rng.randrange(vocab_size) for _ in range(prompt_tokens)] for _ in range(batch)]
+
+
+def prompt_digest(ids: list[list[int]]) -> str:
+    """Short fingerprint of a prompt, kept in each configuration's info."""
+    return hashlib.sha1(repr(ids).encode()).hexdigest()[:16]
+
+
+def describe_exception(e: BaseException) -> str:
+    """A one-line reason for a failed row: out of memory, bitsandbytes missing... named as such."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    name = type(e).__name__
+    if "OutOfMemory" in name or "out of memory" in text.lower():
+        return "CUDA out of memory" + (f": {text[:160]}" if text else "")
+    if isinstance(e, WorkloadError):
+        return text
+    if isinstance(e, (ImportError, ModuleNotFoundError)):
+        return f"missing package: {text[:200]}"
+    return f"{name}: {text[:200]}" if text else name
+

@@ -1,0 +1,294 @@
+"""TOML sweep files -> a validated Sweep.
+
+Every error names the file, the key and what is allowed, and is raised before anything
+is started or written, so a bad config never leaves a half-made recording behind.
+"""
+
+from __future__ import annotations
+
+import random
+import tomllib
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+PRECISIONS = ("fp16", "bf16", "int8", "nf4")
+BASELINE_PRECISION = "fp16"
+PRECISION_ORDERS = ("fp16-first", "as-listed", "random")
+NF4_COMPUTE_DTYPES = ("float16", "bfloat16", "float32")
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased for the user: file, key, what is allowed."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    prompt_tokens: int = 128
+    decode_steps: int = 32
+    repeats: int = 3
+    warmup_calls: int = 3  # untimed calls before the first window of a phase
+    min_window_s: float = 2.0
+    min_calls: int = 5  # a prefill window holds at least this many calls
+    max_warmup_windows: int = 4  # steady-state windows before measuring, at most
+    steady_tolerance: float = 0.03  # consecutive warm-up windows agree within this
+    cooldown_s: float = 3.0
+    idle_s: float = 5.0  # idle baseline before the sweep
+    precision_order: str = "fp16-first"
+    seed: int = 0  # prompt token ids and random precision order
+
+
+@dataclass(frozen=True)
+class Sampler:
+    rate_hz: float = 100.0
+    energy_hz: float = 10.0  # the counter costs ~4 ms a read on an H100
+    gpus: tuple[int, ...] = (0,)
+
+
+@dataclass(frozen=True)
+class BitsAndBytes:
+    llm_int8_threshold: float = 6.0  # transformers' default
+    nf4_compute_dtype: str = "float16"
+    nf4_double_quant: bool = False
+
+
+@dataclass(frozen=True)
+class Sim:
+    """Timing used instead of the protocol's when the GPU is simulated, so a whole
+    sweep takes seconds. Only a demo and test aid: the numbers are not measurements."""
+
+    min_window_s: float = 0.15
+    cooldown_s: float = 0.05
+    idle_s: float = 0.3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One row of the sweep."""
+
+    config_id: str
+    model: str
+    batch: int
+    precision: str
+
+    @property
+    def synthetic(self) -> bool:
+        return self.model.startswith("synthetic:")
+
+    @property
+    def model_label(self) -> str:
+        """Short display name: 'synthetic:Qwen2-1.5B' -> 'Qwen2-1.5B', 'Qwen/Qwen2-1.5B' ->
+        'Qwen2-1.5B', a path -> its last part."""
+        name = self.model.removeprefix("synthetic:").rstrip("/")
+        name = name.rsplit("/", 1)[-1]
+        return name.removesuffix(".json")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    source: str  # the file it came from
+    text: str  # the file as given, kept in every recording
+    protocol: Protocol
+    sampler: Sampler
+    bitsandbytes: BitsAndBytes
+    sim: Sim
+    configs: tuple[RunConfig, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "text": self.text,
+            "protocol": asdict(self.protocol),
+            "sampler": asdict(self.sampler),
+            "bitsandbytes": asdict(self.bitsandbytes),
+            "sim": asdict(self.sim),
+            "configs": [asdict(c) for c in self.configs],
+        }
+
+    def for_simulation(self) -> Sweep:
+        """The same sweep with the simulated-GPU timing."""
+        p = replace(
+            self.protocol,
+            min_window_s=self.sim.min_window_s,
+            cooldown_s=self.sim.cooldown_s,
+            idle_s=self.sim.idle_s,
+        )
+        return replace(self, protocol=p)
+
+
+# key -> (type(s) allowed, description of what is allowed, check or None)
+_Check = tuple[type | tuple[type, ...], str, Any]
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return v >= 0
+
+
+_PROTOCOL_KEYS: dict[str, _Check] = {
+    "prompt_tokens": (int, "an integer >= 1", _positive),
+    "decode_steps": (int, "an integer >= 1", _positive),
+    "repeats": (int, "an integer >= 1", _positive),
+    "warmup_calls": (int, "an integer >= 0", _non_negative),
+    "min_window_s": ((int, float), "a number of seconds > 0", _positive),
+    "min_calls": (int, "an integer >= 1", _positive),
+    "max_warmup_windows": (int, "an integer >= 0", _non_negative),
+    "steady_tolerance": ((int, float), "a fraction > 0, e.g. 0.03", _positive),
+    "cooldown_s": ((int, float), "a number of seconds >= 0", _non_negative),
+    "idle_s": ((int, float), "a number of seconds > 0", _positive),
+    "precision_order": (str, "one of " + ", ".join(PRECISION_ORDERS), lambda v: v in PRECISION_ORDERS),
+    "seed": (int, "an integer", None),
+}
+_SAMPLER_KEYS: dict[str, _Check] = {
+    "rate_hz": ((int, float), "a rate in Hz from 1 to 1000", lambda v: 1 <= v <= 1000),
+    "energy_hz": ((int, float), "a rate in Hz from 0.1 to 100", lambda v: 0.1 <= v <= 100),
+    "gpus": (list, "a non-empty list of GPU indices >= 0", lambda v: bool(v) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)),
+}
+_BNB_KEYS: dict[str, _Check] = {
+    "llm_int8_threshold": ((int, float), "a number >= 0 (0.0 is pure INT8; transformers' default is 6.0)", _non_negative),
+    "nf4_compute_dtype": (str, "one of " + ", ".join(NF4_COMPUTE_DTYPES), lambda v: v in NF4_COMPUTE_DTYPES),
+    "nf4_double_quant": (bool, "true or false", None),
+}
+_SIM_KEYS: dict[str, _Check] = {
+    "min_window_s": ((int, float), "a number of seconds > 0", _positive),
+    "cooldown_s": ((int, float), "a number of seconds >= 0", _non_negative),
+    "idle_s": ((int, float), "a number of seconds > 0", _positive),
+    "seed": (int, "an integer", None),
+}
+_MATRIX_KEYS = ("models", "batches", "precisions")
+_TOP_KEYS = ("name", "protocol", "sampler", "bitsandbytes", "sim", "matrix")
+
+
+def _table(path: str, where: str, value: Any, keys: dict[str, _Check]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: [{where}] must be a table")
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        if key not in keys:
+            raise ConfigError(f"{path}: unknown key '{where}.{key}'; allowed: {', '.join(keys)}")
+        types, allowed, check = keys[key]
+        ok_type = isinstance(v, types) and not (isinstance(v, bool) and types is not bool)
+        if not ok_type or (check is not None and not check(v)):
+            raise ConfigError(f"{path}: '{where}.{key}' = {v!r} is not allowed; expected {allowed}")
+        out[key] = float(v) if types == (int, float) else v
+    return out
+
+
+def _string_list(path: str, key: str, v: Any) -> list[str]:
+    if not isinstance(v, list) or not v or not all(isinstance(s, str) and s for s in v):
+        raise ConfigError(f"{path}: '{key}' = {v!r} is not allowed; expected a non-empty list of strings")
+    return v
+
+
+def _check_model(path: str, key: str, model: str, base: Path) -> None:
+    """Synthetic names must be known or point at a config.json; other names are hub ids
+    or local paths and are resolved by the runner (a hub id cannot be checked offline)."""
+    if not model.startswith("synthetic:"):
+        return
+    from wattscope.bench.architectures import ARCHITECTURES
+
+    name = model.removeprefix("synthetic:")
+    if name in ARCHITECTURES:
+        return
+    if name.endswith(".json"):
+        p = Path(name) if Path(name).is_absolute() else base / name
+        if p.is_file():
+            return
+        raise ConfigError(f"{path}: '{key}': synthetic config file {name} not found (looked at {p})")
+    raise ConfigError(
+        f"{path}: '{key}': unknown synthetic model '{name}'; allowed: "
+        + ", ".join(ARCHITECTURES)
+        + ", or synthetic:path/to/config.json"
+    )
+
+
+def _order(precisions: list[str], order: str, rng: random.Random) -> list[str]:
+    if order == "fp16-first":
+        return sorted(precisions, key=lambda p: p != BASELINE_PRECISION)
+    if order == "random":
+        shuffled = list(precisions)
+        rng.shuffle(shuffled)
+        return shuffled
+    return list(precisions)
+
+
+def parse(text: str, path: str = "<string>") -> Sweep:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise ConfigError(f"{path}: unknown key '{key}'; allowed: {', '.join(_TOP_KEYS)}")
+    name = data.get("name", Path(path).stem)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{path}: 'name' = {name!r} is not allowed; expected a non-empty string")
+    protocol = Protocol(**_table(path, "protocol", data.get("protocol", {}), _PROTOCOL_KEYS))
+    sampler_d = _table(path, "sampler", data.get("sampler", {}), _SAMPLER_KEYS)
+    if "gpus" in sampler_d:
+        sampler_d["gpus"] = tuple(sampler_d["gpus"])
+    sampler = Sampler(**sampler_d)
+    bnb = BitsAndBytes(**_table(path, "bitsandbytes", data.get("bitsandbytes", {}), _BNB_KEYS))
+    sim = Sim(**_table(path, "sim", data.get("sim", {}), _SIM_KEYS))
+
+    matrix = data.get("matrix")
+    if not isinstance(matrix, list) or not matrix:
+        raise ConfigError(
+            f"{path}: 'matrix' is missing; expected at least one [[matrix]] table with keys "
+            + ", ".join(_MATRIX_KEYS)
+        )
+    base = Path(path).parent
+    rng = random.Random(protocol.seed)
+    configs: list[RunConfig] = []
+    seen: set[str] = set()
+    for i, m in enumerate(matrix):
+        where = f"matrix[{i}]"
+        if not isinstance(m, dict):
+            raise ConfigError(f"{path}: '{where}' must be a table")
+        for key in m:
+            if key not in _MATRIX_KEYS:
+                raise ConfigError(f"{path}: unknown key '{where}.{key}'; allowed: {', '.join(_MATRIX_KEYS)}")
+        for key in _MATRIX_KEYS:
+            if key not in m:
+                raise ConfigError(f"{path}: '{where}.{key}' is missing")
+        models = _string_list(path, f"{where}.models", m["models"])
+        for model in models:
+            _check_model(path, f"{where}.models", model, base)
+        batches = m["batches"]
+        if not isinstance(batches, list) or not batches or not all(
+            isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in batches
+        ):
+            raise ConfigError(f"{path}: '{where}.batches' = {batches!r} is not allowed; expected a non-empty list of integers >= 1")
+        precisions = _string_list(path, f"{where}.precisions", m["precisions"])
+        for p in precisions:
+            if p not in PRECISIONS:
+                raise ConfigError(
+                    f"{path}: '{where}.precisions' has {p!r}; allowed: {', '.join(PRECISIONS)}"
+                )
+        for model in models:
+            for batch in batches:
+                for precision in _order(precisions, protocol.precision_order, rng):
+                    rc = RunConfig("", model, batch, precision)
+                    cid = f"{rc.model_label}/b{batch}/{precision}"
+                    if cid in seen:
+                        raise ConfigError(f"{path}: '{where}' repeats the configuration {cid}")
+                    seen.add(cid)
+                    configs.append(replace(rc, config_id=cid))
+    return Sweep(name, path, text, protocol, sampler, bnb, sim, tuple(configs))
+
+
+def load(path: str | Path) -> Sweep:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read config: {e}") from None
+    return parse(text, str(p))

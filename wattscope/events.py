@@ -1,0 +1,209 @@
+"""The event vocabulary: everything a run says, live or replayed.
+
+A run is a time-ordered stream of these events. The live session produces them from
+the sampler and runner processes; a recording replays the same events; the recorder,
+the run state (TUI and headless), and the analysis all consume them. Every event is a
+frozen dataclass that round-trips through a plain dict (``to_dict``/``from_dict``) so it
+can cross a process boundary and be stored as JSON.
+
+All timestamps are CLOCK_MONOTONIC nanoseconds (``now_ns``), comparable across the
+processes of one machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+SCHEMA_VERSION = 1
+
+# Phases of a run, in the order a configuration goes through them.
+PHASES = ("idle", "load", "warmup", "prefill", "decode", "cooldown")
+# A window's role: "measure" windows enter results; "warmup" windows only decide when
+# the card is steady; "idle" windows give the idle baseline.
+ROLES = ("measure", "warmup", "idle")
+
+# Column order of a sample row (see Samples). Energy is NaN on rows where the counter
+# was not read (it is read at a lower rate than power because it is slow on Hopper).
+SAMPLE_COLUMNS = (
+    "t_ns",
+    "gpu",
+    "power_w",
+    "power_avg_w",
+    "energy_j",
+    "sm_clock_mhz",
+    "util_pct",
+    "temp_c",
+    "mem_used_mib",
+    "fresh",
+)
+# Bits of the ``fresh`` column: set when that signal's value differs from the previous
+# sample's, i.e. the sensor really refreshed between the two reads.
+FRESH_POWER = 1
+FRESH_POWER_AVG = 2
+FRESH_ENERGY = 4
+
+
+def now_ns() -> int:
+    """The one clock every wattscope process stamps events with."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+_REGISTRY: dict[str, type[Event]] = {}
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: ClassVar[str] = ""
+    t_ns: int
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.kind] = cls
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["kind"] = self.kind
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Event:
+        d = dict(d)
+        cls = _REGISTRY[d.pop("kind")]
+        if cls is Samples:
+            d["rows"] = [tuple(r) for r in d["rows"]]
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    """First event of a run. ``meta`` is self-describing: schema version, host,
+    package versions, GPU facts (name, uuid, driver, power limits, signals and their
+    measured refresh periods, absent signals with reasons), sampler settings, the sweep
+    config (as given and as parsed), and whether weights/GPU are synthetic/simulated."""
+
+    kind: ClassVar[str] = "run_started"
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Samples(Event):
+    """A batch of sampler rows, each a tuple in SAMPLE_COLUMNS order. ``t_ns`` is the
+    time the batch was sent."""
+
+    kind: ClassVar[str] = "samples"
+    rows: list[tuple] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SamplerStats(Event):
+    """Periodic health of the sampler over the last reporting interval."""
+
+    kind: ClassVar[str] = "sampler_stats"
+    target_hz: float
+    achieved_hz: float
+    jitter_p99_ms: float
+    drops: int  # ticks missed because a read overran its slot
+    distinct_per_s: dict[str, float]  # per signal: how many fresh values per second
+    cpu_pct: float  # sampler process CPU, % of one core
+
+
+@dataclass(frozen=True)
+class ConfigStarted(Event):
+    """A configuration of the sweep begins (index counts from 0, of total)."""
+
+    kind: ClassVar[str] = "config_started"
+    config_id: str
+    index: int
+    total: int
+    model: str
+    batch: int
+    precision: str
+    synthetic: bool
+    repeats: int
+
+
+@dataclass(frozen=True)
+class PhaseStarted(Event):
+    """The runner entered a phase (for the live display; windows carry the numbers)."""
+
+    kind: ClassVar[str] = "phase_started"
+    config_id: str | None
+    phase: str
+    repeat: int | None = None  # 1-based index of the measured repeat, if any
+
+
+@dataclass(frozen=True)
+class Window(Event):
+    """A measured window: the GPU was synchronised at both edges, and the energy
+    counter read at both edges. ``calls`` is the number of prefill calls or of 32-step
+    decode runs inside; ``steps`` decode steps per run (0 for prefill); ``tokens`` the
+    tokens processed (prefill: batch*prompt*calls; decode: batch*steps*calls).
+    ``t_ns`` equals ``end_ns``."""
+
+    kind: ClassVar[str] = "window"
+    config_id: str | None
+    phase: str  # "prefill" | "decode" | "idle"
+    role: str  # one of ROLES
+    repeat: int  # 1-based within its phase and role
+    start_ns: int
+    end_ns: int
+    energy_start_j: float
+    energy_end_j: float
+    calls: int
+    steps: int
+    tokens: int
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e9
+
+    @property
+    def energy_j(self) -> float:
+        return self.energy_end_j - self.energy_start_j
+
+
+@dataclass(frozen=True)
+class ConfigFinished(Event):
+    """The runner is done with a configuration. On failure ``reason`` says why (out
+    of memory, bitsandbytes missing, model failed to load...). ``info`` holds what the
+    runner learned: bitsandbytes settings, versions, compute capability, load time."""
+
+    kind: ClassVar[str] = "config_finished"
+    config_id: str
+    ok: bool
+    reason: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConfigResult(Event):
+    """Per-configuration figures derived from the windows by ``wattscope.metrics``.
+    ``figures`` maps figure name to value; see metrics.FIGURES."""
+
+    kind: ClassVar[str] = "config_result"
+    config_id: str
+    model: str
+    batch: int
+    precision: str
+    synthetic: bool
+    ok: bool
+    reason: str
+    figures: dict[str, float]
+
+
+@dataclass(frozen=True)
+class RunWarning(Event):
+    kind: ClassVar[str] = "warning"
+    source: str  # "sampler" | "runner" | "session" | "metrics" | ...
+    message: str
+    config_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RunEnded(Event):
+    kind: ClassVar[str] = "run_ended"
+    status: str  # "completed" | "interrupted" | "failed"
+    reason: str = ""

@@ -1,0 +1,52 @@
+"""What a recording says about where it was made: host, packages, wattscope itself.
+
+Package versions come from installed metadata, never by importing the package, so
+recording the torch version does not cost a torch import in the parent process.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+PACKAGES = (
+    "wattscope",
+    "torch",
+    "transformers",
+    "accelerate",
+    "bitsandbytes",
+    "nvidia-ml-py",
+    "numpy",
+    "pandas",
+    "textual",
+    "rich",
+)
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def host() -> dict[str, Any]:
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def wall_clock() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

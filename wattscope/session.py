@@ -1,0 +1,267 @@
+"""A live run: runner and sampler processes, the recorder, and one RunState.
+
+The session's thread is the only reader of the children's queue. Every event goes
+through ``_emit``: into the recording first, then into the RunState that the display
+(TUI or headless printer) pulls snapshots from. Per-configuration results are derived
+here from the recorded windows with the same function the replay uses, so a replay
+reproduces the live numbers exactly.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import signal
+import threading
+from collections import defaultdict
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+from wattscope import metrics, provenance
+from wattscope.config import Sweep
+from wattscope.events import (
+    SCHEMA_VERSION,
+    ConfigFinished,
+    ConfigStarted,
+    Event,
+    RunEnded,
+    RunStarted,
+    RunWarning,
+    Window,
+    now_ns,
+)
+from wattscope.recording import Recorder
+from wattscope.state import RunState
+from wattscope.telemetry import SensorSpec, open_sensor
+from wattscope.telemetry.refresh import measure_refresh_periods
+
+ENERGY_SIGNAL = "NVML total energy counter, read at both edges of each window after a GPU synchronize"
+POLL_S = 0.1
+REFRESH_MEASURE_S = 1.0
+MAX_RUNNER_RESTARTS = 3
+
+
+def default_output(sweep: Sweep, sim: bool, directory: Path = Path("recordings")) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return directory / f"{sweep.name}-{stamp}{'-sim' if sim else ''}.wattscope"
+
+
+@contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Children started inside inherit SIG_IGN for SIGINT (it survives exec), so a Ctrl-C
+    in the terminal reaches only the parent, which stops them in order and finalises
+    the recording."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class Session:
+    def __init__(self, sweep: Sweep, output: Path, *, sim: bool = False, state: RunState | None = None) -> None:
+        self.sweep = sweep.for_simulation() if sim else sweep
+        self.output = Path(output)
+        self.sim = sim
+        self.state = state if state is not None else RunState()
+        self.status = "starting"
+        self.error: str | None = None
+        self.done = threading.Event()
+        self._stop = threading.Event()
+        self._ctx = mp.get_context("spawn")
+        self._queue: Any = None
+        self._recorder: Recorder | None = None
+        self._sim_gpu: Any = None
+        self._thread: threading.Thread | None = None
+        self._windows: dict[str | None, list[Window]] = defaultdict(list)
+        self._started: dict[str, ConfigStarted] = {}
+        self._finished: set[str] = set()
+        self._idle_power_w: float | None = None
+        self._sampler_dead_reported = False
+
+    # -- control ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Prepare everything that can fail fast (sensor, output file, children) in the
+        caller's thread, then hand the event loop to a background thread."""
+        specs = self._sensor_specs()
+        meta = self._describe(specs)
+        self._recorder = Recorder(self.output)
+        self._emit(RunStarted(now_ns(), meta))
+        self._queue = self._ctx.Queue()
+        with _children_ignore_sigint():
+            self._sampler = self._start_sampler(specs)
+            self._runner = self._start_runner(specs[0], start_index=0)
+        self.status = "running"
+        self._thread = threading.Thread(target=self._loop, name="wattscope-session", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask for a clean stop: the runner ends at its next window edge, the recording
+        is finalised with status 'interrupted'."""
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.done.wait(timeout)
+
+    # -- setup -----------------------------------------------------------------------
+
+    def _sensor_specs(self) -> list[SensorSpec]:
+        if self.sim:
+            from wattscope.telemetry.sim import SimGPU, SimSpec
+
+            self._sim_gpu = SimGPU.create(SimSpec(seed=self.sweep.sim.seed))
+            return [SensorSpec.sim(self._sim_gpu.handle)]
+        return [SensorSpec.nvml(i) for i in self.sweep.sampler.gpus]
+
+    def _describe(self, specs: list[SensorSpec]) -> dict[str, Any]:
+        gpus = []
+        for spec in specs:
+            sensor = open_sensor(spec)
+            try:
+                info = dict(sensor.info())
+                info["signals_absent"] = {k: v for k, v in sensor.signals().items() if v is not None}
+                info["refresh_s"] = measure_refresh_periods(sensor, REFRESH_MEASURE_S)
+            finally:
+                sensor.close()
+            gpus.append(info)
+        synthetic = {c.synthetic for c in self.sweep.configs}
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "created": provenance.wall_clock(),
+            "clock": "CLOCK_MONOTONIC ns",
+            "host": provenance.host(),
+            "packages": provenance.package_versions(),
+            "simulated": self.sim,
+            "weights": "synthetic" if synthetic == {True} else "real" if synthetic == {False} else "mixed",
+            "gpu": gpus[0],
+            "gpus": gpus,
+            "energy_signal": ENERGY_SIGNAL,
+            "sampler": {
+                "rate_hz": self.sweep.sampler.rate_hz,
+                "energy_hz": self.sweep.sampler.energy_hz,
+                "gpus": [g["index"] for g in gpus],
+            },
+            "sweep": self.sweep.to_dict(),
+        }
+
+    def _start_sampler(self, specs: list[SensorSpec]) -> Any:
+        from wattscope.telemetry.sampler import SamplerProcess
+
+        s = SamplerProcess(
+            specs, rate_hz=self.sweep.sampler.rate_hz, energy_hz=self.sweep.sampler.energy_hz, queue=self._queue
+        )
+        s.start()
+        return s
+
+    def _start_runner(self, spec: SensorSpec, start_index: int) -> Any:
+        from wattscope.bench.runner import RunnerProcess
+
+        r = RunnerProcess(self.sweep, spec, self._queue, sim=self.sim, start_index=start_index)
+        r.start()
+        return r
+
+    # -- event loop ------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        status, reason = "completed", ""
+        restarts = 0
+        stopping = False
+        try:
+            while True:
+                self._drain(POLL_S)
+                if self._stop.is_set() and not stopping:
+                    stopping = True
+                    self._runner.stop()
+                    self._drain(0)
+                    status, reason = "interrupted", "stopped by the user"
+                if not self._sampler.is_alive() and not self._sampler_dead_reported:
+                    self._sampler_dead_reported = True
+                    self._emit(RunWarning(now_ns(), "session",
+                        f"sampler process died (exit code {self._sampler.exitcode}); the live graph stops, "
+                        "window energies still come from the counter"))
+                if self._runner.is_alive():
+                    continue
+                self._drain(0)
+                code = self._runner.exitcode
+                if code == 0 or stopping:
+                    break
+                next_index = self._fail_current(f"runner process died (exit code {code})")
+                if next_index >= len(self.sweep.configs):
+                    break
+                restarts += 1
+                if restarts > MAX_RUNNER_RESTARTS:
+                    status, reason = "failed", f"runner process died {restarts} times"
+                    break
+                self._emit(RunWarning(now_ns(), "session", f"restarting the runner at configuration {next_index + 1}"))
+                with _children_ignore_sigint():
+                    self._runner = self._start_runner(self._sampler_spec0(), next_index)
+        except Exception as e:  # the recording must still be finalised
+            status, reason = "failed", f"{type(e).__name__}: {e}"
+            self.error = reason
+        finally:
+            self._shutdown(status, reason)
+
+    def _sampler_spec0(self) -> SensorSpec:
+        return self._sampler.specs[0]
+
+    def _drain(self, timeout: float) -> None:
+        try:
+            ev = self._queue.get(timeout=timeout) if timeout else self._queue.get_nowait()
+            while True:
+                self._emit(ev)
+                ev = self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        if self._recorder is not None:
+            self._recorder.maybe_commit()
+
+    def _fail_current(self, reason: str) -> int:
+        """Mark the configuration in progress (if any) failed; return the next index."""
+        open_ = [s for cid, s in self._started.items() if cid not in self._finished]
+        if open_:
+            current = open_[-1]
+            self._emit(ConfigFinished(now_ns(), current.config_id, ok=False, reason=reason))
+            return current.index + 1
+        return len(self._finished)
+
+    def _emit(self, ev: Event) -> None:
+        assert self._recorder is not None
+        self._recorder.write(ev)
+        self.state.apply(ev)
+        if isinstance(ev, ConfigStarted):
+            self._started[ev.config_id] = ev
+        elif isinstance(ev, Window):
+            self._windows[ev.config_id].append(ev)
+            if ev.role == "idle":
+                self._idle_power_w = metrics.idle_power_w(self._windows[None])
+        elif isinstance(ev, ConfigFinished):
+            self._finished.add(ev.config_id)
+            started = self._started.get(ev.config_id)
+            if started is not None:
+                result, warnings = metrics.config_result(
+                    started, ev, self._windows.get(ev.config_id, []), self._idle_power_w
+                )
+                self._emit(result)
+                for w in warnings:
+                    self._emit(w)
+
+    def _shutdown(self, status: str, reason: str) -> None:
+        try:
+            for child in (getattr(self, "_runner", None), getattr(self, "_sampler", None)):
+                if child is not None:
+                    child.stop()
+            self._drain(0)
+            self._emit(RunEnded(now_ns(), status, reason))
+        finally:
+            if self._recorder is not None:
+                self._recorder.close()
+            if self._sim_gpu is not None:
+                self._sim_gpu.close()
+            self.status = status
+            self.done.set()
