@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from wattscope.config import BASELINE_PRECISION, PRECISIONS, RunConfig
@@ -45,8 +44,8 @@ def _rank(label: str) -> int:
     return PRECISIONS.index(p) if p in PRECISIONS else len(PRECISIONS)
 
 
-class AnalysisError(ValueError):
-    """A source that cannot be analysed, phrased for the user."""
+class SourceError(ValueError):
+    """A source that cannot be opened or analysed, phrased for the user (names the file)."""
 
 
 @dataclass
@@ -61,7 +60,8 @@ class Source:
 
     @property
     def results(self) -> pd.DataFrame:
-        return getattr(self.data, "results", None) if getattr(self.data, "results", None) is not None else pd.DataFrame()
+        r = getattr(self.data, "results", None)
+        return r if isinstance(r, pd.DataFrame) else pd.DataFrame()
 
     @property
     def windows(self) -> pd.DataFrame:
@@ -76,14 +76,20 @@ def open_source(src: Any, label: str | None = None) -> Source:
     if isinstance(src, (str, Path)):
         p = Path(src)
         if p.suffix.lower() == ".csv":
-            from wattscope.tables import read_table
+            from wattscope.tables import TableError, read_table
 
-            return Source(label or p.stem, read_table(p), "table")
-        from wattscope.recording import load
+            try:
+                return Source(label or p.stem, read_table(p), "table")
+            except TableError as e:
+                raise SourceError(str(e)) from None
+        from wattscope.recording import RecordingError, load
 
-        return Source(label or p.stem, load(p), "recording")
+        try:
+            return Source(label or p.stem, load(p), "recording")
+        except RecordingError as e:
+            raise SourceError(str(e)) from None
     if not hasattr(src, "results") or not hasattr(src, "meta"):
-        raise AnalysisError(
+        raise SourceError(
             f"cannot analyse a {type(src).__name__}; expected a recording or .csv path, "
             "a Recording, a Table, or an object with .meta and .results"
         )
@@ -107,7 +113,7 @@ def open_sources(sources: Any) -> list[Source]:
         seen.add(label)
         out.append(Source(label, src.data, src.kind))
     if not out:
-        raise AnalysisError("nothing to analyse: no sources given")
+        raise SourceError("nothing to analyse: no sources given")
     return out
 
 
@@ -129,11 +135,8 @@ def _weights(v: Any) -> str:
 
 
 def _tdp_w(src: Source) -> float:
-    gpu = src.meta.get("gpu") or {}
-    for key in ("tdp_w", "power_default_w", "power_limit_default_w"):
-        if isinstance(gpu.get(key), (int, float)) and gpu[key] > 0:
-            return float(gpu[key])
-    return math.nan
+    tdp = (src.meta.get("gpu") or {}).get("tdp_w")
+    return float(tdp) if isinstance(tdp, (int, float)) and tdp > 0 else math.nan
 
 
 def _rows(src: Source, idle_subtracted: bool, warnings: list[str]) -> list[dict[str, Any]]:
@@ -172,10 +175,10 @@ def _rows(src: Source, idle_subtracted: bool, warnings: list[str]) -> list[dict[
             "decode_energy_cv": _num(r, "decode_energy_cv"),
             "decode_tok_s_cv": _num(r, "decode_tok_s_cv"),
         }
-        if idle_subtracted and math.isnan(numbers["decode_energy_per_token_j"]) is False:
+        if idle_subtracted:
             # Per-token energy follows the chosen energy: idle-subtracted run energy / tokens.
-            steps = numbers["decode_steps"]
-            numbers["decode_energy_per_token_j"] = numbers["decode_energy_j"] / (row["batch"] * steps)
+            tokens = row["batch"] * numbers["decode_steps"]
+            numbers["decode_energy_per_token_j"] = numbers["decode_energy_j"] / tokens if tokens > 0 else math.nan
         if not ok:
             numbers = dict.fromkeys(numbers, math.nan)
         row.update(numbers)
@@ -186,29 +189,23 @@ def _rows(src: Source, idle_subtracted: bool, warnings: list[str]) -> list[dict[
 
 
 def _add_ratios(df: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
-    for col in RATIOS:
-        df[col] = math.nan
-    for (source, model_id, batch), g in df.groupby(["source", "model_id", "batch"], sort=False):
-        model = g["model"].iloc[0]
+    keys = ["source", "model_id", "batch"]
+    fp16 = df["precision"] == precision_label(BASELINE_PRECISION)
+    for (source, _, batch), g in df.groupby(keys, sort=False):
+        where = f"{source}: {g['model'].iloc[0]} batch {batch}"
         base = g[g["precision"] == precision_label(BASELINE_PRECISION)]
-        where = f"{source}: {model} batch {batch}"
         if base.empty:
             warnings.append(f"{where}: no FP16 baseline; ratios are blank")
-            continue
-        b = base.iloc[0]
-        if not b["ok"]:
-            warnings.append(f"{where}: the FP16 baseline failed ({b['reason']}); ratios are blank")
-            continue
-        for i in g.index:
-            df.loc[i, "prefill_energy_ratio"] = df.loc[i, "prefill_energy_j"] / b["prefill_energy_j"]
-            df.loc[i, "decode_energy_ratio"] = df.loc[i, "decode_energy_j"] / b["decode_energy_j"]
-            df.loc[i, "decode_speed_ratio"] = df.loc[i, "decode_tok_s"] / b["decode_tok_s"]
-        steps = set(g.loc[g["ok"], "decode_steps"].dropna())
-        if len(steps) > 1:
-            warnings.append(
-                f"{where}: decode runs have different step counts {sorted(int(s) for s in steps)}; "
-                "compare decode energy per token instead"
-            )
+        elif not base["ok"].iloc[0]:
+            warnings.append(f"{where}: the FP16 baseline failed ({base['reason'].iloc[0]}); ratios are blank")
+        elif g.loc[g["ok"], "decode_steps"].dropna().nunique() > 1:
+            steps = sorted(int(x) for x in g.loc[g["ok"], "decode_steps"].dropna().unique())
+            warnings.append(f"{where}: decode runs have different step counts {steps}; compare decode energy per token instead")
+    cols = ["prefill_energy_j", "decode_energy_j", "decode_tok_s"]
+    base = df.loc[fp16 & df["ok"], keys + cols].drop_duplicates(keys)
+    b = df[keys + cols].merge(base, on=keys, how="left", suffixes=("", "_base"))
+    for ratio, col in zip(RATIOS, cols):
+        df[ratio] = (b[col] / b[f"{col}_base"]).to_numpy()
     return df
 
 
@@ -300,6 +297,19 @@ def _x(v: float) -> str:
     return f"{v:.2f}x"
 
 
+def _x_range(lo: float, hi: float, pct: bool = False) -> str:
+    """'0.14x to 0.16x', or one value where both print the same; with pct, also as % of FP16."""
+    same = f"{lo:.2f}" == f"{hi:.2f}"
+    text = _x(lo) if same else f"{_x(lo)} to {_x(hi)}"
+    if pct:
+        text += f" ({lo:.0%} of FP16 tok/s)" if same else f" ({lo:.0%} to {hi:.0%} of FP16 tok/s)"
+    return text
+
+
+def _spread(lo: float, hi: float) -> str:
+    return f"are all {_x(lo)}" if f"{lo:.2f}" == f"{hi:.2f}" else f"range from {_x(lo)} to {_x(hi)}"
+
+
 def _where(r: pd.Series, multi: bool) -> str:
     s = f"{r['model']} batch {r['batch']} {r['precision']}"
     return f"{s} [{r['source']}]" if multi else s
@@ -311,7 +321,7 @@ def _low_power_sentence(e: dict[str, Any], threshold: float, multi: bool) -> str
     lo, hi = e["decode_speed_ratio_range"]
     return (
         f"{who} average power stayed under {threshold:.0f}% of TDP in both phases (at most "
-        f"{e['max_tdp_pct']:.0f}%{of_tdp}) while decoding at {_x(lo)} to {_x(hi)} FP16 speed: a low-power, "
+        f"{e['max_tdp_pct']:.0f}%{of_tdp}) while decoding at {_x_range(lo, hi)} FP16 speed: a low-power, "
         "low-throughput signature that points at the GPU being under-used rather than at more work."
     )
 
@@ -338,7 +348,7 @@ def findings(
         precs = ", ".join(dict.fromkeys(sorted(q["precision"], key=_rank)))
         st["ratio_ranges"] = (
             f"Across the {len(q)} quantised configurations measured ({precs}), prefill energy ratios "
-            f"to FP16 range from {_x(plo)} to {_x(phi)}, and decode energy ratios from {_x(dlo)} to {_x(dhi)}."
+            f"to FP16 {_spread(plo, phi)}, and decode energy ratios {_spread(dlo, dhi)}."
         )
     else:
         st["ratio_ranges"] = "No quantised configuration has an FP16 baseline, so no energy ratios are reported."
@@ -388,7 +398,7 @@ def findings(
             speed[prec] = rng
     f["decode_speed_ratio_range"] = speed
     if speed:
-        parts = [f"{p} {_x(lo)} to {_x(hi)} ({lo:.0%} to {hi:.0%} of FP16 tok/s)" for p, (lo, hi) in speed.items()]
+        parts = [f"{p} {_x_range(lo, hi, pct=True)}" for p, (lo, hi) in speed.items()]
         st["decode_speed"] = "Decode speed relative to FP16 of the same model and batch: " + "; ".join(parts) + "."
 
     threshold = low_power_fraction * 100
@@ -419,3 +429,292 @@ def findings(
     st["scope"] = f"These are observations under this stack ({stack}), not general claims about quantisation."
     f["statements"] = st
     return f
+
+
+# ------------------------------------------------------------------------------ notes
+
+
+def _get(d: dict[str, Any], *paths: str) -> Any:
+    """The first value found at any of the dotted paths (meta layouts may grow)."""
+    for path in paths:
+        v: Any = d
+        for key in path.split("."):
+            v = v.get(key) if isinstance(v, dict) else None
+        if v not in (None, "", {}, []):
+            return v
+    return None
+
+
+def _fmt_items(d: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in d.items())
+
+
+def _window_lengths(windows: pd.DataFrame) -> str | None:
+    if windows.empty or "role" not in windows:
+        return None
+    m = windows[windows["role"] == "measure"]
+    parts = []
+    for phase in ("prefill", "decode"):
+        d = m.loc[m["phase"] == phase, "duration_s"] if "duration_s" in m else pd.Series(dtype=float)
+        if len(d):
+            parts.append(f"{phase} median {d.median():.2f} s, min {d.min():.2f} s ({len(d)} windows)")
+    return "; ".join(parts) or None
+
+
+def _weights_note(results: pd.DataFrame) -> str:
+    if results.empty or "synthetic" not in results:
+        return "not stated"
+    w = [_weights(v) for v in results["synthetic"]]
+    n_syn = w.count("synthetic")
+    if n_syn == len(w):
+        return "synthetic (random) weights in every configuration: energy and speed are meaningful, outputs are not"
+    if n_syn:
+        return f"synthetic (random) weights in {n_syn} of {len(w)} configurations (see the weights column)"
+    return "real weights" if "unknown" not in w else "not stated"
+
+
+def method_notes(src: Source) -> dict[str, str]:
+    """What is known about how a source's numbers were made, item -> sentence."""
+    meta = src.meta
+    if src.kind == "table":
+        notes = {
+            "source": f"imported table {Path(meta.get('path', src.label)).name}",
+            "method": "imported table; method unknown (GPU, driver, signal, windows and repeats not recorded)",
+            "decode energy": (
+                "per 32 decode steps of the whole batch (assumed: the seed protocol)"
+                if meta.get("decode_steps_assumed", True) else "per decode run of the table's decode_steps"
+            ),
+        }
+        cols = meta.get("columns", [])
+        notes["average power"] = "from the table" if "prefill_power_w" in cols or "decode_power_w" in cols else "not in the table"
+        notes["TDP"] = "from the table's tdp_w column" if "tdp_w" in cols else "not in the table"
+        notes["weights"] = "not stated"
+        return notes
+
+    gpu = meta.get("gpu") or {}
+    sweep = meta.get("sweep") or {}
+    protocol = sweep.get("protocol") or {}
+    notes = {"source": f"recording {Path(getattr(src.data, 'path', None) or src.label).name}"}
+    if meta.get("simulated"):
+        notes["simulated"] = "simulated GPU: a demo of the pipeline, the numbers are not measurements"
+    status = meta.get("status")
+    if status and status != "completed":
+        notes["status"] = f"run {status}" + (f" ({meta['end_reason']})" if meta.get("end_reason") else "")
+    notes["GPU"] = str(_get(gpu, "name") or "not recorded")
+    notes["driver"] = str(_get(gpu, "driver_version") or "not recorded")
+    tdp = _tdp_w(src)
+    notes["TDP"] = "not recorded" if math.isnan(tdp) else f"{tdp:.0f} W (default power limit)"
+    notes["energy signal"] = str(_get(meta, "energy_signal") or "energy counter read at both edges of each window")
+    sources = _get(gpu, "signal_sources")
+    if isinstance(sources, dict):
+        notes["signals"] = _fmt_items(sources)
+    absent = _get(gpu, "signals_absent")
+    if isinstance(absent, dict):
+        notes["absent signals"] = "; ".join(f"{k} ({v})" for k, v in absent.items())
+    refresh = _get(gpu, "refresh_s")
+    if isinstance(refresh, dict):
+        notes["sensor refresh"] = ", ".join(
+            f"{k} {v * 1000:.0f} ms" if isinstance(v, (int, float)) else f"{k} not measured"
+            for k, v in refresh.items()
+        )
+    else:
+        notes["sensor refresh"] = "not recorded"
+    sampler = meta.get("sampler") or sweep.get("sampler") or {}
+    if sampler:
+        notes["sampler"] = f"{sampler.get('rate_hz', '?')} Hz power, energy counter at {sampler.get('energy_hz', '?')} Hz"
+    notes["windows"] = _window_lengths(src.windows) or "not recorded"
+    if protocol:
+        notes["protocol"] = (
+            f"{protocol.get('repeats', '?')} measured repeats per phase, prompt {protocol.get('prompt_tokens', '?')} "
+            f"tokens, {protocol.get('decode_steps', '?')} decode steps per run, windows of at least "
+            f"{protocol.get('min_window_s', '?')} s"
+        )
+    notes["weights"] = _weights_note(src.results)
+    bnb = sweep.get("bitsandbytes") or {}
+    packages = meta.get("packages") or {}
+    if bnb or packages.get("bitsandbytes"):
+        version = packages.get("bitsandbytes")
+        notes["bitsandbytes"] = ", ".join(
+            x for x in (f"version {version}" if version else "", _fmt_items(bnb)) if x
+        )
+    if packages:
+        notes["versions"] = ", ".join(f"{k} {v}" for k, v in packages.items() if v)
+    return notes
+
+
+def _stack(srcs: list[Source]) -> str:
+    parts = []
+    for s in srcs:
+        if s.kind == "table":
+            parts.append(f"{s.label}: imported table, method unknown")
+            continue
+        gpu = _get(s.meta, "gpu.name") or "unknown GPU"
+        bnb = _get(s.meta, "packages.bitsandbytes")
+        desc = f"{gpu}" + (f", bitsandbytes {bnb}" if bnb else "")
+        if s.meta.get("simulated"):
+            desc += ", simulated"
+        parts.append(desc if len(srcs) == 1 else f"{s.label}: {desc}")
+    return "; ".join(parts)
+
+
+# ------------------------------------------------------------------------- crosscheck
+
+_CROSS_ORDER = [
+    "source", "config_id", "model", "batch", "precision", "phase", "windows",
+    "counter_j", "integrated_j", "difference_pct",
+]
+
+
+def crosscheck_table(sources: Any) -> pd.DataFrame:
+    """Counter energy vs integrated instant power, per configuration and phase over the
+    measured windows. ``difference_pct`` = (integrated / counter - 1) x 100; instant
+    samples under-count bursty loads, so a negative difference is expected."""
+    frames = []
+    for src in open_sources(sources):
+        w = src.windows
+        if w.empty or "integrated_j" not in w:
+            continue
+        m = w[w["role"] == "measure"]
+        g = m.groupby(["config_id", "phase"], sort=False).agg(
+            windows=("energy_j", "size"), counter_j=("energy_j", "sum"),
+            integrated_j=("integrated_j", "sum"), covered=("integrated_j", "count"),
+        ).reset_index()
+        # A window the instant samples did not cover leaves its group's sum unknown.
+        g["integrated_j"] = g["integrated_j"].where(g.pop("covered") == g["windows"])
+        g["difference_pct"] = (g["integrated_j"] / g["counter_j"] - 1) * 100
+        res = src.results
+        if not res.empty and "config_id" in res:
+            info = res[["config_id", "model", "batch", "precision"]].copy()
+            info["model"] = [RunConfig("", str(x), 1, "").model_label for x in info["model"]]
+            info["precision"] = [precision_label(p) for p in info["precision"]]
+            g = g.merge(info, on="config_id", how="left")
+        g["source"] = src.label
+        frames.append(g.reindex(columns=_CROSS_ORDER))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_CROSS_ORDER)
+
+
+# --------------------------------------------------------------------------- analyze
+
+
+@dataclass
+class Analysis:
+    """Everything the exports draw: DataFrames, findings (dict) and notes per source."""
+
+    phases: pd.DataFrame
+    power: pd.DataFrame
+    findings: dict[str, Any]
+    notes: dict[str, dict[str, str]]
+    crosscheck: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sources(self) -> list[str]:
+        return [k for k in self.notes if k != "analysis"]
+
+
+def analyze(
+    sources: Any,
+    *,
+    idle_subtracted: bool = False,
+    low_power_fraction: float = LOW_POWER_FRACTION,
+) -> Analysis:
+    """Tables, findings and notes of one or more sources (paths or objects)."""
+    if isinstance(sources, Analysis):
+        return sources
+    srcs = open_sources(sources)
+    warnings: list[str] = []
+    phases = _phases(srcs, idle_subtracted, warnings)
+    power = _power(phases)
+    for s in srcs:
+        w = getattr(s.data, "warnings", None)
+        if isinstance(w, pd.DataFrame) and not w.empty and "message" in w:
+            warnings.extend(f"{s.label}: recorded: {m}" for m in w["message"])
+    notes: dict[str, dict[str, str]] = {s.label: method_notes(s) for s in srcs}
+    notes["analysis"] = {
+        "ratios": "each row over the FP16 row of the same source, model and batch; above 1 is more energy or lower speed",
+        "decode energy": "per run of decode_steps decode steps of the whole batch (32 in the seed protocol)",
+    }
+    if any(s.kind == "recording" for s in srcs):
+        notes["analysis"] |= {
+            "energies": (
+                "idle-subtracted: idle power x window time subtracted from each window, then divided by its calls"
+                if idle_subtracted else "energy counter difference over each window, divided by the calls in it"
+            ),
+            "figures": "median over the measured windows of each configuration; CV is the sample CV (n-1) across them",
+            "average power": "mean over a configuration's windows of energy / duration; ranges are over configurations",
+        }
+    elif idle_subtracted:
+        notes["analysis"]["energies"] = "idle-subtracted energies requested; imported tables have none"
+    return Analysis(
+        phases=phases,
+        power=power,
+        findings=findings(phases, power, _stack(srcs), low_power_fraction),
+        notes=notes,
+        crosscheck=crosscheck_table(srcs),
+        warnings=warnings,
+        options={"idle_subtracted": idle_subtracted, "low_power_fraction": low_power_fraction},
+    )
+
+
+# --------------------------------------------------------------------------- compare
+
+
+@dataclass
+class Comparison:
+    """Two analyses side by side: ``table`` has each ratio of A and B per (model, batch,
+    precision) and B - A; ``differences`` lists findings that differ."""
+
+    a: Analysis
+    b: Analysis
+    labels: tuple[str, str]
+    table: pd.DataFrame
+    differences: list[dict[str, Any]]
+
+
+def _summary(f: dict[str, Any]) -> dict[str, Any]:
+    """Findings reduced to what a reader compares: ranges at the printed two decimals,
+    sets of rows as sorted labels (sources dropped, since A and B differ by source)."""
+
+    def rng(r: list[float] | None) -> list[float] | None:
+        return None if r is None else [round(r[0], 2), round(r[1], 2)]
+
+    return {
+        "prefill_ratio_range": rng(f["prefill_ratio_range"]),
+        "decode_ratio_range": rng(f["decode_ratio_range"]),
+        "prefill_exceeds_decode": f["prefill_exceeds_decode"]["all"],
+        "prefill_exceeds_decode_exceptions": sorted(
+            f"{e['model']} b{e['batch']} {e['precision']}" for e in f["prefill_exceeds_decode"]["exceptions"]
+        ),
+        "crossovers": sorted(f"{c['model']} b{c['batch']} {c['precision']} {c['phase']}" for c in f["crossovers"]),
+        "decode_speed_ratio_range": {p: rng(r) for p, r in f["decode_speed_ratio_range"].items()},
+        "low_power": sorted(e["precision"] for e in f["low_power"]),
+    }
+
+
+def compare(a: Any, b: Any, *, idle_subtracted: bool = False) -> Comparison:
+    """Two sources (or lists of sources, or Analyses) side by side, matched by model
+    display name, batch and precision."""
+    aa = a if isinstance(a, Analysis) else analyze(a, idle_subtracted=idle_subtracted)
+    bb = b if isinstance(b, Analysis) else analyze(b, idle_subtracted=idle_subtracted)
+    la, lb = ", ".join(aa.sources) or "A", ", ".join(bb.sources) or "B"
+    if la == lb:
+        la, lb = f"{la} (A)", f"{lb} (B)"
+    key = ["model", "batch", "precision"]
+    cols = key + list(RATIOS)
+    left = aa.phases[cols] if not aa.phases.empty else pd.DataFrame(columns=cols)
+    right = bb.phases[cols] if not bb.phases.empty else pd.DataFrame(columns=cols)
+    left, right = left.drop_duplicates(key), right.drop_duplicates(key)
+    t = left.merge(right, on=key, how="outer", suffixes=("_a", "_b"), indicator=True, sort=False)
+    t["present"] = t.pop("_merge").map({"both": "both", "left_only": "A only", "right_only": "B only"}).astype(str)
+    for r in RATIOS:
+        t[f"{r}_delta"] = t[f"{r}_b"] - t[f"{r}_a"]
+    order = key + [f"{r}_{s}" for r in RATIOS for s in ("a", "b", "delta")] + ["present"]
+    t = t[order]
+    t["_r"] = [_rank(p) for p in t["precision"]]
+    model_rank = {m: i for i, m in enumerate(dict.fromkeys(list(left["model"]) + list(right["model"])))}
+    t["_m"] = [model_rank[m] for m in t["model"]]
+    t = t.sort_values(["_m", "batch", "_r"], kind="stable").drop(columns=["_m", "_r"]).reset_index(drop=True)
+    sa, sb = _summary(aa.findings), _summary(bb.findings)
+    diffs = [{"finding": k, "a": sa[k], "b": sb[k]} for k in sa if sa[k] != sb[k]]
+    return Comparison(aa, bb, (la, lb), t, diffs)

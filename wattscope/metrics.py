@@ -75,7 +75,7 @@ def cv(values: Sequence[float]) -> float:
 def idle_power_w(windows: Iterable[Window]) -> float | None:
     """Idle power (W) from the 'idle' role windows: their total energy over their total
     duration, so a longer idle window weighs more. None when there is no usable one."""
-    idle = [w for w in windows if w.role == "idle" and w.end_ns > w.start_ns]
+    idle = [w for w in windows if w.role == "idle" and w.end_ns > w.start_ns and math.isfinite(w.energy_j)]
     if not idle:
         return None
     return sum(w.energy_j for w in idle) / sum(w.duration_s for w in idle)
@@ -86,10 +86,12 @@ def _median(values: list[float]) -> float:
 
 
 def _phase_figures(phase: str, ws: list[Window], batch: int, idle_w: float | None) -> dict[str, float]:
-    energy = [w.energy_j / w.calls for w in ws]
+    # A window whose counter read failed (NaN) still times the phase but gives no energy.
+    e_ws = [w for w in ws if math.isfinite(w.energy_j)]
+    energy = [w.energy_j / w.calls for w in e_ws]
     latency = [w.duration_s / w.calls for w in ws]
-    power = [w.energy_j / w.duration_s for w in ws]
-    idle_sub = [NAN] if idle_w is None else [(w.energy_j - idle_w * w.duration_s) / w.calls for w in ws]
+    power = [w.energy_j / w.duration_s for w in e_ws]
+    idle_sub = [NAN] if idle_w is None else [(w.energy_j - idle_w * w.duration_s) / w.calls for w in e_ws]
     out = {
         f"{phase}_energy_j": _median(energy),
         f"{phase}_energy_cv": cv(energy),
@@ -103,7 +105,9 @@ def _phase_figures(phase: str, ws: list[Window], batch: int, idle_w: float | Non
     if phase == "decode":
         tokens = [batch * w.steps * w.calls for w in ws]
         tok_s = [t / w.duration_s for t, w in zip(tokens, ws)]
-        out["decode_energy_per_token_j"] = _median([w.energy_j / t for t, w in zip(tokens, ws) if t > 0])
+        out["decode_energy_per_token_j"] = _median(
+            [w.energy_j / t for t, w in zip(tokens, ws) if t > 0 and math.isfinite(w.energy_j)]
+        )
         out["decode_tok_s"] = _median(tok_s)
         out["decode_tok_s_cv"] = cv(tok_s)
         out["decode_steps"] = float(ws[0].steps) if ws else NAN
@@ -156,6 +160,9 @@ def config_result(
         if not phase_ws:
             warn(f"no measured {phase} windows; its figures are blank")
         figures.update(_phase_figures(phase, phase_ws, started.batch, idle_power_w))
+    no_energy = sum(not math.isfinite(w.energy_j) for w in ws)
+    if no_energy:
+        warn(f"{no_energy} of {len(ws)} measured windows have no energy reading; energy figures use the rest")
     decode_steps = {w.steps for w in ws if w.phase == "decode"}
     if len(decode_steps) > 1:
         warn(f"decode windows disagree on steps per run ({sorted(decode_steps)}); decode_steps is the first's")

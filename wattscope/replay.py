@@ -136,6 +136,8 @@ class ReplayController:
     def end_ns(self) -> int:
         """The last event's time (known once the non-sample events are indexed, or
         once the cursor reached the end)."""
+        if self._end_ns is None and hasattr(self.recording, "time_range"):
+            self._end_ns = int(self.recording.time_range()[1])
         if self._end_ns is None:
             idx = self._non_sample_events()
             last = idx[-1].t_ns if idx else self.start_ns
@@ -280,3 +282,153 @@ class ReplayController:
             self._end_ns = self._pos
             self._playing = False
             return self.state.snapshot(self._pos)
+
+
+# --------------------------------------------------------------------------- synthetic
+
+# The seed study's table (RTX PRO 6000): (prefill J/call, decode J/32 tok, decode tok/s,
+# prefill W, decode W) per model, batch and precision. A synthetic run replays these so
+# its ratio table can be checked against the seed's.
+SEED_FIGURES: dict[tuple[str, int, str], tuple[float, float, float, float, float]] = {
+    ("Qwen2-1.5B", 1, "fp16"): (0.924, 42.737, 105.26, 92.0, 141.0),
+    ("Qwen2-1.5B", 1, "int8"): (4.736, 135.724, 15.79, 67.0, 67.0),
+    ("Qwen2-1.5B", 1, "nf4"): (3.569, 71.281, 41.10, 114.0, 92.0),
+    ("Qwen2-1.5B", 8, "fp16"): (1.326, 48.156, 789.97, 160.0, 190.0),
+    ("Qwen2-1.5B", 8, "int8"): (5.829, 154.507, 112.77, 80.0, 75.0),
+    ("Qwen2-1.5B", 8, "nf4"): (4.511, 133.460, 244.35, 200.0, 210.0),
+    ("Qwen2.5-3B", 1, "fp16"): (1.575, 73.191, 80.74, 120.0, 180.0),
+    ("Qwen2.5-3B", 1, "int8"): (6.620, 186.035, 12.30, 75.0, 70.0),
+    ("Qwen2.5-3B", 1, "nf4"): (6.412, 108.622, 31.71, 150.0, 110.0),
+    ("Qwen2.5-3B", 8, "fp16"): (2.423, 81.280, 636.22, 210.0, 240.0),
+    ("Qwen2.5-3B", 8, "int8"): (8.364, 212.776, 86.55, 95.0, 80.0),
+    ("Qwen2.5-3B", 8, "nf4"): (7.886, 234.826, 188.79, 280.0, 300.0),
+    ("Yi-1.5-6B", 8, "fp16"): (3.645, 116.080, 617.32, 247.0, 280.0),
+    ("Yi-1.5-6B", 8, "int8"): (9.124, 218.745, 99.99, 109.0, 85.0),
+    ("Yi-1.5-6B", 8, "nf4"): (12.126, 365.331, 222.80, 326.0, 318.0),
+}
+IDLE_W = 60.0
+
+
+def synthetic_run(
+    configs: Iterable[tuple[str, int, str]] = (
+        ("Qwen2-1.5B", 1, "fp16"),
+        ("Qwen2-1.5B", 1, "int8"),
+        ("Qwen2-1.5B", 1, "nf4"),
+    ),
+    t0_ns: int = 1_000_000_000_000,
+    rate_hz: float = 100.0,
+    phase_s: float = 1.0,
+    repeats: int = 3,
+    tdp_w: float = 700.0,
+    gpu_name: str = "NVIDIA H100 80GB HBM3",
+    failures: dict[str, str] | None = None,
+    noisy: Iterable[str] = ("Qwen2-1.5B/b1/nf4",),
+    end: str | None = "completed",
+    stop_after: int | None = None,
+) -> list[ev.Event]:
+    """A plausible run as an event list in time order: idle baseline, then per config
+    load, warm-up, R prefill and R decode windows, cool-down, the runner's
+    ConfigFinished and the session's ConfigResult (figures from SEED_FIGURES), sample
+    batches every 100 ms, SamplerStats every second. ``failures`` maps config ids to a
+    reason; configs in ``noisy`` get a decode tok/s CV of 4.5 %. ``stop_after`` ends the
+    stream (without RunEnded) after that many configs, as a crash would. Deterministic."""
+    failures = failures or {}
+    noisy = set(noisy)
+    configs = list(configs)
+    cfg_ids = [f"{m}/b{b}/{p}" for m, b, p in configs]
+    meta = {
+        "schema_version": ev.SCHEMA_VERSION,
+        "gpu": {"name": gpu_name, "index": 0, "tdp_w": tdp_w, "signal": "power_w", "refresh_ms": 100.0},
+        "simulated": True,
+        "synthetic": True,
+        "sweep": {
+            "name": "synthetic-seed",
+            "configs": [{"config_id": c, "model": f"synthetic:{m}", "batch": b, "precision": p}
+                        for c, (m, b, p) in zip(cfg_ids, configs)],
+        },
+    }
+    out: list[ev.Event] = [ev.RunStarted(t0_ns, meta)]
+    # (start_ns, end_ns, watts) segments the sample generator turns into rows.
+    segments: list[tuple[int, int, float]] = []
+    step = int(phase_s * 1e9)
+    t = t0_ns
+
+    def phase(config_id: str | None, name: str, watts: float, repeat: int | None = None,
+              length: int = step) -> tuple[int, int]:
+        nonlocal t
+        out.append(ev.PhaseStarted(t, config_id, name, repeat))
+        segments.append((t, t + length, watts))
+        start, t = t, t + length
+        return start, t
+
+    energy = 0.0
+    a, b_ = phase(None, "idle", IDLE_W)
+    out.append(ev.Window(b_, None, "idle", "idle", 1, a, b_, 0.0, IDLE_W * phase_s, 0, 0, 0))
+    energy += IDLE_W * phase_s
+    for i, ((model, batch, prec), cid) in enumerate(zip(configs, cfg_ids)):
+        if stop_after is not None and i >= stop_after:
+            break
+        pre_j, dec_j, tok_s, pre_w, dec_w = SEED_FIGURES.get((model, batch, prec), (1.0, 50.0, 100.0, 150.0, 200.0))
+        out.append(ev.ConfigStarted(t, cid, i, len(configs), f"synthetic:{model}", batch, prec, True, repeats))
+        phase(cid, "load", 90.0)
+        if cid in failures:
+            out.append(ev.RunWarning(t, "runner", f"{cid}: {failures[cid]}", cid))
+            out.append(ev.ConfigFinished(t, cid, False, failures[cid]))
+            out.append(ev.ConfigResult(t, cid, f"synthetic:{model}", batch, prec, True, False, failures[cid], {}))
+            continue
+        phase(cid, "warmup", dec_w)
+        for name, watts in (("prefill", pre_w), ("decode", dec_w)):
+            for r in range(1, repeats + 1):
+                a, b_ = phase(cid, name, watts, r)
+                e0, energy = energy, energy + watts * phase_s
+                out.append(ev.Window(b_, cid, name, "measure", r, a, b_, e0, energy, 5, 32 if name == "decode" else 0, batch * 32 * 5))
+        phase(cid, "cooldown", IDLE_W, length=step // 2)
+        out.append(ev.ConfigFinished(t, cid, True))
+        figures = {
+            "prefill_energy_j": pre_j, "decode_energy_j": dec_j, "decode_tok_s": tok_s,
+            "prefill_power_w": pre_w, "decode_power_w": dec_w,
+            "prefill_energy_cv": 0.01, "decode_energy_cv": 0.012,
+            "decode_tok_s_cv": 0.045 if cid in noisy else 0.008,
+        }
+        out.append(ev.ConfigResult(t, cid, f"synthetic:{model}", batch, prec, True, True, "", figures))
+    t_end = t
+    out.extend(_sample_events(segments, rate_hz, t0_ns, t_end))
+    if end is not None and stop_after is None:
+        out.append(ev.RunEnded(t_end + 1, end))
+    out.sort(key=lambda e: e.t_ns)  # stable: an event precedes the samples sent with it
+    return out
+
+
+def _sample_events(segments: list[tuple[int, int, float]], rate_hz: float, t0: int, t_end: int) -> list[ev.Event]:
+    """Rows at ``rate_hz``, power refreshed every 100 ms like an H100 (held between
+    refreshes, with a small deterministic ripple), sent in batches every 100 ms."""
+    dt = int(1e9 / rate_hz)
+    refresh = 100_000_000
+    batch_ns = 100_000_000
+    out: list[ev.Event] = []
+    rows: list[tuple] = []
+    seg = 0
+    energy = 0.0
+    next_send = t0 + batch_ns
+    prev = None
+    for k, ts in enumerate(range(t0, t_end, dt)):
+        while seg + 1 < len(segments) and ts >= segments[seg][1]:
+            seg += 1
+        held = ts - (ts - t0) % refresh
+        n = (held - t0) // refresh
+        watts = segments[seg][2] * (1.0 + 0.02 * ((n * 7919) % 11 - 5) / 5)
+        energy += watts * dt / 1e9
+        fresh = ev.FRESH_POWER if watts != prev else 0
+        prev = watts
+        read_energy = k % max(1, int(rate_hz / 10)) == 0
+        rows.append((ts, 0, watts, watts, energy if read_energy else float("nan"), 1755.0, 90.0, 55.0, 20000.0,
+                     fresh | (ev.FRESH_ENERGY if read_energy else 0)))
+        if ts + dt >= next_send:
+            out.append(ev.Samples(next_send, rows))
+            rows = []
+            next_send += batch_ns
+    if rows:
+        out.append(ev.Samples(next_send, rows))
+    for s in range(t0 + 1_000_000_000, t_end + 1, 1_000_000_000):
+        out.append(ev.SamplerStats(s, rate_hz, rate_hz * 0.998, 0.4, 0, {"power_w": 10.0, "power_avg_w": 10.0, "energy_j": 10.0}, 2.5))
+    return out

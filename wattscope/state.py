@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from wattscope.config import BASELINE_PRECISION, PRECISIONS, RunConfig
 MAX_RATE_HZ = 1000  # the sampler's ceiling (config.Sampler.rate_hz <= 1000)
 CV_LIMIT = 0.03  # a figure whose coefficient of variation exceeds this is flagged
 STATUSES = ("waiting", "running", "completed", "interrupted", "failed")
+ENDED = ("completed", "interrupted", "failed")
 # Phase codes in traces: index into PHASES; -1 before the first PhaseStarted.
 NO_PHASE = -1
 _PHASE_CODE = {p: i for i, p in enumerate(ev.PHASES)}
@@ -160,6 +162,7 @@ class GpuView:
 @dataclass(frozen=True)
 class Snapshot:
     now_ns: int
+    started_ns: int | None  # the RunStarted time
     status: str  # one of STATUSES
     error: str
     meta: Mapping[str, Any]
@@ -189,6 +192,10 @@ class Snapshot:
     @property
     def gpu(self) -> GpuView | None:
         return self.gpus[0] if self.gpus else None
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ENDED
 
 
 # --------------------------------------------------------------------------- meta
@@ -233,6 +240,9 @@ def _refresh_ms(gpu: Mapping[str, Any], signal: str) -> float | None:
         per = _first(gpu, "refresh_periods_ms", "refresh_ms_by_signal")
         if isinstance(per, Mapping):
             v = per.get(signal)
+    if v is None and isinstance(gpu.get("refresh_s"), Mapping):
+        sec = gpu["refresh_s"].get(signal)  # the session's measured periods, in seconds
+        v = None if sec is None else 1000.0 * float(sec)
     if v is None and isinstance(gpu.get("signals"), Mapping):
         entry = gpu["signals"].get(signal)
         if isinstance(entry, Mapping):
@@ -443,7 +453,7 @@ class RunState:
         )
 
     def _on_run_ended(self, e: ev.RunEnded) -> None:
-        if self._status in ("completed", "interrupted", "failed"):
+        if self._status in ENDED:
             return  # the first verdict stands (a session may repeat it on shutdown)
         self._status = e.status if e.status in STATUSES else "failed"
         self._error = e.reason
@@ -562,6 +572,7 @@ class RunState:
         sweep = meta.get("sweep") if isinstance(meta.get("sweep"), Mapping) else {}
         return Snapshot(
             now_ns=now_ns,
+            started_ns=self._t0,
             status=self._status,
             error=self._error,
             meta=meta,
@@ -569,7 +580,7 @@ class RunState:
             gpu_name=str(first.get("name", "")),
             tdp_w=_tdp(first) if first else None,
             simulated=bool(meta.get("simulated", False)),
-            synthetic=bool(meta.get("synthetic", False)),
+            synthetic=bool(meta.get("synthetic", meta.get("weights") == "synthetic")),
             signal=self._signal,
             refresh_ms=_refresh_ms(first, self._signal) if first else None,
             elapsed_s=max(0.0, elapsed),
@@ -607,3 +618,71 @@ def _pct(value: float | None, tdp: float | None) -> float | None:
     if value is None or tdp is None or not math.isfinite(value):
         return None
     return 100.0 * value / tdp
+
+
+# --------------------------------------------------------------------------- live
+
+
+def _flag(value: Any) -> bool:
+    if value is None:
+        return False
+    if hasattr(value, "is_set"):
+        return bool(value.is_set())
+    return bool(value() if callable(value) else value)
+
+
+class LiveSource:
+    """A live run as the displays see it: a RunState fed by a session's reader thread
+    (or by a test), read on ``clock``. Wraps the session's stop/done/error so the
+    displays need not know its shape."""
+
+    kind = "live"
+
+    def __init__(self, session_or_state: Any, clock: Callable[[], int] = ev.now_ns,
+                 path: str | None = None) -> None:
+        if isinstance(session_or_state, RunState):
+            self.session, self.state = None, session_or_state
+        else:
+            self.session, self.state = session_or_state, session_or_state.state
+        self.clock = clock
+        self.path = path or getattr(self.session, "path", None)
+
+    def snapshot(self) -> Snapshot:
+        self._note_crash()
+        return self.state.snapshot(self.clock())
+
+    @property
+    def error(self) -> str:
+        s = self.session
+        err = getattr(s, "error", None) or getattr(s, "exception", None)
+        return "" if err is None else str(err)
+
+    @property
+    def done(self) -> bool:
+        if self.session is not None:
+            return _flag(getattr(self.session, "done", None))
+        return self.state.snapshot(self.clock()).ended
+
+    def _note_crash(self) -> None:
+        """A session that died without saying so in the stream still shows as failed."""
+        if self.session is not None and self.error and self.done:
+            self.state.apply(ev.RunEnded(self.clock(), "failed", self.error))
+
+    def stop(self) -> None:
+        if self.session is not None:
+            self.session.stop()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Until the session is done (its recording finalised)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    @property
+    def status(self) -> str:
+        """The run's verdict: the session's if it has one, else the stream's."""
+        status = getattr(self.session, "status", None)
+        return status if status in ENDED else self.state.snapshot(self.clock()).status

@@ -1,11 +1,16 @@
 """Published architecture configs of the models the seed study measured.
 
 Light on purpose (no transformers import): the config validator checks synthetic model
-names against this table. Values are the published config.json of each model.
+names against this table. Values are the published config.json of each model
+(Qwen/Qwen2-1.5B, Qwen/Qwen2.5-3B, 01-ai/Yi-1.5-6B), checked 2026-11-27 against copies
+of those files; fields that only matter for training (dropout, initializer range,
+torch_dtype) are left at transformers' defaults.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -19,6 +24,9 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 2,
         "vocab_size": 151936,
         "max_position_embeddings": 131072,
+        "max_window_layers": 28,
+        "use_sliding_window": False,
+        "sliding_window": 131072,
         "rope_theta": 1000000.0,
         "rms_norm_eps": 1e-06,
         "hidden_act": "silu",
@@ -36,6 +44,9 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 2,
         "vocab_size": 151936,
         "max_position_embeddings": 32768,
+        "max_window_layers": 36,
+        "use_sliding_window": False,
+        "sliding_window": 32768,
         "rope_theta": 1000000.0,
         "rms_norm_eps": 1e-06,
         "hidden_act": "silu",
@@ -53,6 +64,8 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 4,
         "vocab_size": 64000,
         "max_position_embeddings": 4096,
+        "attention_bias": False,
+        "mlp_bias": False,
         "rope_theta": 5000000.0,
         "rms_norm_eps": 1e-06,
         "hidden_act": "silu",
@@ -61,3 +74,45 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "eos_token_id": 2,
     },
 }
+
+
+class SyntheticModelError(ValueError):
+    """A synthetic:<name> model that is neither a known architecture nor a readable config.json."""
+
+
+def synthetic_config(model: str, base: Path | str = ".") -> dict[str, Any]:
+    """The architecture config of ``synthetic:<name>`` or ``synthetic:path/config.json``
+    (a relative path is taken from ``base``, the directory of the sweep file)."""
+    name = model.removeprefix("synthetic:")
+    if name in ARCHITECTURES:
+        return dict(ARCHITECTURES[name])
+    if not name.endswith(".json"):
+        raise SyntheticModelError(
+            f"unknown synthetic model '{name}'; allowed: {', '.join(ARCHITECTURES)}, or synthetic:path/to/config.json"
+        )
+    path = Path(name) if Path(name).is_absolute() else Path(base) / name
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SyntheticModelError(f"{path}: cannot read synthetic model config: {e}") from None
+    if not isinstance(cfg, dict) or "model_type" not in cfg:
+        raise SyntheticModelError(f"{path}: 'model_type' is missing; expected a Hugging Face config.json")
+    return cfg
+
+
+def parameter_count(cfg: dict[str, Any]) -> int:
+    """Parameters of a decoder-only transformer config (Llama/Qwen2 layout), without
+    building it: embeddings, attention (grouped KV heads), gated MLP, norms, LM head."""
+    h = int(cfg["hidden_size"])
+    layers = int(cfg["num_hidden_layers"])
+    heads = int(cfg["num_attention_heads"])
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    head_dim = int(cfg.get("head_dim") or h // heads)
+    inter = int(cfg["intermediate_size"])
+    vocab = int(cfg["vocab_size"])
+    attn = h * heads * head_dim * 2 + h * kv_heads * head_dim * 2
+    if cfg.get("model_type") == "qwen2":  # Qwen2 has biases on q, k, v
+        attn += heads * head_dim + 2 * kv_heads * head_dim
+    per_layer = attn + 3 * h * inter + 2 * h
+    head = 0 if cfg.get("tie_word_embeddings", False) else vocab * h
+    return vocab * h + layers * per_layer + h + head

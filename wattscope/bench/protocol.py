@@ -35,13 +35,13 @@ from wattscope.events import (
 from wattscope.bench.workload import Workload, describe_exception
 
 Emit = Callable[[Event], None]
-# Builds the workload of one configuration: (workload, info about how it was built).
-Build = Callable[[RunConfig], tuple[Workload, dict[str, Any]]]
+# Builds the workload of one configuration, writing what it learns into the info dict
+# as it goes, so a failed row still tells how far loading got.
+Build = Callable[[RunConfig, dict[str, Any]], Workload]
 
-# Windows are sized this much above min_window_s so that jitter keeps them above it.
-WINDOW_MARGIN = 1.05
-# Calibration times calls one by one until this share of min_window_s has passed.
-CALIBRATION_SHARE = 0.1
+# Calibration times calls one by one until this share of min_window_s has passed; it
+# only sizes the first warm-up window, each later window is sized from the one before.
+CALIBRATION_SHARE = 0.05
 
 
 class EnergySensor(TypingProtocol):
@@ -116,7 +116,7 @@ def _window(
 def calls_for(seconds_per_call: float, p: Protocol, min_calls: int) -> int:
     """Calls per window so that it lasts >= min_window_s and holds >= min_calls."""
     per_call = max(seconds_per_call, 1e-6)
-    return max(min_calls, math.ceil(p.min_window_s * WINDOW_MARGIN / per_call))
+    return max(min_calls, math.ceil(p.min_window_s / per_call))
 
 
 def _calibrate(spec: PhaseSpec, workload: Workload, p: Protocol, stop: StopFlag) -> int:
@@ -230,8 +230,7 @@ def run_config(
     stopped = False
     ok, reason = False, ""
     try:
-        workload, built = build(rc)
-        info.update(built)
+        workload = build(rc, info)
         prefill, decode = phases(workload, p)
         measure_phase(prefill, p, cid, workload, sensor, emit, stop)
         _check(stop)
@@ -243,7 +242,7 @@ def run_config(
         stopped, reason = True, "stopped before the configuration finished"
     except Exception as e:  # any failure of one configuration must not end the sweep
         reason = describe_exception(e)
-        info["error"] = f"{type(e).__name__}: {e}"[:2000]
+        info["error"] = f"{type(e).__name__}: {e}"[:1000]
     finally:
         if workload is not None:
             try:

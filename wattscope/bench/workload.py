@@ -53,15 +53,26 @@ def prompt_digest(ids: list[list[int]]) -> str:
     return hashlib.sha1(repr(ids).encode()).hexdigest()[:16]
 
 
+REASON_CHARS = 200
+
+
+def short_reason(text: str) -> str:
+    """First line, first sentence where one ends early, at most REASON_CHARS."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    cut = line.find(". ")
+    if 0 < cut < REASON_CHARS:
+        line = line[: cut + 1]
+    return line if len(line) <= REASON_CHARS else line[: REASON_CHARS - 1] + "…"
+
+
 def describe_exception(e: BaseException) -> str:
-    """A one-line reason for a failed row: out of memory, bitsandbytes missing... named as such."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    """A short reason for a failed row: out of memory, bitsandbytes missing... named as such."""
+    text = short_reason(str(e))
     name = type(e).__name__
     if "OutOfMemory" in name or "out of memory" in text.lower():
-        return "CUDA out of memory" + (f": {text[:160]}" if text else "")
+        return short_reason("CUDA out of memory" + (f": {text}" if text else ""))
     if isinstance(e, WorkloadError):
-        return text
-    if isinstance(e, (ImportError, ModuleNotFoundError)):
-        return f"missing package: {text[:200]}"
-    return f"{name}: {text[:200]}" if text else name
-
+        return text or name
+    if isinstance(e, ImportError):
+        return short_reason(f"missing package: {text}")
+    return short_reason(f"{name}: {text}") if text else name

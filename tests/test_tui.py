@@ -1,0 +1,247 @@
+"""The Textual app driven by Pilot: keys, what the screen shows, live and replay."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from pathlib import Path
+
+import pytest
+
+from wattscope import events as ev
+from wattscope.headless import fmt_duration
+from wattscope.recording import Recorder
+from wattscope.replay import MemoryRecording, ReplayController, synthetic_run
+from wattscope.state import LiveSource, RunState
+from wattscope.tui.app import ConfirmQuit, HelpScreen, make_app
+from wattscope.tui.widgets import PowerGraph, _columns
+
+S = 1_000_000_000
+CONFIGS = [("Qwen2-1.5B", 1, "fp16"), ("Qwen2-1.5B", 1, "int8"), ("Qwen2-1.5B", 1, "nf4"),
+           ("Qwen2-1.5B", 8, "fp16"), ("Qwen2-1.5B", 8, "int8")]
+FAIL = {"Qwen2-1.5B/b8/int8": "CUDA out of memory"}
+
+
+def sync(fn):
+    """Run an async test on a fresh event loop (no asyncio pytest plugin needed)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+
+    return run
+
+
+class Clock:
+    def __init__(self, t: int) -> None:
+        self.t = t
+
+    def __call__(self) -> int:
+        return self.t
+
+
+@pytest.fixture(scope="module")
+def events() -> list[ev.Event]:
+    return synthetic_run(configs=CONFIGS, failures=FAIL)
+
+
+def _state_at(events: list[ev.Event], t: int) -> RunState:
+    s = RunState()
+    s.apply_all(e for e in events if e.t_ns <= t)
+    return s
+
+
+def _screen_text(app) -> str:
+    update = app.screen._compositor.render_update(full=True)
+    return "\n".join("".join(seg.text for seg in line) for line in update.strips)
+
+
+class FakeSession:
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+        self.done = threading.Event()
+        self.error = None
+        self.stopped = False
+        self.status = "running"
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.status = "interrupted"
+        self.done.set()
+
+
+@sync
+async def test_live_screen_shows_power_phase_tdp_and_table(events) -> None:
+    t = events[0].t_ns + 33 * S + S // 3
+    app = make_app(_state_at(events, t), clock=Clock(t))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        text = _screen_text(app)
+        snap = app.snap
+        assert snap.phase == "decode" and snap.config.config_id == "Qwen2-1.5B/b8/fp16"
+        assert f"GPU0 {snap.gpu.latest_w:.0f} W  {snap.gpu.pct_tdp:.0f}% of 700 W TDP" in text
+        assert "D decode r2/3" in text and "4/5 Qwen2-1.5B b8 FP16" in text
+        assert "Qwen2-1.5B  1  INT8  4.736  135.724   15.79  5.13x  3.18x  0.15x" in text
+        assert "41.10*" in text and "CV > 3%" in text  # the noisy NF4 row is flagged
+        assert "Results 3/5" in text
+        assert "100/100 Hz" in text and "refresh 100 ms" in text
+
+
+@sync
+async def test_failed_row_and_run_failure_are_shown(events) -> None:
+    state = _state_at(events, events[-1].t_ns)
+    state2 = RunState()
+    crash = [e for e in events if not isinstance(e, ev.RunEnded)]
+    state2.apply_all(crash)
+    state2.apply(ev.RunEnded(events[-1].t_ns, "failed", "runner process died (exit code -11)"))
+    for st, expect in ((state, "failed Qwen2-1.5B b8 INT8: CUDA out of memory"),
+                       (state2, "run failed: runner process died (exit code -11)")):
+        app = make_app(st, clock=Clock(events[-1].t_ns))
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            assert expect in _screen_text(app)
+
+
+@sync
+async def test_pause_display_freezes_frames_while_the_run_goes_on(events) -> None:
+    clock = Clock(events[0].t_ns + 5 * S)
+    state = _state_at(events, clock.t)
+    app = make_app(state, clock=clock, frame_s=0.05)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        before = app.snap.now_ns
+        await pilot.press("p")
+        await pilot.pause()
+        assert app.display_paused and "DISPLAY PAUSED" in _screen_text(app)
+        clock.t += 10 * S
+        state.apply_all(e for e in events if before < e.t_ns <= clock.t)
+        await pilot.pause(0.2)
+        assert app.snap.now_ns == before
+        await pilot.press("p")
+        await pilot.pause(0.1)
+        assert app.snap.now_ns == clock.t and app.snap.configs_done == 1
+
+
+@sync
+async def test_help_and_quit_without_a_running_sweep(events) -> None:
+    app = make_app(_state_at(events, events[-1].t_ns), clock=Clock(events[-1].t_ns))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        assert "prefill" in _screen_text(app) and "seek" not in _screen_text(app)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+        await pilot.press("q")
+        await pilot.pause()
+        assert app.return_code == 0 and not app.is_running
+
+
+@sync
+async def test_quit_during_a_live_sweep_asks_then_stops_the_runner(events) -> None:
+    t = events[0].t_ns + 12 * S
+    session = FakeSession(_state_at(events, t))
+    app = make_app(LiveSource(session, clock=Clock(t)))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("q")
+        assert isinstance(app.screen, ConfirmQuit)
+        await pilot.press("n")
+        assert app.is_running and not session.stopped
+        await pilot.press("q")
+        await pilot.press("y")
+        await pilot.pause(0.3)
+        assert session.stopped
+        assert not app.is_running
+
+
+@sync
+async def test_replay_keys(events) -> None:
+    clock = Clock(0)
+    rc = ReplayController(MemoryRecording(events), clock=clock)
+    t0 = events[0].t_ns
+    app = make_app(rc)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        duration = fmt_duration((events[-1].t_ns - t0) / 1e9)
+        assert f"REPLAY ▶ 1x 00:00/{duration}" in _screen_text(app)
+        await pilot.press("space")
+        await pilot.pause()
+        assert not rc.playing and "REPLAY ⏸" in _screen_text(app)
+        await pilot.press("right", "right")
+        assert rc.position_ns == t0 + 20 * S
+        assert app.snap.now_ns == t0 + 20 * S and app.snap.configs_done == 2
+        await pilot.press("left")
+        assert rc.position_ns == t0 + 10 * S
+        await pilot.press("plus", "plus", "minus")
+        assert rc.speed == 2.0
+        await pilot.press("G")
+        assert app.snap.status == "completed" and len(app.snap.results) == 5
+        await pilot.press("g")
+        assert rc.position_ns == t0 and app.snap.results == ()
+        await pilot.press("question_mark")
+        assert "seek" in _screen_text(app)
+
+
+@sync
+async def test_replay_keys_are_hidden_live(events) -> None:
+    app = make_app(_state_at(events, events[-1].t_ns), clock=Clock(events[-1].t_ns))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("right", "G")
+        assert "REPLAY" not in _screen_text(app)
+        assert app.check_action("seek", (10,)) is False
+
+
+@sync
+async def test_export_writes_markdown_and_csv_beside_the_recording(events, tmp_path: Path) -> None:
+    path = tmp_path / "run.wattscope"
+    rec = Recorder(path)
+    for e in events:
+        rec.write(e)
+    rec.close()
+    from wattscope.recording import load
+
+    rc = ReplayController(load(path), clock=Clock(0))
+    app = make_app(rc)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("e")
+        for _ in range(50):
+            await pilot.pause(0.1)
+            if app.export_message:
+                break
+    assert app.export_message.startswith("exported"), app.export_message
+    assert (tmp_path / "run.md").is_file() and (tmp_path / "run.csv").is_file()
+    assert str(tmp_path / "run.md") in app.export_message
+
+
+@sync
+async def test_export_without_a_recording_says_so(events) -> None:
+    app = make_app(_state_at(events, events[-1].t_ns), clock=Clock(events[-1].t_ns))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("e")
+        assert "no recording file" in app.export_message
+
+
+@sync
+async def test_relayout_on_resize(events) -> None:
+    t = events[-1].t_ns
+    app = make_app(_state_at(events, t), clock=Clock(t))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert "Prefill J/call" not in _screen_text(app)
+        await pilot.resize_terminal(160, 40)
+        await pilot.pause(0.3)
+        text = _screen_text(app)
+        assert "Prefill J/call" in text and "Prefill %TDP" in text
+        assert app.query_one(PowerGraph).size.width > 100
+
+
+def test_graph_columns_average_samples_and_keep_the_last_phase() -> None:
+    import numpy as np
+
+    t = np.array([-9.5, -9.2, -5.5, -0.5])
+    p = np.array([100.0, 200.0, 300.0, 400.0])
+    phase = np.array([3, 4, 4, 5], dtype=np.int8)
+    mean, last = _columns(t, p, phase, window_s=10.0, width=10)
+    assert mean[0] == 150.0 and last[0] == 4
+    assert mean[4] == 300.0 and mean[9] == 400.0 and last[9] == 5
+    assert np.isnan(mean[1]) and last[1] == -1

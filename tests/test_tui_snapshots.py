@@ -1,0 +1,50 @@
+"""SVG snapshots of the live and replay screens, driven by a synthetic run on a frozen
+clock (regenerate with ``pytest tests/test_tui_snapshots.py --snapshot-update`` and look
+at the SVGs before committing them)."""
+
+from __future__ import annotations
+
+import pytest
+
+from wattscope import events as ev
+from wattscope.replay import MemoryRecording, ReplayController, synthetic_run
+from wattscope.state import RunState
+from wattscope.tui.app import make_app
+
+S = 1_000_000_000
+CONFIGS = [("Qwen2-1.5B", 1, "fp16"), ("Qwen2-1.5B", 1, "int8"), ("Qwen2-1.5B", 1, "nf4"),
+           ("Qwen2-1.5B", 8, "fp16"), ("Qwen2-1.5B", 8, "int8"), ("Qwen2-1.5B", 8, "nf4")]
+FAIL = {"Qwen2-1.5B/b8/int8": "CUDA out of memory"}
+
+
+@pytest.fixture(scope="module")
+def events() -> list[ev.Event]:
+    return synthetic_run(configs=CONFIGS, failures=FAIL)
+
+
+def _live(events: list[ev.Event], at_s: float):
+    t = events[0].t_ns + int(at_s * S)
+    state = RunState()
+    state.apply_all(e for e in events if e.t_ns <= t)
+    return make_app(state, clock=lambda: t)
+
+
+def test_live_screen_80x24(snap_compare, events) -> None:
+    assert snap_compare(_live(events, 33.4), terminal_size=(80, 24))
+
+
+def test_live_screen_wide_after_a_failure(snap_compare, events) -> None:
+    assert snap_compare(_live(events, 45.2), terminal_size=(150, 36))
+
+
+def test_replay_screen_paused_mid_run(snap_compare, events) -> None:
+    rc = ReplayController(MemoryRecording(events), clock=lambda: 0)
+    rc.pause()
+    rc.seek_to(events[0].t_ns + 24 * S + S // 2)
+    assert snap_compare(make_app(rc), terminal_size=(80, 24))
+
+
+def test_help_screen(snap_compare, events) -> None:
+    rc = ReplayController(MemoryRecording(events), clock=lambda: 0)
+    rc.pause()
+    assert snap_compare(make_app(rc), press=["question_mark"], terminal_size=(80, 24))

@@ -1,0 +1,174 @@
+"""The runner: the process that owns the model and runs the sweep's protocol.
+
+``RunnerProcess`` starts a 'spawn' child (a fresh interpreter: no CUDA state or threads
+inherited from the parent) that opens its own sensor from a picklable spec, runs
+``run_sweep`` and puts every event on the queue as a plain dict (``Event.to_dict()``;
+``Event.from_dict`` rebuilds it). The model never shares its process with the sampler
+or the UI. ``run_sweep`` is the same code in-process, for tests.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from wattscope.bench.protocol import Build, Emit, StopFlag, run_protocol
+from wattscope.bench.workload import Workload
+from wattscope.config import RunConfig, Sweep
+from wattscope.events import Event, RunWarning, now_ns
+
+
+def other_gpu_processes(index: int) -> list[tuple[int, int]]:
+    """(pid, used bytes) of compute processes on NVML GPU ``index`` other than this one;
+    empty when NVML is not available."""
+    import os
+
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return []
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        return [(p.pid, int(p.usedGpuMemory or 0)) for p in procs if p.pid != os.getpid()]
+    except Exception:
+        return []
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def _model_builder(sweep: Sweep, device: str, cache_dir: str | None) -> tuple[Build, Callable[[], None], Callable[[], None]]:
+    """Build, release-after-each-config and end-of-sweep cleanup for real models."""
+    from wattscope.bench import models
+
+    cache = models.WeightCache(cache_dir)
+    done: list[RunConfig] = []
+
+    def build(rc: RunConfig, info: dict[str, Any]) -> Workload:
+        done.append(rc)
+        return models.build_workload(rc, sweep, device, cache, info)
+
+    def release() -> None:
+        models.release_memory()
+        if done:
+            later = sweep.configs[sweep.configs.index(done[-1]) + 1 :]
+            if all(c.model != done[-1].model for c in later):
+                cache.forget(done[-1].model)
+
+    return build, release, cache.cleanup
+
+
+def run_sweep(
+    sweep: Sweep,
+    sensor: Any,
+    emit: Emit,
+    stop: StopFlag | None = None,
+    *,
+    sim: bool = False,
+    device: str = "cuda",
+    start_index: int = 0,
+    cache_dir: str | None = None,
+    gpu_index: int | None = None,
+) -> bool:
+    """Run the sweep in this process; returns False if it was stopped. With ``sim`` the
+    sensor must be a simulated one (it has ``.gpu`` with ``set_load_w``) and the sweep
+    runs unchanged (pass ``sweep.for_simulation()`` for the fast timing)."""
+    stop = stop if stop is not None else threading.Event()
+    if not 0 <= start_index <= len(sweep.configs):
+        raise ValueError(f"start_index = {start_index} is not allowed; expected 0..{len(sweep.configs)}")
+    if sim:
+        from wattscope.bench.sim_workload import sim_builder
+
+        gpu = getattr(sensor, "gpu", None)
+        if gpu is None or not hasattr(gpu, "set_load_w"):
+            raise ValueError("run_sweep(sim=True) needs a simulated sensor (open_sensor of a 'sim' spec)")
+        info = sensor.info()
+        idle_w = float(info.get("sim_spec", {}).get("idle_w", 72.0))
+        build = sim_builder(sweep, gpu, idle_w, float(info["tdp_w"]))
+        release: Callable[[], None] = lambda: None
+        cleanup: Callable[[], None] = lambda: None
+    else:
+        if gpu_index is not None:
+            others = other_gpu_processes(gpu_index)
+            if others:
+                listed = ", ".join(f"pid {pid} ({used / 2**20:.0f} MiB)" for pid, used in others)
+                emit(RunWarning(now_ns(), "runner", f"other processes are using GPU {gpu_index}: {listed}; figures may include their energy"))
+        build, release, cleanup = _model_builder(sweep, device, cache_dir)
+    try:
+        return run_protocol(sweep, build, sensor, emit, stop, start_index, release)
+    finally:
+        cleanup()
+
+
+def _child_main(sweep: Sweep, sensor_spec: Any, queue: Any, stop: Any, sim: bool, device: str, start_index: int) -> None:
+    # Ctrl-C reaches the whole process group; the parent decides and sets the stop flag.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from wattscope.telemetry.sensor import open_sensor
+
+    def emit(event: Event) -> None:
+        queue.put(event.to_dict())
+
+    sensor = None
+    try:
+        sensor = open_sensor(sensor_spec)
+        gpu_index = None if sim else getattr(sensor_spec, "index", None)
+        run_sweep(sweep, sensor, emit, stop, sim=sim, device=device, start_index=start_index, gpu_index=gpu_index)
+    except BaseException as e:
+        emit(RunWarning(now_ns(), "runner", f"runner failed: {type(e).__name__}: {e}"))
+        raise
+    finally:
+        if sensor is not None:
+            sensor.close()
+
+
+class RunnerProcess:
+    """The runner child. ``start_index`` lets a session restart it after a hard crash
+    for the configurations that remain (the idle baseline is only measured from 0)."""
+
+    def __init__(self, sweep: Sweep, sensor_spec: Any, queue: Any, sim: bool, device: str = "cuda", start_index: int = 0) -> None:
+        self._ctx = mp.get_context("spawn")
+        self._stop = self._ctx.Event()
+        self._proc = self._ctx.Process(
+            target=_child_main,
+            args=(sweep, sensor_spec, queue, self._stop, sim, device, start_index),
+            name="wattscope-runner",
+        )
+
+    def start(self) -> None:
+        self._proc.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask the child to stop between two calls; terminate it if it does not exit in time
+        (a CUDA kernel or a model load cannot be interrupted from Python)."""
+        self._stop.set()
+        if self._proc.pid is None:
+            return
+        self._proc.join(timeout)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(5.0)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._proc.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._proc.is_alive()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._proc.exitcode

@@ -1,0 +1,236 @@
+"""Widgets that draw one Snapshot each. They hold the last snapshot they were shown and
+render from it; none of them reads the run state or the clock."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from rich.console import Group, RenderableType
+from rich.text import Text
+from textual.widget import Widget
+from textual.widgets import Static
+
+from wattscope import events as ev
+from wattscope.headless import (
+    PHASE_LABEL,
+    config_number,
+    fmt_duration,
+    fmt_pct,
+    fmt_watts,
+    phase_line,
+    precision_label,
+    ratio_table,
+    table_note,
+)
+from wattscope.state import NO_PHASE, Snapshot
+
+# One mark and one colour per phase: the mark keeps phases apart without colour
+# (NO_COLOR), the colour makes them easy to see with it.
+PHASE_MARK = {"idle": ".", "load": "l", "warmup": "w", "prefill": "P", "decode": "D", "cooldown": "c"}
+PHASE_STYLE = {
+    "idle": "grey62",
+    "load": "blue",
+    "warmup": "yellow",
+    "prefill": "magenta",
+    "decode": "green",
+    "cooldown": "cyan",
+}
+_MARKS = [PHASE_MARK[p] for p in ev.PHASES]
+_STYLES = [PHASE_STYLE[p] for p in ev.PHASES]
+_BLOCKS = " ▁▂▃▄▅▆▇█"
+GUTTER = 5
+
+
+def phase_legend() -> Text:
+    t = Text()
+    for p in ev.PHASES:
+        t.append(f"{PHASE_MARK[p]} ", style=f"bold {PHASE_STYLE[p]}")
+        t.append(f"{PHASE_LABEL[p]}  ")
+    return t
+
+
+class SnapshotView:
+    """Mixin: keep the snapshot and redraw."""
+
+    snap: Snapshot | None = None
+
+    def show(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self.refresh()  # type: ignore[attr-defined]
+
+
+def _columns(t_s: np.ndarray, p: np.ndarray, phase: np.ndarray, window_s: float, width: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean watts and last phase per column; NaN / NO_PHASE where a column has no sample."""
+    mean = np.full(width, np.nan)
+    last_phase = np.full(width, NO_PHASE, dtype=np.int64)
+    if width <= 0 or not len(t_s):
+        return mean, last_phase
+    col = np.floor((t_s + window_s) / window_s * width).astype(np.int64)
+    col = np.clip(col, 0, width - 1)
+    counts = np.bincount(col, minlength=width)
+    sums = np.bincount(col, weights=p, minlength=width)
+    has = counts > 0
+    mean[has] = sums[has] / counts[has]
+    last_idx = np.searchsorted(col, np.arange(width), side="right") - 1
+    last_phase[has] = phase[last_idx[has]]
+    return mean, last_phase
+
+
+class PowerGraph(SnapshotView, Widget):
+    """Power of each GPU over the last window on a fixed 0..TDP scale (never
+    auto-scaled, so a low-power INT8 run looks low), coloured by phase, with a row of
+    phase marks beneath and the current value in the heading."""
+
+    DEFAULT_CSS = "PowerGraph { height: 1fr; }"
+
+    def render(self) -> RenderableType:
+        snap = self.snap
+        width, height = self.size.width, self.size.height
+        if snap is None or not snap.gpus:
+            return Text("waiting for samples…", style="dim")
+        per = max(3, height // len(snap.gpus))
+        parts: list[Text] = []
+        for g in snap.gpus:
+            parts.extend(self._gpu_lines(snap, g, width, per))
+        return Text("\n").join(parts[:height])
+
+    def _gpu_lines(self, snap: Snapshot, g, width: int, height: int) -> list[Text]:
+        scale = g.tdp_w or (max(float(np.nanmax(g.power_w)), 1.0) if len(g.power_w) else 1.0)
+        head = Text(f"GPU{g.index} ", style="bold")
+        head.append(fmt_watts(g.latest_w), style="bold")
+        head.append(f"  {fmt_pct(g.pct_tdp)} of {scale:.0f} W TDP" if g.tdp_w else "  TDP unknown")
+        rows = max(1, height - 2)
+        plot_w = max(1, width - GUTTER)
+        mean, phases = _columns(g.t_s, g.power_w, g.phase, snap.window_s, plot_w)
+        level = np.where(np.isnan(mean), -1.0, np.clip(mean / scale, 0, 1) * rows * 8)
+        lines = [head]
+        for r in range(rows):
+            k = rows - 1 - r  # rows from the bottom
+            label = f"{scale:.0f}W" if r == 0 else ("0W" if k == 0 else "")
+            line = Text(f"{label:>{GUTTER - 1}}│", style="dim")
+            for c in range(plot_w):
+                lv = level[c]
+                if lv < 0:
+                    line.append(" ")
+                    continue
+                fill = int(min(8, max(0, round(lv - 8 * k))))
+                if k == 0 and fill == 0 and lv > 0:
+                    fill = 1  # a drawn sample is never invisible
+                code = phases[c]
+                line.append(_BLOCKS[fill], style=_STYLES[code] if code >= 0 else "white")
+            lines.append(line)
+        strip = Text(f"{'':>{GUTTER - 1}}└", style="dim")
+        for c in range(plot_w):
+            code = phases[c]
+            if code < 0:
+                strip.append(" ")
+            else:
+                strip.append(_MARKS[code], style=_STYLES[code])
+        lines.append(strip)
+        return lines
+
+
+def _gauge(pct: float | None, width: int) -> Text:
+    frac = 0.0 if pct is None or not math.isfinite(pct) else min(1.0, max(0.0, pct / 100))
+    fill = int(round(frac * width))
+    style = "red" if frac > 0.9 else ("yellow" if frac > 0.6 else "green")
+    t = Text("█" * fill, style=style)
+    t.append("░" * (width - fill), style="dim")
+    return t
+
+
+class PhasePanel(SnapshotView, Widget):
+    """Where the sweep is: phase, configuration, repeat, progress, power."""
+
+    def render(self) -> RenderableType:
+        snap = self.snap
+        if snap is None or snap.status == "waiting":
+            return Text("waiting for the run to start…", style="dim")
+        lines = []
+        t = Text("Phase   ", style="dim")
+        if snap.phase:
+            t.append(f"{PHASE_MARK.get(snap.phase, '?')} ", style=f"bold {PHASE_STYLE.get(snap.phase, '')}")
+        t.append(phase_line(snap), style="bold")
+        t.append(f"  {snap.phase_elapsed_s:.1f} s")
+        lines.append(t)
+        t = Text("Config  ", style="dim")
+        t.append(f"{config_number(snap)}/{snap.configs_total} ")
+        c = snap.config
+        if c is None:
+            t.append("-")
+        else:
+            t.append(f"{c.label} b{c.batch} {precision_label(c.precision)}", style="bold")
+        lines.append(t)
+        t = Text("Weights ", style="dim")
+        t.append("-" if c is None else ("synthetic" if c.synthetic else "real"))
+        t.append(f" · {'sim' if snap.simulated else 'real'} GPU")
+        lines.append(t)
+        t = Text("Time    ", style="dim")
+        t.append(f"{fmt_duration(snap.elapsed_s)}  ETA {fmt_duration(snap.eta_s)}")
+        lines.append(t)
+        g = snap.gpu
+        if g is not None:
+            t = Text("Power   ", style="dim")
+            t.append(fmt_watts(g.latest_w), style="bold")
+            t.append(f"  phase avg {fmt_watts(g.phase_avg_w)}", style="dim")
+            lines.append(t)
+            bar_w = max(4, self.size.width - 13)
+            t = Text("%TDP    ", style="dim")
+            t.append_text(_gauge(g.pct_tdp, bar_w))
+            t.append(f" {fmt_pct(g.pct_tdp):>4}")
+            lines.append(t)
+        return Text("\n").join(lines)
+
+
+class RatioTable(SnapshotView, Static):
+    """The seed's table, filling in live."""
+
+    def render(self) -> RenderableType:
+        snap = self.snap
+        if snap is None or not snap.results:
+            return Text("no results yet: the first row appears when a configuration finishes",
+                        style="dim")
+        note = Text(table_note(snap), style="dim")
+        return Group(ratio_table(snap, self.size.width), note)
+
+
+class SensorLine(SnapshotView, Widget):
+    """Is the power trustworthy: which signal, how fresh, how fast the sampler runs."""
+
+    DEFAULT_CSS = "SensorLine { height: 1; }"
+
+    def render(self) -> RenderableType:
+        snap = self.snap
+        if snap is None:
+            return Text("")
+        t = Text("sensor ", style="dim")
+        t.append(snap.signal)
+        refresh = f"{snap.refresh_ms:.0f} ms" if snap.refresh_ms is not None else "?"
+        t.append(f" · refresh {refresh}")
+        s = snap.sampler
+        if s is None:
+            t.append(" · sampler: no stats yet", style="dim")
+        else:
+            t.append(f" · {s.achieved_hz:.0f}/{s.target_hz:.0f} Hz")
+            distinct = "?" if s.distinct_per_s is None else f"{s.distinct_per_s:.1f}"
+            t.append(f" · {distinct} distinct/s")
+            t.append(f" · {s.drops} drops · CPU {s.cpu_pct:.0f}%")
+        return t
+
+
+class WarningLog(SnapshotView, Widget):
+    """The latest warnings, newest last."""
+
+    def render(self) -> RenderableType:
+        snap = self.snap
+        if snap is None or not snap.warnings:
+            return Text("no warnings", style="dim")
+        lines = []
+        for w in list(snap.warnings)[-max(1, self.size.height):]:
+            t = Text("! ", style="bold yellow")
+            t.append(f"[{w.source}] ", style="dim")
+            t.append(w.message)
+            lines.append(t)
+        return Text("\n").join(lines)
