@@ -63,8 +63,8 @@ def _started_or_skip(pane: Pane, text: str, what: str) -> None:
     if "wattscope" in text and ("REPLAY" in text or "LIVE" in text):
         return
     if pane.dead():
-        lines = [line for line in text.splitlines() if line.strip()]
-        pytest.skip(f"{what} exited before drawing the app: {lines[-1] if lines else 'no output'}")
+        lines = [line for line in text.splitlines() if line.strip() and not line.startswith("Pane is dead")]
+        pytest.skip(f"{what} exited before drawing the app: {' '.join(lines[-3:]) or 'no output'}")
     pytest.fail(f"{what} is running but the app never appeared:\n{text}")
 
 
@@ -109,5 +109,38 @@ def test_live_sim_run_quit_asks_then_stops_and_keeps_the_recording(tmp_path: Pat
             pane.keys("y")
         assert _wait_dead(pane, 60), pane.text()
         assert out.is_file()
+    finally:
+        pane.close()
+
+
+def test_replay_of_a_recording_file_keys_and_no_color(tmp_path: Path) -> None:
+    from wattscope.recording import Recorder
+    from wattscope.replay import synthetic_run
+
+    path = tmp_path / "synthetic.wattscope"
+    rec = Recorder(path)
+    for e in synthetic_run(configs=[("Qwen2-1.5B", 1, "fp16"), ("Qwen2-1.5B", 1, "int8"),
+                                    ("Qwen2-1.5B", 1, "nf4")]):
+        rec.write(e)
+    rec.close()
+    pane = Pane(f"{shlex.quote(sys.executable)} -m wattscope replay {shlex.quote(str(path))}",
+                width=80, height=24, env={"NO_COLOR": "1"})
+    try:
+        text = pane.wait_for("TDP", "Phase", timeout=30)
+        _started_or_skip(pane, text, "wattscope replay")
+        pane.keys("space", "g")  # pause at the start, then seek to the INT8 load
+        pane.keys("Right", "Right", "Left")
+        text = pane.wait_for("00:10/", "l load", timeout=10)
+        assert "REPLAY ⏸" in text and "Qwen2-1.5B b1 INT8" in text, text
+        assert "0.924" in text and "1.00x" in text, text  # the FP16 row is in
+        assert "5.13x" not in text  # the INT8 row is not yet
+        # Without colour the phases stay apart by their marks under the graph.
+        strip = next(line for line in text.splitlines() if "└" in line)
+        assert {".", "l", "P", "D"} <= set(strip), strip
+        pane.keys("G")
+        text = pane.wait_for("5.13x", "3.86x", timeout=10)
+        assert "completed" in text and "41.10*" in text, text
+        pane.keys("q")
+        assert _wait_dead(pane), pane.text()
     finally:
         pane.close()

@@ -39,6 +39,17 @@ def _drain(sp: SamplerProcess, seconds: float, events: list) -> None:
             pass
 
 
+def _wait_first_batch(sp: SamplerProcess, events: list) -> None:
+    """Process start-up (a fresh interpreter) takes a while on a loaded machine."""
+    deadline = time.monotonic() + 30
+    while not any(isinstance(e, Samples) for e in events):
+        assert time.monotonic() < deadline, "the sampler sent nothing in 30 s"
+        try:
+            events.append(sp.queue.get(timeout=0.05))
+        except queue_mod.Empty:
+            pass
+
+
 def _drain_rest(sp: SamplerProcess, events: list) -> None:
     while True:
         try:
@@ -57,13 +68,14 @@ def _pid_gone(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def run_100hz() -> dict:
-    """One 1.6 s run at 100 Hz, energy at 10 Hz, shared by the tests below. Halfway the
-    'runner' (this process) raises the simulated load to 500 W."""
+    """One run of ~1.7 s at 100 Hz, energy at 10 Hz, shared by the tests below. Halfway
+    the 'runner' (this process) raises the simulated load to 500 W."""
     gpu = SimGPU.create(SimSpec(seed=5, noise_w=1.5))
     sp = SamplerProcess([SensorSpec.simulated(gpu, index=2)], rate_hz=100, energy_hz=10)
     events: list = []
     t_before = now_ns()
     sp.start()
+    _wait_first_batch(sp, events)
     _drain(sp, 0.8, events)
     t_load = now_ns()
     gpu.set_load_w(500.0)
@@ -131,13 +143,13 @@ def test_energy_is_read_at_energy_hz(run_100hz: dict) -> None:
 
 def test_rows_are_batched_about_every_100ms(run_100hz: dict) -> None:
     batches = [e for e in run_100hz["events"] if isinstance(e, Samples)]
-    assert 12 <= len(batches) <= 20
+    assert 14 <= len(batches) <= 20
     assert max(len(b.rows) for b in batches[:-1]) <= 12
 
 
 def test_stats_report_rate_and_fresh_values(run_100hz: dict) -> None:
     stats = run_100hz["stats"]
-    assert stats, "no SamplerStats within 1.6 s"
+    assert stats, "no SamplerStats within 1.7 s"
     s = stats[0]
     assert s.target_hz == 100.0
     assert s.achieved_hz == pytest.approx(100.0, rel=0.03)
@@ -159,12 +171,14 @@ def test_stop_flushes_the_last_batch() -> None:
         sp = SamplerProcess([SensorSpec.simulated(gpu)], rate_hz=100, batch_interval_s=10.0, stats_interval_s=10.0)
         sp.start()
         events: list = []
-        _drain(sp, 0.6, events)
+        _drain(sp, 1.5, events)
         assert not any(isinstance(e, Samples) for e in events)
+        t_stop = now_ns()
         sp.stop()
         _drain_rest(sp, events)
     rows = [r for e in events if isinstance(e, Samples) for r in e.rows]
-    assert len(rows) >= 30
+    assert len(rows) >= 10
+    assert rows[-1][0] > t_stop - 50_000_000  # sampled up to the stop, and all of it arrived
     assert sp.exitcode == 0 and not sp.is_alive()
 
 
@@ -173,7 +187,7 @@ def test_death_of_the_sampler_is_noticed() -> None:
         sp = SamplerProcess([SensorSpec.simulated(gpu)], rate_hz=50)
         assert sp.failure() is None  # not started
         sp.start()
-        _drain(sp, 0.3, [])
+        _wait_first_batch(sp, [])
         assert sp.is_alive() and sp.failure() is None
         os.kill(sp.pid, signal.SIGKILL)
         deadline = time.monotonic() + 5

@@ -85,7 +85,7 @@ async def test_live_screen_shows_power_phase_tdp_and_table(events) -> None:
         assert "Qwen2-1.5B  1  INT8  4.736  135.724   15.79  5.13x  3.18x  0.15x" in text
         assert "41.10*" in text and "CV > 3%" in text  # the noisy NF4 row is flagged
         assert "Results 3/5" in text
-        assert "100/100 Hz" in text and "refresh 100 ms" in text
+        assert "100/100 Hz" in text and "power_w (refresh 100 ms)" in text
 
 
 @sync

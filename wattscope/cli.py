@@ -108,7 +108,18 @@ def cmd_export(args: argparse.Namespace) -> int:
         for p in written:
             print(p)
         return 0
-    out = export.export(sources, fmt=args.format, table=args.table, out_path=Path(args.output) if args.output else None)
+    try:
+        out = export.export(
+            sources,
+            fmt=args.format,
+            table=args.table,
+            out_path=Path(args.output) if args.output else None,
+            idle_subtracted=args.idle_subtracted,
+            per_token=args.per_token,
+            cv=args.cv,
+        )
+    except export.ExportError as e:
+        raise UsageError(str(e)) from None
     if args.output:
         print(args.output, file=sys.stderr)
     else:
@@ -159,7 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export tables (or raw traces) from recordings or CSV tables")
     e.add_argument("inputs", nargs="+", help="recordings (.wattscope) or measurement CSV tables")
     e.add_argument("--format", default="md", choices=["md", "csv", "json", "parquet", "latex"])
-    e.add_argument("--table", default="all", choices=["phases", "power", "findings", "all"])
+    e.add_argument("--table", default="all", choices=["phases", "power", "findings", "crosscheck", "all"])
+    e.add_argument("--idle-subtracted", action="store_true", help="energies minus the idle baseline power over the same time")
+    e.add_argument("--per-token", action="store_true", help="add energy per token columns")
+    e.add_argument("--cv", action="store_true", help="add the repeat coefficient-of-variation columns")
     e.add_argument("--traces", action="store_true", help="export raw samples and windows (csv or parquet) into -o DIR")
     e.add_argument("-o", "--output", help="output file (directory with --traces); default stdout")
     e.set_defaults(func=cmd_export)
@@ -167,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="two sources side by side: ratios and findings")
     c.add_argument("a")
     c.add_argument("b")
-    c.add_argument("--format", default="md", choices=["md", "json"])
+    c.add_argument("--format", default="md", choices=["md", "text", "json"])
     c.set_defaults(func=cmd_compare)
     return p
 

@@ -257,11 +257,15 @@ class Recording:
         if windows.empty:
             return np.array([], dtype=float)
         gpu = self.meta.get("gpu", {}).get("index", 0)
-        s = self.samples
-        s = s[s["gpu"] == gpu]
+        # Two columns straight from SQLite: the cross-check must not cost loading every
+        # sample column of an hour-long recording.
+        rows = self._db.execute(
+            "SELECT t_ns, power_w FROM samples WHERE gpu = ? ORDER BY t_ns", (gpu,)
+        ).fetchall()
+        tp = np.array(rows, dtype=float).reshape(-1, 2)
         return _integrate(
-            s["t_ns"].to_numpy(np.int64).astype(float),
-            s["power_w"].to_numpy(float),
+            tp[:, 0],
+            tp[:, 1],
             windows["start_ns"].to_numpy(float),
             windows["end_ns"].to_numpy(float),
         )

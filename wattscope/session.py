@@ -34,8 +34,7 @@ from wattscope.events import (
 )
 from wattscope.recording import Recorder
 from wattscope.state import RunState
-from wattscope.telemetry import SensorSpec, open_sensor
-from wattscope.telemetry.refresh import measure_refresh_periods
+from wattscope.telemetry import SensorSpec, measure_refresh_periods, open_sensor
 
 ENERGY_SIGNAL = "NVML total energy counter, read at both edges of each window after a GPU synchronize"
 POLL_S = 0.1
@@ -89,7 +88,7 @@ class Session:
     def start(self) -> None:
         """Prepare everything that can fail fast (sensor, output file, children) in the
         caller's thread, then hand the event loop to a background thread."""
-        specs = self._sensor_specs()
+        specs = self._specs = self._sensor_specs()
         meta = self._describe(specs)
         self._recorder = Recorder(self.output)
         self._emit(RunStarted(now_ns(), meta))
@@ -116,7 +115,7 @@ class Session:
             from wattscope.telemetry.sim import SimGPU, SimSpec
 
             self._sim_gpu = SimGPU.create(SimSpec(seed=self.sweep.sim.seed))
-            return [SensorSpec.sim(self._sim_gpu.handle)]
+            return [SensorSpec.simulated(self._sim_gpu)]
         return [SensorSpec.nvml(i) for i in self.sweep.sampler.gpus]
 
     def _describe(self, specs: list[SensorSpec]) -> dict[str, Any]:
@@ -141,7 +140,7 @@ class Session:
             "weights": "synthetic" if synthetic == {True} else "real" if synthetic == {False} else "mixed",
             "gpu": gpus[0],
             "gpus": gpus,
-            "energy_signal": ENERGY_SIGNAL,
+            "energy_signal": ("simulated " if self.sim else "") + ENERGY_SIGNAL,
             "sampler": {
                 "rate_hz": self.sweep.sampler.rate_hz,
                 "energy_hz": self.sweep.sampler.energy_hz,
@@ -200,15 +199,12 @@ class Session:
                     break
                 self._emit(RunWarning(now_ns(), "session", f"restarting the runner at configuration {next_index + 1}"))
                 with _children_ignore_sigint():
-                    self._runner = self._start_runner(self._sampler_spec0(), next_index)
+                    self._runner = self._start_runner(self._specs[0], next_index)
         except Exception as e:  # the recording must still be finalised
             status, reason = "failed", f"{type(e).__name__}: {e}"
             self.error = reason
         finally:
             self._shutdown(status, reason)
-
-    def _sampler_spec0(self) -> SensorSpec:
-        return self._sampler.specs[0]
 
     def _drain(self, timeout: float) -> None:
         try:

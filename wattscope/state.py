@@ -561,7 +561,10 @@ class RunState:
         phase_t = np.fromiter((m.t_ns for m in marks), dtype=np.int64, count=len(marks))
         phase_c = np.fromiter((_PHASE_CODE.get(m.phase, NO_PHASE) for m in marks), dtype=np.int8, count=len(marks))
         indices = sorted(set(self._gpus) | set(self._gpu_meta))
-        gpus = tuple(self._gpu_view(self._gpu(i), now_ns, phase_t, phase_c) for i in indices)
+        # Once the run has ended the graph stays on its last window instead of
+        # scrolling into emptiness.
+        graph_now = min(now_ns, self._t_end) if self._t_end is not None else now_ns
+        gpus = tuple(self._gpu_view(self._gpu(i), graph_now, phase_t, phase_c) for i in indices)
         sampler = None
         if self._sampler is not None:
             s = self._sampler

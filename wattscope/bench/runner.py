@@ -114,7 +114,7 @@ def _child_main(sweep: Sweep, sensor_spec: Any, queue: Any, stop: Any, sim: bool
     from wattscope.telemetry.sensor import open_sensor
 
     def emit(event: Event) -> None:
-        queue.put(event.to_dict())
+        queue.put(event)
 
     sensor = None
     try:

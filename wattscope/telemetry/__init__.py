@@ -4,7 +4,7 @@ from wattscope.telemetry.nvml import NvmlUnavailable
 from wattscope.telemetry.probe import measure_refresh_periods, refresh_period, time_reads
 from wattscope.telemetry.sampler import SamplerProcess
 from wattscope.telemetry.sensor import READ_SIGNALS, SIGNALS, Sensor, SensorSpec, open_sensor
-from wattscope.telemetry.sim import SimGPU, SimSensor, SimSpec
+from wattscope.telemetry.sim import SimGPU, SimRef, SimSensor, SimSpec
 
 __all__ = [
     "NvmlUnavailable",
@@ -14,6 +14,7 @@ __all__ = [
     "Sensor",
     "SensorSpec",
     "SimGPU",
+    "SimRef",
     "SimSensor",
     "SimSpec",
     "measure_refresh_periods",

@@ -30,10 +30,15 @@ def describe_sensor(sensor: Sensor, measure_s: float = 1.0) -> dict[str, Any]:
     return info
 
 
-def describe_devices(measure_s: float = 1.0, sim: SimSpec | None = None) -> list[dict[str, Any]]:
-    """Describe every NVIDIA GPU (or one simulated GPU when ``sim`` is given).
-    Raises NvmlUnavailable, with a message for the user, when there is none."""
-    specs = [SensorSpec.simulated(sim)] if sim is not None else [SensorSpec.nvml(d["index"]) for d in list_devices()]
+def describe_devices(measure_s: float = 1.0, sim: SimSpec | bool | None = None) -> list[dict[str, Any]]:
+    """Describe every NVIDIA GPU, or one simulated GPU when ``sim`` is a SimSpec or True.
+    Without NVML or a GPU the list holds one entry, ``{"error": message for the user}``."""
+    if sim is True:
+        sim = SimSpec()
+    try:
+        specs = [SensorSpec.simulated(sim)] if sim else [SensorSpec.nvml(d["index"]) for d in list_devices()]
+    except NvmlUnavailable as e:
+        return [{"error": f"{e}\nNo GPU to describe. `wattscope devices --sim` describes the simulated GPU."}]
     out = []
     for spec in specs:
         sensor = open_sensor(spec)
@@ -51,6 +56,9 @@ def _w(v: float | None) -> str:
 def format_devices(devs: list[dict[str, Any]]) -> str:
     lines: list[str] = []
     for d in devs:
+        if "error" in d:
+            lines.append(d["error"])
+            continue
         lines.append(f"GPU {d['index']}  {d['name']}" + ("  (simulated)" if d.get("simulated") else ""))
         lines.append(f"  uuid {d.get('uuid')}   PCI {d.get('pci_bus_id')}")
         facts = [f"driver {d.get('driver_version')}"]
@@ -81,15 +89,13 @@ def format_devices(devs: list[dict[str, Any]]) -> str:
             cost += f"; energy counter {c['energy_ms_median']:.2f} ms median, {c['energy_ms_p99']:.2f} ms p99"
         lines.append(cost)
         lines.append("")
-    lines.append("refresh: shortest stable interval between value changes while polling; 'steady' = too few changes to tell")
+    if any("error" not in d for d in devs):
+        lines.append("refresh: shortest stable interval between value changes while polling; 'steady' = too few changes to tell")
     return "\n".join(lines)
 
 
-def devices_command(measure_s: float = 1.0, sim: SimSpec | None = None) -> tuple[int, str]:
+def devices_command(measure_s: float = 1.0, sim: SimSpec | bool | None = None) -> tuple[int, str]:
     """(exit code, text) for `wattscope devices [--sim]`: 1 and a plain message when
     there is no NVML or no GPU."""
-    try:
-        devs = describe_devices(measure_s, sim)
-    except NvmlUnavailable as e:
-        return 1, f"{e}\nNo GPU to describe. `wattscope devices --sim` describes the simulated GPU."
-    return 0, format_devices(devs)
+    devs = describe_devices(measure_s, sim)
+    return (1 if any("error" in d for d in devs) else 0), format_devices(devs)

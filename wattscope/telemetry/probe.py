@@ -59,6 +59,7 @@ def measure_refresh_periods(sensor: Sensor, duration_s: float = 1.0, poll_s: flo
                 if last == last:  # the first reading is not a change
                     energy_changes.append(t)
                 last = v
+            time.sleep(poll_s)  # lets the read() poller have the GIL when energy_j is pure Python
     energy_thread = None
     if absent.get("energy_j") is None:
         energy_thread = threading.Thread(target=poll_energy, name="refresh-energy", daemon=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from wattscope.telemetry.sim import SimGPU, SimSpec
+    from wattscope.telemetry.sim import SimGPU, SimRef, SimSpec
 
 # Every signal a sensor may offer, in SAMPLE_COLUMNS order (energy included).
 SIGNALS = ("power_w", "power_avg_w", "energy_j", "sm_clock_mhz", "util_pct", "temp_c", "mem_used_mib")
@@ -49,20 +49,25 @@ class SensorSpec:
     """What a process needs to open a sensor of its own.
 
     ``kind`` is "nvml" (``index`` is the NVML device index) or "sim" (``sim`` is a
-    ``SimGPU`` handle, whose shared state the child attaches to, or a ``SimSpec`` for a
+    ``SimRef`` to a simulated GPU's shared state, which the sensor attaches to; a
+    ``SimGPU`` handle given here is stored as its ``SimRef``; or a ``SimSpec`` for a
     private simulated GPU that lives as long as the sensor). ``index`` is also the
     ``gpu`` column of the sample rows.
     """
 
     kind: str
     index: int = 0
-    sim: SimGPU | SimSpec | None = None
+    sim: SimRef | SimSpec | None = None
 
     def __post_init__(self) -> None:
+        from wattscope.telemetry.sim import SimGPU
+
         if self.kind not in ("nvml", "sim"):
             raise ValueError(f"SensorSpec.kind = {self.kind!r} is not allowed; expected 'nvml' or 'sim'")
         if self.kind == "sim" and self.sim is None:
-            raise ValueError("SensorSpec(kind='sim') needs sim=SimGPU handle or SimSpec")
+            raise ValueError("SensorSpec(kind='sim') needs sim=SimGPU, SimRef or SimSpec")
+        if isinstance(self.sim, SimGPU):
+            object.__setattr__(self, "sim", self.sim.ref())
         if not isinstance(self.index, int) or self.index < 0:
             raise ValueError(f"SensorSpec.index = {self.index!r} is not allowed; expected an integer >= 0")
 
@@ -71,13 +76,13 @@ class SensorSpec:
         return cls("nvml", index)
 
     @classmethod
-    def simulated(cls, sim: SimGPU | SimSpec, index: int = 0) -> SensorSpec:
+    def simulated(cls, sim: SimGPU | SimRef | SimSpec, index: int = 0) -> SensorSpec:
         return cls("sim", index, sim)
 
 
 def open_sensor(spec: SensorSpec | tuple) -> Sensor:
     """Open the sensor a spec describes. Also accepts ``("nvml", index)`` and
-    ``("sim", SimGPU | SimSpec)`` tuples. Raises ``NvmlUnavailable`` (with a message
+    ``("sim", SimGPU | SimRef | SimSpec)`` tuples. Raises ``NvmlUnavailable`` (with a message
     for the user) when NVML or the GPU is missing."""
     if isinstance(spec, tuple):
         kind, arg = spec

@@ -88,6 +88,19 @@ def noise(seed: int, tick: int) -> float:
     return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
 
 
+@dataclass(frozen=True)
+class SimRef:
+    """A picklable reference to a simulated GPU's shared state; ``attach()`` opens it.
+    Unlike a handle, unpickling it opens nothing, so a process can report a segment
+    that is gone instead of failing while its arguments are unpickled."""
+
+    spec: SimSpec
+    name: str
+
+    def attach(self) -> SimGPU:
+        return SimGPU._attach(self.spec, self.name)
+
+
 class SimGPU:
     """Handle to a simulated GPU's shared state. ``create`` makes the segment (this
     handle owns it and unlinks it on ``close``); pickling a handle and unpickling it in
@@ -128,6 +141,9 @@ class SimGPU:
     def attach(self) -> SimGPU:
         """A second, independent handle to the same state (closing it leaves this one open)."""
         return SimGPU._attach(self.spec, self._shm.name)
+
+    def ref(self) -> SimRef:
+        return SimRef(self.spec, self._shm.name)
 
     def __reduce__(self) -> tuple:
         return (SimGPU._attach, (self.spec, self._shm.name))
@@ -282,11 +298,12 @@ class _Lock:
 
 
 class SimSensor:
-    """The Sensor view of a simulated GPU. Given a ``SimGPU`` it attaches a handle of its
-    own; given a ``SimSpec`` it creates a private GPU that lives as long as the sensor."""
+    """The Sensor view of a simulated GPU. Given a ``SimGPU`` or ``SimRef`` it attaches a
+    handle of its own; given a ``SimSpec`` it creates a private GPU that lives as long as
+    the sensor."""
 
-    def __init__(self, sim: SimGPU | SimSpec, index: int = 0) -> None:
-        self._gpu = sim.attach() if isinstance(sim, SimGPU) else SimGPU.create(sim)
+    def __init__(self, sim: SimGPU | SimRef | SimSpec, index: int = 0) -> None:
+        self._gpu = SimGPU.create(sim) if isinstance(sim, SimSpec) else sim.attach()
         self._index = index
 
     @property

@@ -40,6 +40,7 @@ _MARKS = [PHASE_MARK[p] for p in ev.PHASES]
 _STYLES = [PHASE_STYLE[p] for p in ev.PHASES]
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 GUTTER = 5
+MIN_WINDOW_S = 10.0
 
 
 def phase_legend() -> Text:
@@ -65,6 +66,8 @@ def _columns(t_s: np.ndarray, p: np.ndarray, phase: np.ndarray, window_s: float,
     """Mean watts and last phase per column; NaN / NO_PHASE where a column has no sample."""
     mean = np.full(width, np.nan)
     last_phase = np.full(width, NO_PHASE, dtype=np.int64)
+    keep = t_s >= -window_s
+    t_s, p, phase = t_s[keep], p[keep], phase[keep]
     if width <= 0 or not len(t_s):
         return mean, last_phase
     col = np.floor((t_s + window_s) / window_s * width).astype(np.int64)
@@ -103,7 +106,9 @@ class PowerGraph(SnapshotView, Widget):
         head.append(f"  {fmt_pct(g.pct_tdp)} of {scale:.0f} W TDP" if g.tdp_w else "  TDP unknown")
         rows = max(1, height - 2)
         plot_w = max(1, width - GUTTER)
-        mean, phases = _columns(g.t_s, g.power_w, g.phase, snap.window_s, plot_w)
+        # A young run is shown zoomed in, so a short sweep is not a sliver at the edge.
+        window_s = min(snap.window_s, max(MIN_WINDOW_S, snap.elapsed_s))
+        mean, phases = _columns(g.t_s, g.power_w, g.phase, window_s, plot_w)
         level = np.where(np.isnan(mean), -1.0, np.clip(mean / scale, 0, 1) * rows * 8)
         lines = [head]
         for r in range(rows):
@@ -187,6 +192,11 @@ class PhasePanel(SnapshotView, Widget):
 class RatioTable(SnapshotView, Static):
     """The seed's table, filling in live."""
 
+    def show(self, snap: Snapshot) -> None:
+        # Its height follows its rows, so a new row needs a new layout, not just a repaint.
+        self.snap = snap
+        self.refresh(layout=True)
+
     def render(self) -> RenderableType:
         snap = self.snap
         if snap is None or not snap.results:
@@ -205,10 +215,9 @@ class SensorLine(SnapshotView, Widget):
         snap = self.snap
         if snap is None:
             return Text("")
-        t = Text("sensor ", style="dim")
-        t.append(snap.signal)
-        refresh = f"{snap.refresh_ms:.0f} ms" if snap.refresh_ms is not None else "?"
-        t.append(f" · refresh {refresh}")
+        t = Text(snap.signal, no_wrap=True, overflow="ellipsis")
+        refresh = f"{snap.refresh_ms:.0f} ms" if snap.refresh_ms is not None else "? ms"
+        t.append(f" (refresh {refresh})")
         s = snap.sampler
         if s is None:
             t.append(" · sampler: no stats yet", style="dim")
@@ -229,8 +238,8 @@ class WarningLog(SnapshotView, Widget):
             return Text("no warnings", style="dim")
         lines = []
         for w in list(snap.warnings)[-max(1, self.size.height):]:
-            t = Text("! ", style="bold yellow")
+            t = Text("! ", style="bold yellow", no_wrap=True, overflow="ellipsis")
             t.append(f"[{w.source}] ", style="dim")
             t.append(w.message)
             lines.append(t)
-        return Text("\n").join(lines)
+        return Text("\n", no_wrap=True, overflow="ellipsis").join(lines)
