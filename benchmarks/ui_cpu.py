@@ -6,7 +6,7 @@ RunState. The Textual app runs headless on it (the same code as on a terminal, m
 the terminal writes) for DURATION_S. Reported: process CPU (all threads: UI, feeder,
 Textual) and the feeder's own share, as % of one core. Target: <= 10 % of one core.
 
-    python benchmarks/ui_cpu.py [seconds]
+    python benchmarks/ui_cpu.py [seconds] [WIDTHxHEIGHT]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from wattscope.tui.app import make_app
 
 RATE_HZ = 1000
 BATCH_S = 0.1
+SIZE = (120, 40)
 
 
 def feed(state: RunState, stop: threading.Event, cpu: list[float]) -> None:
@@ -63,7 +64,7 @@ async def measure(duration_s: float) -> None:
     stop = threading.Event()
     feeder_cpu: list[float] = []
     feeder = threading.Thread(target=feed, args=(state, stop, feeder_cpu))
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=SIZE) as pilot:
         await pilot.pause(1.0)  # past start-up
         feeder.start()
         await asyncio.sleep(1.0)
@@ -78,7 +79,7 @@ async def measure(duration_s: float) -> None:
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
           f"{__import__('os').cpu_count()} cores, Python {platform.python_version()}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M')}")
-    print(f"stream: {RATE_HZ} Hz in {int(RATE_HZ * BATCH_S)}-row batches; frames at 4 Hz; "
+    print(f"terminal {SIZE[0]}x{SIZE[1]}; stream: {RATE_HZ} Hz in {int(RATE_HZ * BATCH_S)}-row batches; frames at 4 Hz; "
           f"graph window held {rows} samples")
     print(f"process CPU over {wall:.1f} s: {total:.1f} % of one core (target <= 10 %)")
     print(f"  of which the feeder (the session's reader, folding samples): "
@@ -86,4 +87,6 @@ async def measure(duration_s: float) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 2:
+        SIZE = tuple(int(v) for v in sys.argv[2].split("x"))
     asyncio.run(measure(float(sys.argv[1]) if len(sys.argv) > 1 else 10.0))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
 import types
 from dataclasses import dataclass, field
@@ -195,6 +196,42 @@ def test_a_field_failing_at_read_time_gives_nan(fake) -> None:  # noqa: ANN001
     gpu.unsupported = {186, "nvmlDeviceGetClockInfo"}  # e.g. the GPU fell off the bus
     p, avg, clock, *_ = s.read()
     assert math.isnan(p) and math.isnan(clock) and avg == 73.25
+    s.close()
+
+
+def test_read_does_not_wait_for_a_counter_read_in_progress(fake) -> None:  # noqa: ANN001
+    """On an H100 the memory query waits for a concurrent counter read (~3-17 ms)."""
+    gpu = FakeGPU()
+    nv = fake(gpu)
+    s = open_sensor(("nvml", 0))
+    assert s.read()[5] == 512.0
+    entered, release = threading.Event(), threading.Event()
+    mem_calls = []
+    real_mem = nv.nvmlDeviceGetMemoryInfo
+
+    def slow_counter(h: FakeGPU) -> int:
+        entered.set()
+        release.wait(5)
+        return 1_000_000
+
+    def counting_mem(h: FakeGPU):  # noqa: ANN202
+        mem_calls.append(1)
+        return real_mem(h)
+
+    nv.nvmlDeviceGetTotalEnergyConsumption = slow_counter
+    nv.nvmlDeviceGetMemoryInfo = counting_mem
+    s._get_mem = counting_mem  # the sensor looked its getters up once, at open
+    gpu.mem_used = 1024 * 1024 * 1024
+    reader = threading.Thread(target=s.energy_j)
+    reader.start()
+    assert entered.wait(5)
+    t0 = time.monotonic()
+    row = s.read()
+    assert time.monotonic() - t0 < 0.5
+    assert row[5] == 512.0 and not mem_calls  # the last value, without querying
+    release.set()
+    reader.join(5)
+    assert s.read()[5] == 1024.0 and mem_calls
     s.close()
 
 

@@ -221,6 +221,14 @@ def test_never_steady_warns_and_still_measures():
     assert len(windows(events, cid, "decode", "measure")) == 3
 
 
+def test_a_single_warmup_window_is_not_a_steadiness_check():
+    sw = _sweep(max_warmup_windows=1)
+    make = lambda c: FakeWorkload(c, decode_j=lambda n: 3.0 + 2.0 * (n % 2))
+    _, events, _, _ = _run(sw, make)
+    assert not [e for e in events if isinstance(e, RunWarning)]
+    assert len(windows(events, sw.configs[0].config_id, "decode", "warmup")) == 1
+
+
 def test_calls_for_sizes_windows():
     p = config.Protocol(min_window_s=2.0, min_calls=5)
     assert calls_for(0.030, p, 5) == 67  # 67 * 30 ms >= 2 s

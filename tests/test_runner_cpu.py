@@ -65,7 +65,8 @@ def cpu_run(tmp_path_factory):
     """One run of the CPU sweep, with every model forward recorded."""
     import torch
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: threads only add contention on 2 cores
     sweep = config.parse(CPU_SWEEP, str(DATA / "cpu_sweep.toml"))
     cache_dir = tmp_path_factory.mktemp("weights")
     forwards: list[tuple[str, tuple, int | None]] = []  # (what, input shape, cache length)
@@ -104,6 +105,7 @@ def cpu_run(tmp_path_factory):
         done = runner.run_sweep(sweep, ConstantPower(), events.append, sim=False, device="cpu", cache_dir=str(cache_dir))
     finally:
         mp_.undo()
+        torch.set_num_threads(threads)
     return dict(sweep=sweep, events=events, done=done, forwards=forwards, decode_runs=decode_runs,
                 prompts=prompts, built=built, cache_dir=cache_dir)
 
@@ -151,7 +153,8 @@ def test_per_call_arithmetic_and_tokens(cpu_run):
     events, p = cpu_run["events"], cpu_run["sweep"].protocol
     for w in _windows(events):
         # The counter read at both edges: a constant 50 W card gives 50 W over every window.
-        assert w.energy_j == pytest.approx(POWER_W * w.duration_s, rel=1e-6)
+        # (Edges are stamped mid-read, microseconds from the instant the fake counter reads.)
+        assert w.energy_j == pytest.approx(POWER_W * w.duration_s, rel=1e-3)
         if w.phase == "idle":
             continue
         batch = int(w.config_id.split("/b")[1].split("/")[0])
@@ -189,8 +192,8 @@ def test_same_prompt_for_every_precision(cpu_run):
     fin = _finished(cpu_run["events"])
     assert fin["tiny_qwen2/b2/fp16"].info["prompt_sha1"] == fin["tiny_qwen2/b2/bf16"].info["prompt_sha1"]
     qwen = [ids for key, ids in cpu_run["prompts"].items() if key.startswith("qwen2/")]
-    assert len(qwen) == 2 and bool((qwen[0] == qwen[1]).all())
-    assert qwen[0].shape == (2, cpu_run["sweep"].protocol.prompt_tokens)
+    assert len(qwen) == 2 and qwen[0] == qwen[1]
+    assert len(qwen[0]) == 2 and {len(r) for r in qwen[0]} == {cpu_run["sweep"].protocol.prompt_tokens}
 
 
 def test_info_metadata(cpu_run):
@@ -232,6 +235,23 @@ def test_stop_flag_ends_a_cpu_sweep(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_another_process_on_the_gpu_is_a_warning(monkeypatch, tmp_path):
+    sweep = config.parse(CPU_SWEEP, str(DATA / "cpu_sweep.toml"))
+    asked: list[int] = []
+    monkeypatch.setattr(runner, "other_gpu_processes", lambda i: (asked.append(i), [(4242, 3 * 2**30)])[1])
+    events: list[Event] = []
+    # Starting past the last row: only the start-of-sweep checks run.
+    assert runner.run_sweep(sweep, ConstantPower(), events.append, device="cpu", start_index=len(sweep.configs),
+                            gpu_index=3, cache_dir=str(tmp_path))
+    assert asked == [3]
+    warnings = [e for e in events if isinstance(e, RunWarning)]
+    assert len(warnings) == 1 and "pid 4242 (3072 MiB)" in warnings[0].message and "GPU 3" in warnings[0].message
+    monkeypatch.setattr(runner, "other_gpu_processes", lambda i: [])
+    events.clear()
+    runner.run_sweep(sweep, ConstantPower(), events.append, device="cpu", start_index=len(sweep.configs), gpu_index=3)
+    assert not events
+
+
 SIM_SWEEP = """
 name = "sim"
 [protocol]
@@ -252,7 +272,7 @@ def _drain(q, into: list, until) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            into.append(Event.from_dict(q.get(timeout=0.1)))
+            into.append(q.get(timeout=0.1))
         except queue_mod.Empty:
             if until():
                 return
@@ -317,8 +337,12 @@ def test_runner_process_stops_promptly():
     assert stopped_in < 3.0
     assert not proc.is_alive() and proc.exitcode == 0  # exited by itself, not terminated
     fin = [e for e in events if isinstance(e, ConfigFinished)]
-    assert len(fin) == 1 and not fin[0].ok and "stopped" in fin[0].reason
-    assert len([e for e in events if isinstance(e, ConfigStarted)]) == 1
+    started = [e for e in events if isinstance(e, ConfigStarted)]
+    # Every started row is closed, none started after the stop; the one running when
+    # the flag was seen says so (unless it was already in its cooldown).
+    assert len(started) == len(fin) < len(sweep.configs)
+    assert all(f.ok for f in fin[:-1])
+    assert fin[-1].ok or "stopped" in fin[-1].reason
 
 
 def test_runner_process_restarts_from_an_index():
@@ -334,3 +358,29 @@ def test_runner_process_restarts_from_an_index():
     assert proc.exitcode == 0
     assert [e.index for e in events if isinstance(e, ConfigStarted)] == [2]
     assert not _windows(events, phase="idle")
+
+
+def test_sim_workload_shape_follows_the_seed_study():
+    from wattscope.bench.sim_workload import SimClock, SimWorkload
+
+    text = SIM_SWEEP.replace('models = ["synthetic:Qwen2-1.5B"]', 'models = ["synthetic:Qwen2-1.5B", "synthetic:Yi-1.5-6B"]')
+    sweep = config.parse(text.replace("batches = [1]", "batches = [1, 8]"), "sim.toml")
+
+    class Card:
+        def set_load_w(self, w: float) -> None:
+            pass
+
+    def shape(cid):
+        rc = next(c for c in sweep.configs if c.config_id == cid)
+        w = SimWorkload(rc, sweep, Card(), 72.0, 700.0, SimClock())
+        return {"decode_j": w._decode_w * w._decode_step_s, "decode_w": w._decode_w, "step_s": w._decode_step_s,
+                "prefill_j": w._prefill_w * w._prefill_s, "prefill_w": w._prefill_w}
+
+    q1, q8, yi8 = shape("Qwen2-1.5B/b1/fp16"), shape("Qwen2-1.5B/b8/fp16"), shape("Yi-1.5-6B/b8/fp16")
+    i8, n4 = shape("Qwen2-1.5B/b1/int8"), shape("Qwen2-1.5B/b1/nf4")
+    assert q8["decode_w"] > q1["decode_w"] and q8["prefill_w"] > q1["prefill_w"]  # batch 8 draws more
+    assert yi8["decode_j"] > q8["decode_j"] and yi8["prefill_j"] > q8["prefill_j"]  # bigger model, more energy
+    assert i8["step_s"] > 3 * q1["step_s"] and i8["decode_w"] < q1["decode_w"]  # LLM.int8: slow, low power
+    assert q1["step_s"] < n4["step_s"] < i8["step_s"]
+    again = shape("Qwen2-1.5B/b1/int8")
+    assert again == i8  # seeded: the same configuration always gets the same card

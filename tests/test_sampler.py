@@ -163,7 +163,7 @@ def test_stats_report_rate_and_fresh_values(run_100hz: dict) -> None:
 def test_a_clean_stop_is_not_a_failure(run_100hz: dict) -> None:
     assert run_100hz["exitcode"] == 0
     assert run_100hz["failure"] is None
-    assert not [e for e in run_100hz["events"] if isinstance(e, RunWarning) and "priority" not in e.message]
+    assert not [e for e in run_100hz["events"] if isinstance(e, RunWarning) and "slipping" not in e.message]
 
 
 def test_stop_flushes_the_last_batch() -> None:

@@ -245,3 +245,17 @@ def test_graph_columns_average_samples_and_keep_the_last_phase() -> None:
     assert mean[0] == 150.0 and last[0] == 4
     assert mean[4] == 300.0 and mean[9] == 400.0 and last[9] == 5
     assert np.isnan(mean[1]) and last[1] == -1
+
+
+@sync
+async def test_command_palette_offers_the_app_commands(events) -> None:
+    app = make_app(_state_at(events, events[-1].t_ns), clock=Clock(events[-1].t_ns))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"pause disp")
+        await pilot.pause(0.5)
+        assert "Pause display" in _screen_text(app)
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert app.display_paused

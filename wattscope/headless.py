@@ -120,7 +120,7 @@ def ratio_table(snap: Snapshot, width: int = 80, compact: bool = False) -> Table
     """The seed's table with ratios to FP16, filling in as results arrive. Failed rows
     give their reason; figures whose repeats vary by more than 3 % carry a mark."""
     compact = compact or width < 125
-    with_tdp = width >= (78 if compact else 150)
+    with_tdp = width >= (78 if compact else 145)
     names = COLUMNS + (COLUMNS_TDP if with_tdp else ())
     if compact:
         names = ("Model", "B", "Prec", "Pre J", "Dec J", "tok/s", "Pre×", "Dec×", "Spd×") + (

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -485,7 +486,7 @@ class RunState:
                     r.synthetic,
                     r.ok,
                     r.reason if not r.ok else "",
-                    figs,
+                    MappingProxyType(figs),
                     ratios(figs, base.get((r.model, r.batch))) if r.ok else Ratios(None, None, None),
                     cv_flags(figs),
                     _pct(figs.get("prefill_power_w"), tdp),
@@ -500,7 +501,7 @@ class RunState:
                 continue
             rows.append(
                 ResultRow(cid, info.label, info.batch, info.precision, info.synthetic, False,
-                          reason, {}, Ratios(None, None, None), frozenset(), None, None, 0)
+                          reason, MappingProxyType({}), Ratios(None, None, None), frozenset(), None, None, 0)
             )
         order = {p: i for i, p in enumerate(PRECISIONS)}
         full_model = {cid: info.model for cid, info in self._started_info.items()}
@@ -578,7 +579,7 @@ class RunState:
             started_ns=self._t0,
             status=self._status,
             error=self._error,
-            meta=meta,
+            meta=MappingProxyType(meta),
             sweep_name=str(sweep.get("name", meta.get("name", ""))),
             gpu_name=str(first.get("name", "")),
             tdp_w=_tdp(first) if first else None,
@@ -677,6 +678,9 @@ class LiveSource:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Until the session is done (its recording finalised)."""
+        done = getattr(self.session, "done", None)
+        if hasattr(done, "wait"):
+            return bool(done.wait(timeout))
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.done:
             if deadline is not None and time.monotonic() >= deadline:

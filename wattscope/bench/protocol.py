@@ -149,14 +149,16 @@ def measure_phase(
     emit: Emit,
     stop: StopFlag,
 ) -> None:
-    """Warm-up calls, calibration, warm-up windows until steady, then measured windows."""
+    """Warm-up calls, calibration, warm-up windows until two consecutive ones agree in
+    energy per call (a RunWarning if they never do), then the measured windows."""
     emit(PhaseStarted(now_ns(), config_id, "warmup"))
     for _ in range(p.warmup_calls):
         _check(stop)
         spec.call()
     n = _calibrate(spec, workload, p, stop)
 
-    steady = p.max_warmup_windows == 0
+    # Agreement needs two windows: with fewer allowed, steadiness is not checked.
+    steady = p.max_warmup_windows < 2
     previous: float | None = None
     spread = math.nan
     for k in range(1, p.max_warmup_windows + 1):
@@ -247,6 +249,8 @@ def run_config(
         if workload is not None:
             try:
                 info.update(workload.run_info())
+            except Exception as e:  # e.g. a CUDA error left by the failure itself
+                info["run_info_error"] = describe_exception(e)
             finally:
                 workload.close()
         del workload

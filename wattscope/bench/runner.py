@@ -2,8 +2,8 @@
 
 ``RunnerProcess`` starts a 'spawn' child (a fresh interpreter: no CUDA state or threads
 inherited from the parent) that opens its own sensor from a picklable spec, runs
-``run_sweep`` and puts every event on the queue as a plain dict (``Event.to_dict()``;
-``Event.from_dict`` rebuilds it). The model never shares its process with the sampler
+``run_sweep`` and puts every event on the queue (Event objects: frozen dataclasses that
+pickle as they are). The model never shares its process with the sampler
 or the UI. ``run_sweep`` is the same code in-process, for tests.
 """
 

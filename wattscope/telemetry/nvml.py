@@ -4,14 +4,21 @@ What one read costs on an H100 80GB HBM3, driver 580.159.04 (medians of 2000 cal
 2026-11-27): the two power fields in one nvmlDeviceGetFieldValues call 6.6 us, each
 alone 4.4 us, so both go in one call. No field id covers the SM clock, utilisation,
 GPU temperature or used memory; their getters cost 2.0, 1.5, 2.0 and 7.9 us. The energy
-counter costs ~3 ms (p99 ~17 ms) whether read as field 83/191 or with
-nvmlDeviceGetTotalEnergyConsumption, so it is never batched with the fast fields (it
-would make every power read slow) and has its own call, ``energy_j``. Instant power,
+counter costs ~3 ms (p99 ~17 ms), all of it CPU time, whether read as field 83/191 or
+with nvmlDeviceGetTotalEnergyConsumption, so it is never batched with the fast fields
+(it would make every power read slow) and has its own call, ``energy_j``. Instant power,
 averaged power and the counter all refresh every ~100 ms.
+
+While a counter read runs on one thread, nvmlDeviceGetMemoryInfo on another thread of
+the same process waits for it (median 2.9 ms, p99 15 ms); the power fields, clock,
+utilisation and temperature do not. A sampler reading the counter on a side thread at
+10 Hz lost 2-4% of its 1 kHz ticks to that, so ``read()`` skips the memory query while
+this sensor's counter read is in progress and repeats the last used-memory value.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from wattscope.telemetry.sensor import NAN, SIGNALS
@@ -84,6 +91,8 @@ class NvmlSensor:
         self._index = index
         self._h = nv.nvmlDeviceGetHandleByIndex(index)
         self._closed = False
+        self._counter_busy = threading.Lock()  # held during a counter read
+        self._last_mem = NAN
         self._absent: dict[str, str | None] = {}
         self._sources: dict[str, str] = {}
         self._probe()
@@ -245,20 +254,26 @@ class NvmlSensor:
                 temp = float(self._get_temp(h, nv.NVML_TEMPERATURE_GPU))
         except nv.NVMLError:
             pass
-        try:
-            if self._mem_ok:
-                mem = self._get_mem(h).used / _MIB
-        except nv.NVMLError:
-            pass
+        if self._mem_ok:
+            if self._counter_busy.acquire(blocking=False):
+                try:
+                    mem = self._last_mem = self._get_mem(h).used / _MIB
+                except nv.NVMLError:
+                    pass
+                finally:
+                    self._counter_busy.release()
+            else:
+                mem = self._last_mem  # the query would wait for the counter read
         return (power, avg, clock, util, temp, mem)
 
     def energy_j(self) -> float:
         if not self._energy_ok:
             return NAN
-        try:
-            return self._nv.nvmlDeviceGetTotalEnergyConsumption(self._h) / 1000.0
-        except self._nv.NVMLError:
-            return NAN
+        with self._counter_busy:
+            try:
+                return self._nv.nvmlDeviceGetTotalEnergyConsumption(self._h) / 1000.0
+            except self._nv.NVMLError:
+                return NAN
 
     def close(self) -> None:
         if not self._closed:

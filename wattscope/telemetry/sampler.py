@@ -55,7 +55,9 @@ def _realtime() -> str | None:
     lowest real-time priority. On a loaded 2-core VM this took the 1 kHz tick lateness p99
     from 2 ms to 0.04 ms and drops from 2% to 0.03% (nice -10 did not help). The loop
     sleeps between ticks, and the kernel's RT throttling keeps 5% of each core for the
-    rest regardless. Returns None, or why it was refused (it needs CAP_SYS_NICE)."""
+    rest regardless. The energy thread inherits it on purpose: at normal priority it was
+    preempted while holding the GIL and stalled the tick thread for up to 9 ms.
+    Returns None, or why it was refused (it needs CAP_SYS_NICE)."""
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
         return None
@@ -181,15 +183,9 @@ def run_sampler(
         queue.close()
         queue.join_thread()
         os._exit(EXIT_ERROR)
-    if realtime and (why := _realtime()) is not None:
-        queue.put(
-            RunWarning(
-                now_ns(),
-                "sampler",
-                f"sampler runs without real-time priority ({why}); under CPU load expect ms-level tick jitter",
-            )
-        )
+    rt_refused = _realtime() if realtime else None
     loop = _Loop(sensors, [s.index for s in specs], rate_hz, energy_hz, queue, stop, batch_interval_s, stats_interval_s, spin_s, parent_pid)
+    loop.rt_refused = rt_refused
     code = loop.run()
     for s in sensors:
         s.close()
@@ -232,6 +228,8 @@ class _Loop:
         # Written by the energy thread, taken by the main loop; a list slot store is atomic.
         self.pending_energy: list[float | None] = [None] * n
         self.energy_error: str | None = None
+        # Why real-time priority was refused, if it was; said once if the clock suffers.
+        self.rt_refused: str | None = None
 
     def _energy_loop(self, start_ns: int, done: threading.Event) -> None:
         offset = self.period_ns // 2
@@ -257,7 +255,8 @@ class _Loop:
         nan = math.nan
         n_sig = len(SIGNALS)
         i_energy = SIGNALS.index("energy_j")
-        prev = [[nan] * len(READ_SIGNALS) for _ in range(n)]
+        n_read = len(READ_SIGNALS)
+        prev = [[nan] * n_read for _ in range(n)]
         prev_energy = [nan] * n
         change_counts = [[0] * n_sig for _ in range(n)]
         # SIGNALS positions of the READ_SIGNALS values, for the change counts
@@ -299,7 +298,7 @@ class _Loop:
                     p = prev[i]
                     cc = change_counts[i]
                     fresh = 0
-                    for j in range(6):
+                    for j in range(n_read):
                         v = vals[j]
                         if v == v and v != p[j]:
                             cc[read_pos[j]] += 1
@@ -335,7 +334,19 @@ class _Loop:
                         next_batch = t + self.batch_ns
                 if t >= next_stats:
                     cpu = time.process_time()
-                    queue.put(self._stats(t, stats_t0, ticks, lateness, drops, change_counts, cpu - cpu0))
+                    stats = self._stats(t, stats_t0, ticks, lateness, drops, change_counts, cpu - cpu0)
+                    queue.put(stats)
+                    if self.rt_refused and (stats.jitter_p99_ms > 2.0 or drops > 0.01 * ticks):
+                        queue.put(
+                            RunWarning(
+                                clock(),
+                                "sampler",
+                                f"sampler clock is slipping (p99 lateness {stats.jitter_p99_ms:.1f} ms, {drops} ticks "
+                                f"dropped in {(t - stats_t0) / 1e9:.1f} s) and real-time priority was refused "
+                                f"({self.rt_refused}); other load on the CPU is delaying it",
+                            )
+                        )
+                        self.rt_refused = None
                     stats_t0, cpu0 = t, cpu
                     ticks, drops, lateness = 0, 0, []
                     change_counts = [[0] * n_sig for _ in range(n)]

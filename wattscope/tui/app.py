@@ -151,11 +151,18 @@ class WattscopeApp(App[None]):
 
     @work(thread=True, exclusive=True, group="drive")
     def drive(self) -> None:
+        """Replay: advance on the clock. Live: the session's reader thread feeds the
+        state; wait for the session to end and show its last frame at once."""
         worker = get_current_worker()
+        if not self.replay and self.source.session is None:
+            return  # a bare RunState: whoever feeds it owns its life
         while not worker.is_cancelled:
             if self.replay:
                 self.source.advance()
-            time.sleep(DRIVE_S)
+                time.sleep(DRIVE_S)
+            elif self.source.wait(1.0) and self.source.session is not None:
+                self.call_from_thread(self.frame)
+                return
 
     # ------------------------------------------------------------------ frames
 
@@ -202,7 +209,9 @@ class WattscopeApp(App[None]):
             if snap.gpu_name:
                 t.append(f" {snap.gpu_name}")
                 t.append(" (simulated)" if snap.simulated else "")
-        self._status_bar.update(t)
+        if t != getattr(self, "_last_status", None):
+            self._last_status = t
+            self._status_bar.update(t)
 
     # ------------------------------------------------------------------ actions
 

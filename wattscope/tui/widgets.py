@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import math
 
+from typing import Any
+
 import numpy as np
 from rich.console import Group, RenderableType
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
+from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
@@ -81,6 +86,24 @@ def _columns(t_s: np.ndarray, p: np.ndarray, phase: np.ndarray, window_s: float,
     return mean, last_phase
 
 
+_STYLE_OBJS = [Style(color="white")] + [Style.parse(st) for st in _STYLES]  # index: code + 1
+_DIM = Style(dim=True)
+_BOLD = Style(bold=True)
+
+
+def _runs(text: str, style_idx: np.ndarray) -> list[Segment]:
+    """One segment per run of equal style: a graph line is a handful of segments, not
+    one per cell (what keeps a 4 Hz redraw cheap)."""
+    segs = []
+    if not len(text):
+        return segs
+    cuts = np.flatnonzero(np.diff(style_idx)) + 1
+    bounds = [0, *cuts.tolist(), len(text)]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        segs.append(Segment(text[a:b], _STYLE_OBJS[style_idx[a]]))
+    return segs
+
+
 class PowerGraph(SnapshotView, Widget):
     """Power of each GPU over the last window on a fixed 0..TDP scale (never
     auto-scaled, so a low-power INT8 run looks low), coloured by phase, with a row of
@@ -88,52 +111,54 @@ class PowerGraph(SnapshotView, Widget):
 
     DEFAULT_CSS = "PowerGraph { height: 1fr; }"
 
-    def render(self) -> RenderableType:
-        snap = self.snap
-        width, height = self.size.width, self.size.height
-        if snap is None or not snap.gpus:
-            return Text("waiting for samples…", style="dim")
-        per = max(3, height // len(snap.gpus))
-        parts: list[Text] = []
-        for g in snap.gpus:
-            parts.extend(self._gpu_lines(snap, g, width, per))
-        return Text("\n").join(parts[:height])
+    def show(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self._cache: tuple[Any, list[Strip]] | None = None
+        self.refresh()
 
-    def _gpu_lines(self, snap: Snapshot, g, width: int, height: int) -> list[Text]:
+    def render_line(self, y: int) -> Strip:
+        width, height = self.size.width, self.size.height
+        key = (width, height)
+        cache = getattr(self, "_cache", None)
+        if cache is None or cache[0] != key:
+            cache = self._cache = (key, self._lines(width, height))
+        lines = cache[1]
+        line = lines[y] if y < len(lines) else Strip.blank(width)
+        return line.crop_extend(0, width, None).apply_style(self.rich_style)
+
+    def _lines(self, width: int, height: int) -> list[Strip]:
+        snap = self.snap
+        if snap is None or not snap.gpus:
+            return [Strip([Segment("waiting for samples…", _DIM)])]
+        per = max(3, height // len(snap.gpus))
+        out: list[Strip] = []
+        for g in snap.gpus:
+            out.extend(self._gpu_lines(snap, g, width, per))
+        return out[:height]
+
+    def _gpu_lines(self, snap: Snapshot, g, width: int, height: int) -> list[Strip]:
         scale = g.tdp_w or (max(float(np.nanmax(g.power_w)), 1.0) if len(g.power_w) else 1.0)
-        head = Text(f"GPU{g.index} ", style="bold")
-        head.append(fmt_watts(g.latest_w), style="bold")
-        head.append(f"  {fmt_pct(g.pct_tdp)} of {scale:.0f} W TDP" if g.tdp_w else "  TDP unknown")
+        tdp = f"  {fmt_pct(g.pct_tdp)} of {scale:.0f} W TDP" if g.tdp_w else "  TDP unknown"
+        lines = [Strip([Segment(f"GPU{g.index} {fmt_watts(g.latest_w)}", _BOLD), Segment(tdp)])]
         rows = max(1, height - 2)
         plot_w = max(1, width - GUTTER)
         # A young run is shown zoomed in, so a short sweep is not a sliver at the edge.
         window_s = min(snap.window_s, max(MIN_WINDOW_S, snap.elapsed_s))
         mean, phases = _columns(g.t_s, g.power_w, g.phase, window_s, plot_w)
-        level = np.where(np.isnan(mean), -1.0, np.clip(mean / scale, 0, 1) * rows * 8)
-        lines = [head]
+        empty = np.isnan(mean)
+        level = np.where(empty, 0.0, np.clip(np.nan_to_num(mean) / scale, 0, 1) * rows * 8)
+        style_idx = (phases + 1).astype(np.int64)
         for r in range(rows):
             k = rows - 1 - r  # rows from the bottom
             label = f"{scale:.0f}W" if r == 0 else ("0W" if k == 0 else "")
-            line = Text(f"{label:>{GUTTER - 1}}│", style="dim")
-            for c in range(plot_w):
-                lv = level[c]
-                if lv < 0:
-                    line.append(" ")
-                    continue
-                fill = int(min(8, max(0, round(lv - 8 * k))))
-                if k == 0 and fill == 0 and lv > 0:
-                    fill = 1  # a drawn sample is never invisible
-                code = phases[c]
-                line.append(_BLOCKS[fill], style=_STYLES[code] if code >= 0 else "white")
-            lines.append(line)
-        strip = Text(f"{'':>{GUTTER - 1}}└", style="dim")
-        for c in range(plot_w):
-            code = phases[c]
-            if code < 0:
-                strip.append(" ")
-            else:
-                strip.append(_MARKS[code], style=_STYLES[code])
-        lines.append(strip)
+            fill = np.clip(np.rint(level - 8 * k), 0, 8).astype(np.int64)
+            if k == 0:
+                fill[(fill == 0) & (level > 0)] = 1  # a drawn sample is never invisible
+            fill[empty] = 0
+            text = "".join(_BLOCKS[f] for f in fill)
+            lines.append(Strip([Segment(f"{label:>{GUTTER - 1}}│", _DIM), *_runs(text, style_idx)]))
+        marks = "".join(_MARKS[c] if c >= 0 else " " for c in phases)
+        lines.append(Strip([Segment(f"{'':>{GUTTER - 1}}└", _DIM), *_runs(marks, style_idx)]))
         return lines
 
 
@@ -193,7 +218,10 @@ class RatioTable(SnapshotView, Static):
     """The seed's table, filling in live."""
 
     def show(self, snap: Snapshot) -> None:
-        # Its height follows its rows, so a new row needs a new layout, not just a repaint.
+        # RunState hands out the same results tuple until a result arrives: redraw only
+        # then. Its height follows its rows, so a new row needs a new layout.
+        if self.snap is not None and snap.results is self.snap.results:
+            return
         self.snap = snap
         self.refresh(layout=True)
 
@@ -210,6 +238,13 @@ class SensorLine(SnapshotView, Widget):
     """Is the power trustworthy: which signal, how fresh, how fast the sampler runs."""
 
     DEFAULT_CSS = "SensorLine { height: 1; }"
+
+    def show(self, snap: Snapshot) -> None:
+        old = self.snap
+        if old is not None and (old.signal, old.refresh_ms, old.sampler) == (snap.signal, snap.refresh_ms, snap.sampler):
+            return
+        self.snap = snap
+        self.refresh()
 
     def render(self) -> RenderableType:
         snap = self.snap
@@ -231,6 +266,12 @@ class SensorLine(SnapshotView, Widget):
 
 class WarningLog(SnapshotView, Widget):
     """The latest warnings, newest last."""
+
+    def show(self, snap: Snapshot) -> None:
+        if self.snap is not None and snap.warnings_total == self.snap.warnings_total:
+            return
+        self.snap = snap
+        self.refresh()
 
     def render(self) -> RenderableType:
         snap = self.snap

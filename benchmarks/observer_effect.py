@@ -1,0 +1,158 @@
+"""Does measuring slow the model down? Decode tok/s of FP16 batch 1 (synthetic
+Qwen2-1.5B) in a bare loop, and with wattscope's sampler process running at 100 Hz.
+
+    python benchmarks/observer_effect.py --json out/observer_effect.json          # GPU machine
+    python benchmarks/observer_effect.py --device cpu --sim \\
+        --model synthetic:tests/data/tiny_qwen2.json --seconds 2                    # smoke test
+
+Target: sampled / bare >= 0.99. Legs alternate (bare, sampled, bare, ...) so drift in
+clocks or temperature falls on both sides; each leg starts after a settle period.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import queue as queue_mod
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from wattscope import config  # noqa: E402
+from wattscope.bench import models  # noqa: E402
+from wattscope.telemetry import SamplerProcess, SensorSpec, SimGPU, SimSpec  # noqa: E402
+
+
+def _sweep(model: str, batch: int, steps: int) -> config.Sweep:
+    text = f"""
+name = "observer-effect"
+[protocol]
+decode_steps = {steps}
+[[matrix]]
+models = ["{model}"]
+batches = [{batch}]
+precisions = ["fp16"]
+"""
+    return config.parse(text, str(ROOT / "observer_effect.toml"))
+
+
+def _leg(w: models.ModelWorkload, steps: int, seconds: float) -> float:
+    """Decode tok/s over about ``seconds`` of back-to-back runs (one sync at the end)."""
+    w.synchronize()
+    t0 = time.perf_counter()
+    runs = 0
+    while time.perf_counter() - t0 < seconds:
+        w.decode_run(steps)
+        runs += 1
+    w.synchronize()
+    return w.batch * steps * runs / (time.perf_counter() - t0)
+
+
+class _Drain:
+    """Keeps the sampler's queue empty, as the session's reader thread does."""
+
+    def __init__(self, q: Any) -> None:
+        self.q, self.events, self._stop = q, 0, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.q.get(timeout=0.1)
+                self.events += 1
+            except queue_mod.Empty:
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="synthetic:Qwen2-1.5B")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--device", default="cuda:0")
+    ap.add_argument("--gpu", type=int, default=0, help="NVML index the sampler reads")
+    ap.add_argument("--rate-hz", type=float, default=100.0)
+    ap.add_argument("--seconds", type=float, default=15.0, help="length of one leg")
+    ap.add_argument("--pairs", type=int, default=3, help="bare/sampled leg pairs")
+    ap.add_argument("--settle", type=float, default=2.0, help="seconds after starting the sampler")
+    ap.add_argument("--sim", action="store_true", help="sampler reads a simulated GPU (smoke test)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    import torch
+    import transformers
+
+    sweep = _sweep(args.model, args.batch, args.steps)
+    cache = models.WeightCache(tempfile.mkdtemp(prefix="wattscope-observer-"))
+    info: dict[str, Any] = {}
+    sim_gpu = SimGPU.create(SimSpec()) if args.sim else None
+    spec = SensorSpec.simulated(sim_gpu) if sim_gpu else SensorSpec.nvml(args.gpu)
+    try:
+        w = models.build_workload(sweep.configs[0], sweep, args.device, cache, info)
+        w.prepare_decode()
+        for _ in range(5):
+            w.decode_run(args.steps)
+        _leg(w, args.steps, min(args.seconds, 5.0))  # clocks up, caches warm
+        bare: list[float] = []
+        sampled: list[float] = []
+        sampler_events = 0
+        for i in range(args.pairs):
+            bare.append(_leg(w, args.steps, args.seconds))
+            sp = SamplerProcess([spec], rate_hz=args.rate_hz, energy_hz=10.0)
+            drain = _Drain(sp.queue)
+            sp.start()
+            time.sleep(args.settle)
+            sampled.append(_leg(w, args.steps, args.seconds))
+            sp.stop()
+            drain.close()
+            sampler_events += drain.events
+            print(f"pair {i + 1}: bare {bare[-1]:.2f} tok/s, sampled {sampled[-1]:.2f} tok/s", flush=True)
+        w.close()
+    finally:
+        cache.cleanup()
+        if sim_gpu is not None:
+            sim_gpu.close()
+    ratio = statistics.mean(sampled) / statistics.mean(bare)
+    result = {
+        "benchmark": "observer_effect",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(),
+        "device_name": info.get("device_name"),
+        "model": args.model,
+        "batch": args.batch,
+        "steps": args.steps,
+        "rate_hz": args.rate_hz,
+        "leg_s": args.seconds,
+        "bare_tok_s": bare,
+        "sampled_tok_s": sampled,
+        "ratio": ratio,
+        "target": 0.99,
+        "pass": ratio >= 0.99,
+        "sampler_events": sampler_events,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
+        "sweep_protocol": asdict(sweep.protocol),
+    }
+    print(f"decode tok/s bare {statistics.mean(bare):.2f}, with sampler {statistics.mean(sampled):.2f}: "
+          f"ratio {ratio:.4f} (target >= 0.99) {'PASS' if ratio >= 0.99 else 'FAIL'}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
