@@ -7,6 +7,8 @@ Qwen2-1.5B) in a bare loop, and with wattscope's sampler process running at 100 
 
 Target: sampled / bare >= 0.99. Legs alternate (bare, sampled, bare, ...) so drift in
 clocks or temperature falls on both sides; each leg starts after a settle period.
+On CUDA it also counts host synchronisations inside one prefill and one decode run
+(torch.cuda.set_sync_debug_mode): the protocol needs 0, so a window's calls queue freely.
 """
 
 from __future__ import annotations
@@ -43,6 +45,27 @@ batches = [{batch}]
 precisions = ["fp16"]
 """
     return config.parse(text, str(ROOT / "observer_effect.toml"))
+
+
+def _host_syncs(w: models.ModelWorkload, steps: int) -> int | None:
+    """Synchronising CUDA calls made inside prefill() and decode_run() (None off CUDA)."""
+    import warnings
+
+    import torch
+
+    if not w.device.startswith("cuda"):
+        return None
+    w.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            w.prefill()
+            w.decode_run(steps)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    w.synchronize()
+    return sum("synchroniz" in str(c.message) for c in caught)
 
 
 def _leg(w: models.ModelWorkload, steps: int, seconds: float) -> float:
@@ -107,6 +130,9 @@ def main() -> int:
         for _ in range(5):
             w.decode_run(args.steps)
         _leg(w, args.steps, min(args.seconds, 5.0))  # clocks up, caches warm
+        syncs = _host_syncs(w, args.steps)
+        if syncs:
+            print(f"warning: {syncs} host synchronisation(s) inside prefill/decode calls", flush=True)
         bare: list[float] = []
         sampled: list[float] = []
         sampler_events = 0
@@ -143,6 +169,7 @@ def main() -> int:
         "target": 0.99,
         "pass": ratio >= 0.99,
         "sampler_events": sampler_events,
+        "host_syncs_in_calls": syncs,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
         "sweep_protocol": asdict(sweep.protocol),
     }

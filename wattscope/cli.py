@@ -25,10 +25,11 @@ def _headless(args: argparse.Namespace) -> bool:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from wattscope.telemetry.devices import describe_devices, format_devices
+    from wattscope.telemetry.devices import devices_command
 
-    print(format_devices(describe_devices(sim=args.sim)))
-    return 0
+    code, text = devices_command(sim=args.sim or None)
+    print(text)
+    return code
 
 
 def cmd_run(args: argparse.Namespace) -> int:
