@@ -1,3 +1,4 @@
+from dataclasses import replace
 import math
 import random
 import statistics
@@ -174,3 +175,22 @@ def test_window_order_does_not_change_the_figures(prefill, decode, seed):
     a, _ = metrics.config_result(STARTED, FINISHED, ws, 10.0)
     b, _ = metrics.config_result(STARTED, FINISHED, shuffled, 10.0)
     assert [(k, repr(v)) for k, v in a.figures.items()] == [(k, repr(v)) for k, v in b.figures.items()]
+
+
+def test_counter_tail_counts_for_energy_and_power_but_not_for_speed() -> None:
+    """A window closes at the counter update after the work: its tail is in the energy
+    and the power, while latency and tok/s use the work time alone."""
+    ws = []
+    for k in range(3):
+        w = win("decode", 10.0 * k, 2.0, 500.0, 4, steps=32)
+        ws.append(replace(w, work_end_ns=w.end_ns - 80_000_000))  # 80 ms tail
+        p = win("prefill", 10.0 * k + 5, 2.0, 600.0, 50)
+        ws.append(replace(p, work_end_ns=p.end_ns - 50_000_000))
+    f, _ = metrics.config_result(STARTED, FINISHED, ws, None)
+    f = f.figures
+    assert f["decode_tok_s"] == pytest.approx(8 * 32 * 4 / 1.92)
+    assert f["decode_power_w"] == pytest.approx(250.0)
+    assert f["decode_energy_j"] == pytest.approx(125.0)
+    assert f["prefill_latency_s"] == pytest.approx(1.95 / 50)
+    assert f["prefill_tail_s"] == pytest.approx(0.05)
+    assert f["decode_tail_s"] == pytest.approx(0.08)

@@ -38,6 +38,8 @@ precisions = ["fp16", "bf16"]
 class Counter:
     """An energy counter that only moves when the fake workload says so."""
 
+    counter_steps = False  # exact at every read: window edges need not wait for an update
+
     def __init__(self) -> None:
         self.joules = 0.0
         self.reads = 0
@@ -150,7 +152,7 @@ def test_windows_per_phase_and_role_and_exact_per_call_energy():
             # Measured windows hold the calls that make the last warm-up window's pace
             # last min_window_s (timing itself varies on a shared CPU).
             min_calls = sw.protocol.min_calls if phase == "prefill" else 1
-            pace = warm[-1].duration_s / warm[-1].calls
+            pace = warm[-1].work_s / warm[-1].calls
             assert {w.calls for w in meas} == {calls_for(pace, sw.protocol, min_calls)}
             assert meas[0].calls * pace >= sw.protocol.min_window_s
         prefill_meas = windows(events, rc.config_id, "prefill", "measure")
@@ -348,3 +350,41 @@ def test_reasons_are_short_and_named():
     assert describe_exception(ValueError("x" * 1000)).endswith("…")
     assert len(describe_exception(ValueError("x" * 1000))) == 200
     assert short_reason("Unrecognized model. Should contain one of a, b, c\nmore") == "Unrecognized model."
+
+
+class SteppedCounter:
+    """Like an H100's: the value moves only every ``period`` reads."""
+
+    def __init__(self, period: int) -> None:
+        self.period, self.reads = period, 0
+
+    def energy_j(self) -> float:
+        self.reads += 1
+        return float(self.reads // self.period)
+
+
+def test_an_edge_waits_for_the_counter_to_move():
+    from wattscope.bench.protocol import _counter_edge
+
+    c = SteppedCounter(period=5)
+    c.reads = 2  # mid-period: the next update comes at the 5th read
+    _, e = _counter_edge(c)
+    assert c.reads == 5 and e == 1.0
+    _, e = _counter_edge(c)  # reads 6..10: lands on the next update, not the stale value
+    assert c.reads == 10 and e == 2.0
+
+
+def test_a_stalled_counter_gives_up_after_the_timeout():
+    import time
+
+    from wattscope.bench.protocol import EDGE_TIMEOUT_NS, _counter_edge
+
+    class Stalled:
+        def energy_j(self) -> float:
+            return 7.0
+
+    t0 = time.monotonic()
+    _, e = _counter_edge(Stalled())
+    elapsed = time.monotonic() - t0
+    assert e == 7.0
+    assert EDGE_TIMEOUT_NS / 1e9 <= elapsed < EDGE_TIMEOUT_NS / 1e9 + 0.2

@@ -310,7 +310,7 @@ def test_runner_process_end_to_end_on_the_simulated_gpu():
 
     def tok_s(cid):
         ws = _windows(events, cid, "decode", "measure")
-        return sum(w.tokens for w in ws) / sum(w.duration_s for w in ws)
+        return sum(w.tokens for w in ws) / sum(w.work_s for w in ws)
 
     # The seed study's shape: INT8 much slower and costlier per token, NF4 in between.
     assert tok_s("Qwen2-1.5B/b1/fp16") > tok_s("Qwen2-1.5B/b1/nf4") > tok_s("Qwen2-1.5B/b1/int8")

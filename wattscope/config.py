@@ -59,10 +59,13 @@ class Sim:
     """Timing used instead of the protocol's when the GPU is simulated, so a whole
     sweep takes seconds. Only a demo and test aid: the numbers are not measurements."""
 
-    min_window_s: float = 0.15
+    min_window_s: float = 0.12
     cooldown_s: float = 0.05
     idle_s: float = 0.3
     seed: int = 0
+    # The simulated sensor and counter refresh period. Windows are 0.15 s here, so the
+    # H100's 100 ms would make every window one or two counter steps long.
+    refresh_s: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ _BNB_KEYS: dict[str, _Check] = {
     "nf4_double_quant": (bool, "true or false", None),
 }
 _SIM_KEYS: dict[str, _Check] = {
+    "refresh_s": ((int, float), "a number of seconds from 0.001 to 0.5", lambda v: 0.001 <= v <= 0.5),
     "min_window_s": ((int, float), "a number of seconds > 0", _positive),
     "cooldown_s": ((int, float), "a number of seconds >= 0", _non_negative),
     "idle_s": ((int, float), "a number of seconds > 0", _positive),

@@ -137,11 +137,15 @@ class PhaseStarted(Event):
 
 @dataclass(frozen=True)
 class Window(Event):
-    """A measured window: the GPU was synchronised at both edges, and the energy
-    counter read at both edges. ``calls`` is the number of prefill calls or of 32-step
-    decode runs inside; ``steps`` decode steps per run (0 for prefill); ``tokens`` the
-    tokens processed (prefill: batch*prompt*calls; decode: batch*steps*calls).
-    ``t_ns`` equals ``end_ns``."""
+    """A measured window. Both edges sit on an energy-counter update: the counter
+    refreshes only every ~100 ms, so the runner synchronises the GPU and then waits for
+    the counter to change, and the window runs from one update to another. The work
+    starts right after the start edge and ends (GPU synchronised) at ``work_end_ns``;
+    the end edge follows at the next counter update, <= one refresh later. Energy and
+    power use [start_ns, end_ns]; latency and tok/s use [start_ns, work_end_ns].
+    ``calls`` is the number of prefill calls or of 32-step decode runs inside; ``steps``
+    decode steps per run (0 for prefill); ``tokens`` the tokens processed (prefill:
+    batch*prompt*calls; decode: batch*steps*calls). ``t_ns`` equals ``end_ns``."""
 
     kind: ClassVar[str] = "window"
     config_id: str | None
@@ -155,10 +159,16 @@ class Window(Event):
     calls: int
     steps: int
     tokens: int
+    work_end_ns: int | None = None  # None: the work ran to end_ns (idle windows)
 
     @property
     def duration_s(self) -> float:
         return (self.end_ns - self.start_ns) / 1e9
+
+    @property
+    def work_s(self) -> float:
+        end = self.end_ns if self.work_end_ns is None else self.work_end_ns
+        return (end - self.start_ns) / 1e9
 
     @property
     def energy_j(self) -> float:

@@ -89,7 +89,7 @@ def _phase_figures(phase: str, ws: list[Window], batch: int, idle_w: float | Non
     # A window whose counter read failed (NaN) still times the phase but gives no energy.
     e_ws = [w for w in ws if math.isfinite(w.energy_j)]
     energy = [w.energy_j / w.calls for w in e_ws]
-    latency = [w.duration_s / w.calls for w in ws]
+    latency = [w.work_s / w.calls for w in ws]
     power = [w.energy_j / w.duration_s for w in e_ws]
     idle_sub = [NAN] if idle_w is None else [(w.energy_j - idle_w * w.duration_s) / w.calls for w in e_ws]
     out = {
@@ -101,10 +101,12 @@ def _phase_figures(phase: str, ws: list[Window], batch: int, idle_w: float | Non
         f"{phase}_power_max_w": max(power, default=NAN),
         f"{phase}_energy_idle_sub_j": _median(idle_sub),
         f"{phase}_windows": float(len(ws)),
+        # Time from the end of the work to the counter update that closed the window.
+        f"{phase}_tail_s": _median([w.duration_s - w.work_s for w in ws]),
     }
     if phase == "decode":
         tokens = [batch * w.steps * w.calls for w in ws]
-        tok_s = [t / w.duration_s for t, w in zip(tokens, ws)]
+        tok_s = [t / w.work_s for t, w in zip(tokens, ws)]
         out["decode_energy_per_token_j"] = _median(
             [w.energy_j / t for t, w in zip(tokens, ws) if t > 0 and math.isfinite(w.energy_j)]
         )

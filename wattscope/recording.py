@@ -47,7 +47,8 @@ CREATE VIEW windows AS SELECT t_ns,
   json_extract(json, '$.role') AS role, json_extract(json, '$.repeat') AS repeat,
   json_extract(json, '$.start_ns') AS start_ns, json_extract(json, '$.end_ns') AS end_ns,
   json_extract(json, '$.energy_start_j') AS energy_start_j, json_extract(json, '$.energy_end_j') AS energy_end_j,
-  json_extract(json, '$.calls') AS calls, json_extract(json, '$.steps') AS steps, json_extract(json, '$.tokens') AS tokens
+  json_extract(json, '$.calls') AS calls, json_extract(json, '$.steps') AS steps, json_extract(json, '$.tokens') AS tokens,
+  json_extract(json, '$.work_end_ns') AS work_end_ns
   FROM events WHERE kind = 'window';
 CREATE VIEW results AS SELECT t_ns,
   json_extract(json, '$.config_id') AS config_id, json_extract(json, '$.model') AS model,
@@ -244,11 +245,12 @@ class Recording:
 
     @cached_property
     def windows(self) -> pd.DataFrame:
-        cols = ["config_id", "phase", "role", "repeat", "start_ns", "end_ns",
+        cols = ["config_id", "phase", "role", "repeat", "start_ns", "end_ns", "work_end_ns",
                 "energy_start_j", "energy_end_j", "calls", "steps", "tokens"]
         df = pd.DataFrame(self._event_dicts("window"), columns=cols)
         df["energy_j"] = df["energy_end_j"] - df["energy_start_j"]
         df["duration_s"] = (df["end_ns"] - df["start_ns"]) / 1e9
+        df["work_s"] = (df["work_end_ns"].fillna(df["end_ns"]) - df["start_ns"]) / 1e9
         df["power_w"] = df["energy_j"] / df["duration_s"]
         df["integrated_j"] = self._integrated(df)
         return df

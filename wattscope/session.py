@@ -114,7 +114,7 @@ class Session:
         if self.sim:
             from wattscope.telemetry.sim import SimGPU, SimSpec
 
-            self._sim_gpu = SimGPU.create(SimSpec(seed=self.sweep.sim.seed))
+            self._sim_gpu = SimGPU.create(SimSpec(seed=self.sweep.sim.seed, refresh_s=self.sweep.sim.refresh_s))
             return [SensorSpec.simulated(self._sim_gpu)]
         return [SensorSpec.nvml(i) for i in self.sweep.sampler.gpus]
 
@@ -125,7 +125,7 @@ class Session:
             try:
                 info = dict(sensor.info())
                 info["signals_absent"] = {k: v for k, v in sensor.signals().items() if v is not None}
-                info["refresh_s"] = measure_refresh_periods(sensor, REFRESH_MEASURE_S)
+                info["refresh_s"] = measure_refresh_periods(sensor, 0.3 if self.sim else REFRESH_MEASURE_S)
             finally:
                 sensor.close()
             gpus.append(info)

@@ -42,6 +42,8 @@ Build = Callable[[RunConfig, dict[str, Any]], Workload]
 # Calibration times calls one by one until this share of min_window_s has passed; it
 # only sizes the first warm-up window, each later window is sized from the one before.
 CALIBRATION_SHARE = 0.05
+# Longer than any counter refresh period seen (H100: ~100 ms), short enough not to stall.
+EDGE_TIMEOUT_NS = 500_000_000
 
 
 class EnergySensor(TypingProtocol):
@@ -80,6 +82,25 @@ def _read_edge(sensor: EnergySensor) -> tuple[int, float]:
     return (t_a + t_b) // 2, e
 
 
+def _counter_edge(sensor: EnergySensor) -> tuple[int, float]:
+    """Wait for the energy counter's next update and return it with its time.
+
+    The counter refreshes only every ~100 ms on an H100: read at an arbitrary moment,
+    it lags the truth by up to one refresh, which over a 2 s window is up to +-5% of its
+    energy. Taking both edges on an update makes the window span whole refresh
+    periods exactly. Falls back to a plain read if the counter does not move within
+    EDGE_TIMEOUT_NS (a stalled or very slow counter). A sensor whose counter is exact
+    at every read says so with ``counter_steps = False`` and is read once."""
+    t, first = _read_edge(sensor)
+    if not getattr(sensor, "counter_steps", True):
+        return t, first
+    deadline = now_ns() + EDGE_TIMEOUT_NS
+    while True:
+        t, e = _read_edge(sensor)
+        if e != first or t >= deadline or math.isnan(e):
+            return t, e
+
+
 def _window(
     spec: PhaseSpec,
     n: int,
@@ -91,12 +112,13 @@ def _window(
     stop: StopFlag,
 ) -> Window:
     workload.synchronize()
-    start_ns, e0 = _read_edge(sensor)
+    start_ns, e0 = _counter_edge(sensor)
     for _ in range(n):
         _check(stop)
         spec.call()
     workload.synchronize()
-    end_ns, e1 = _read_edge(sensor)
+    work_end_ns = now_ns()
+    end_ns, e1 = _counter_edge(sensor)
     return Window(
         t_ns=end_ns,
         config_id=config_id,
@@ -110,6 +132,7 @@ def _window(
         calls=n,
         steps=spec.steps,
         tokens=spec.tokens_per_call * n,
+        work_end_ns=work_end_ns,
     )
 
 
@@ -166,8 +189,8 @@ def measure_phase(
         emit(w)
         per_call = w.energy_j / w.calls
         # Re-size from a real window: calibration timed single calls, a window runs them back to back.
-        if w.duration_s > 0:
-            n = calls_for(w.duration_s / w.calls, p, spec.min_calls)
+        if w.work_s > 0:
+            n = calls_for(w.work_s / w.calls, p, spec.min_calls)
         if previous is not None:
             spread = abs(per_call - previous) / max(abs(previous), 1e-12)
             if agree(per_call, previous, p.steady_tolerance):
@@ -196,10 +219,10 @@ def measure_phase(
 def measure_idle(p: Protocol, sensor: EnergySensor, emit: Emit, stop: StopFlag) -> None:
     """The idle baseline: the counter over idle_s with nothing running."""
     emit(PhaseStarted(now_ns(), None, "idle"))
-    start_ns, e0 = _read_edge(sensor)
+    start_ns, e0 = _counter_edge(sensor)
     if stop.wait(p.idle_s):
         raise Stopped()
-    end_ns, e1 = _read_edge(sensor)
+    end_ns, e1 = _counter_edge(sensor)
     emit(Window(end_ns, None, "idle", "idle", 1, start_ns, end_ns, e0, e1, 0, 0, 0))
 
 
