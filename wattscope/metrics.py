@@ -33,17 +33,18 @@ CV_LIMIT = 0.03
 FIGURES: dict[str, tuple[str, str]] = {
     "prefill_energy_j": ("J", "energy per prefill call (whole batch), median over windows"),
     "prefill_energy_cv": ("fraction", "sample CV of prefill energy per call across windows"),
-    "prefill_latency_s": ("s", "time per prefill call, median over windows"),
+    "prefill_latency_s": ("s", "work time per prefill call, median over windows"),
     "prefill_power_w": ("W", "average power during prefill, mean over windows of energy/duration"),
     "prefill_power_min_w": ("W", "lowest window average power during prefill"),
     "prefill_power_max_w": ("W", "highest window average power during prefill"),
     "prefill_energy_idle_sub_j": ("J", "prefill energy per call minus idle power x time per call, median"),
     "prefill_windows": ("count", "measured prefill windows"),
+    "prefill_tail_s": ("s", "median time from the end of the work to the counter update closing a window"),
     "decode_energy_j": ("J", "energy per decode run of decode_steps steps (whole batch), median"),
     "decode_energy_cv": ("fraction", "sample CV of decode energy per run across windows"),
     "decode_energy_per_token_j": ("J/token", "decode energy per generated token, median"),
     "decode_latency_s": ("s", "time per decode run of decode_steps steps, median"),
-    "decode_tok_s": ("tokens/s", "batch x steps x runs / duration, median over windows"),
+    "decode_tok_s": ("tokens/s", "batch x steps x runs / work time (window minus its tail), median over windows"),
     "decode_tok_s_cv": ("fraction", "sample CV of decode tok/s across windows"),
     "decode_power_w": ("W", "average power during decode, mean over windows of energy/duration"),
     "decode_power_min_w": ("W", "lowest window average power during decode"),
@@ -51,6 +52,7 @@ FIGURES: dict[str, tuple[str, str]] = {
     "decode_energy_idle_sub_j": ("J", "decode energy per run minus idle power x time per run, median"),
     "decode_steps": ("count", "decode steps per run"),
     "decode_windows": ("count", "measured decode windows"),
+    "decode_tail_s": ("s", "median time from the end of the work to the counter update closing a window"),
 }
 
 # Figures checked against CV_LIMIT, with the words a warning uses for them.
