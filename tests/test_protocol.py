@@ -388,3 +388,28 @@ def test_a_stalled_counter_gives_up_after_the_timeout():
     elapsed = time.monotonic() - t0
     assert e == 7.0
     assert EDGE_TIMEOUT_NS / 1e9 <= elapsed < EDGE_TIMEOUT_NS / 1e9 + 0.2
+
+
+def test_a_window_that_ran_fast_is_topped_up_to_the_minimum():
+    """Sized for 10 ms calls, the card now does them in 2 ms: the window adds calls
+    (after one sync) until it lasts min_window_s, and counts every call it ran."""
+    import time
+
+    from wattscope.bench.protocol import PhaseSpec, _window
+
+    log: list[str] = []
+
+    class Fast:
+        def synchronize(self) -> None:
+            log.append("sync")
+
+    def call() -> None:
+        log.append("call")
+        time.sleep(0.002)
+
+    spec = PhaseSpec("prefill", call, 1, 0, 16)
+    w = _window(spec, 10, "measure", 1, "c", Fast(), Counter(), threading.Event(), 0.2)
+    assert w.work_s >= 0.2
+    assert w.calls == log.count("call") > 10
+    assert w.tokens == 16 * w.calls
+    assert log[:11] == ["sync"] + ["call"] * 10  # the sized batch runs with no sync inside

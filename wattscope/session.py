@@ -36,7 +36,9 @@ from wattscope.recording import Recorder
 from wattscope.state import RunState
 from wattscope.telemetry import SensorSpec, measure_refresh_periods, open_sensor
 
-ENERGY_SIGNAL = "NVML total energy counter, read at both edges of each window after a GPU synchronize"
+ENERGY_SIGNAL = (
+    "NVML total energy counter; after a GPU synchronize each window edge waits for the next counter update"
+)
 POLL_S = 0.1
 REFRESH_MEASURE_S = 1.0
 MAX_RUNNER_RESTARTS = 3

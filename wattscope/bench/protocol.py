@@ -110,14 +110,26 @@ def _window(
     workload: Workload,
     sensor: EnergySensor,
     stop: StopFlag,
+    min_window_s: float,
 ) -> Window:
+    """``n`` calls queued back to back with no host sync between them; if the card ran
+    them faster than the pace ``n`` was sized from, top the window up (one sync, then as
+    many calls as the remaining time needs) so it never ends short of min_window_s."""
     workload.synchronize()
     start_ns, e0 = _counter_edge(sensor)
-    for _ in range(n):
-        _check(stop)
-        spec.call()
-    workload.synchronize()
-    work_end_ns = now_ns()
+    target_ns = start_ns + int(min_window_s * 1e9)
+    calls, batch = 0, n
+    while True:
+        for _ in range(batch):
+            _check(stop)
+            spec.call()
+        calls += batch
+        workload.synchronize()
+        work_end_ns = now_ns()
+        if work_end_ns >= target_ns:
+            break
+        per_call_ns = max((work_end_ns - start_ns) / calls, 1.0)
+        batch = max(1, math.ceil((target_ns - work_end_ns) / per_call_ns))
     end_ns, e1 = _counter_edge(sensor)
     return Window(
         t_ns=end_ns,
@@ -129,9 +141,9 @@ def _window(
         end_ns=end_ns,
         energy_start_j=e0,
         energy_end_j=e1,
-        calls=n,
+        calls=calls,
         steps=spec.steps,
-        tokens=spec.tokens_per_call * n,
+        tokens=spec.tokens_per_call * calls,
         work_end_ns=work_end_ns,
     )
 
@@ -185,7 +197,7 @@ def measure_phase(
     previous: float | None = None
     spread = math.nan
     for k in range(1, p.max_warmup_windows + 1):
-        w = _window(spec, n, "warmup", k, config_id, workload, sensor, stop)
+        w = _window(spec, n, "warmup", k, config_id, workload, sensor, stop, p.min_window_s)
         emit(w)
         per_call = w.energy_j / w.calls
         # Re-size from a real window: calibration timed single calls, a window runs them back to back.
@@ -213,7 +225,7 @@ def measure_phase(
     for r in range(1, p.repeats + 1):
         _check(stop)
         emit(PhaseStarted(now_ns(), config_id, spec.phase, repeat=r))
-        emit(_window(spec, n, "measure", r, config_id, workload, sensor, stop))
+        emit(_window(spec, n, "measure", r, config_id, workload, sensor, stop, p.min_window_s))
 
 
 def measure_idle(p: Protocol, sensor: EnergySensor, emit: Emit, stop: StopFlag) -> None:
