@@ -1,0 +1,134 @@
+"""The live pipeline end to end on the simulated GPU: real sampler and runner processes,
+the recorder and the headless consumer, driven through the CLI as a user would, plus the
+faults: Ctrl-C, kill -9, and a sampler that dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import wattscope
+from wattscope import config
+from wattscope.session import Session
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TWO_ROWS = """
+name = "two"
+[protocol]
+repeats = 2
+max_warmup_windows = 2
+[[matrix]]
+models = ["synthetic:Qwen2-1.5B"]
+batches = [1]
+precisions = ["fp16", "int8"]
+"""
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "wattscope", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
+    )
+
+
+def test_seed_sweep_on_the_simulated_gpu_records_15_rows(tmp_path: Path) -> None:
+    out = tmp_path / "seed.wattscope"
+    proc = _cli("run", "configs/seed.toml", "--sim", "--headless", "-o", str(out))
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stdout
+    assert "run completed" in stdout  # plain progress lines when not a terminal
+    rec = wattscope.load(out)
+    assert rec.meta["status"] == "completed" and rec.meta["simulated"] is True
+    assert rec.meta["gpu"]["tdp_w"] == 700.0
+    assert rec.meta["gpu"]["refresh_s"]["power_w"] == pytest.approx(config.Sim().refresh_s, rel=0.3)
+    assert rec.meta["sweep"]["text"] == (ROOT / "configs" / "seed.toml").read_text()
+    assert {"torch", "transformers", "bitsandbytes", "textual"} <= set(rec.meta["packages"])
+    res = rec.results
+    assert len(res) == 15 and res["ok"].all()
+    assert (res["decode_steps"] == 32).all()
+    # Every figure is the one metrics derives from the recorded windows.
+    from wattscope import metrics
+
+    windows = list(e for e in rec.events(samples=False) if e.kind == "window")
+    started = {e.config_id: e for e in rec.events(samples=False) if e.kind == "config_started"}
+    finished = {e.config_id: e for e in rec.events(samples=False) if e.kind == "config_finished"}
+    idle = metrics.idle_power_w([w for w in windows if w.config_id is None])
+    for stored in rec.result_events():
+        again, _ = metrics.config_result(
+            started[stored.config_id], finished[stored.config_id],
+            [w for w in windows if w.config_id == stored.config_id], idle,
+        )
+        assert again.figures == stored.figures
+    # Samples cover the run at ~100 Hz.
+    s = rec.samples
+    span_s = (s["t_ns"].max() - s["t_ns"].min()) / 1e9
+    assert len(s) / span_s == pytest.approx(100, rel=0.1)
+
+
+def test_ctrl_c_stops_cleanly_and_finalises(tmp_path: Path) -> None:
+    out = tmp_path / "int.wattscope"
+    proc = _cli("run", "configs/seed.toml", "--sim", "--headless", "-o", str(out))
+    time.sleep(6)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout
+    rec = wattscope.load(out)
+    assert rec.meta["status"] == "interrupted"
+    assert not Path(str(out) + "-wal").exists()  # finalised into one file
+    assert 0 < len(rec.results) < 15
+    assert len(rec.samples) > 100
+
+
+def test_kill_9_of_wattscope_keeps_a_loadable_recording(tmp_path: Path) -> None:
+    out = tmp_path / "killed.wattscope"
+    proc = _cli("run", "configs/seed.toml", "--sim", "--headless", "-o", str(out), start_new_session=True)
+    time.sleep(6)
+    killed_at = wattscope.events.now_ns()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    rec = wattscope.load(out)
+    assert rec.meta["status"] == "running" and not rec.complete
+    assert killed_at - int(rec.samples["t_ns"].max()) <= 1_000_000_000
+    # The children noticed their parent died and exited on their own.
+    time.sleep(3)
+    leftover = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert leftover == []
+
+
+def test_a_dead_sampler_is_reported_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    sweep = config.parse(TWO_ROWS, str(tmp_path / "two.toml"))
+    session = Session(sweep, tmp_path / "s.wattscope", sim=True)
+    session.start()
+    deadline = time.monotonic() + 10
+    while not session._sampler.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(session._sampler.pid, signal.SIGKILL)
+    assert session.wait(120)
+    rec = wattscope.load(tmp_path / "s.wattscope")
+    assert rec.meta["status"] == "completed"
+    assert rec.warnings["message"].str.contains("sampler process died").any()
+    assert len(rec.results) == 2
+
+
+def test_a_runner_that_dies_becomes_a_failed_row_and_the_rest_runs(tmp_path: Path) -> None:
+    sweep = config.parse(TWO_ROWS, str(tmp_path / "two.toml"))
+    session = Session(sweep, tmp_path / "r.wattscope", sim=True)
+    session.start()
+    # Once the first configuration is under way, kill the runner hard.
+    deadline = time.monotonic() + 30
+    while not session._started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(session._runner.pid, signal.SIGKILL)
+    assert session.wait(120)
+    rec = wattscope.load(tmp_path / "r.wattscope")
+    res = rec.results.set_index("config_id")
+    assert not res.loc["Qwen2-1.5B/b1/fp16", "ok"]
+    assert "runner process died" in res.loc["Qwen2-1.5B/b1/fp16", "reason"]
+    assert res.loc["Qwen2-1.5B/b1/int8", "ok"]
+    assert rec.meta["status"] == "completed"
