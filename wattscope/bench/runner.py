@@ -9,16 +9,21 @@ or the UI. ``run_sweep`` is the same code in-process, for tests.
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from wattscope.bench.protocol import Build, Emit, StopFlag, run_protocol
 from wattscope.bench.workload import Workload
+from wattscope.child import ChildProcess
 from wattscope.config import RunConfig, Sweep
 from wattscope.events import Event, RunWarning, now_ns
+
+PARENT_POLL_S = 0.5
+EXIT_PARENT_DIED = 3
 
 
 def other_gpu_processes(index: int) -> list[tuple[int, int]]:
@@ -108,9 +113,19 @@ def run_sweep(
         cleanup()
 
 
-def _child_main(sweep: Sweep, sensor_spec: Any, queue: Any, stop: Any, sim: bool, device: str, start_index: int) -> None:
+def _exit_with_parent(parent_pid: int) -> None:
+    """An orphaned runner would keep the GPU busy for the rest of the sweep with nobody
+    recording: leave at once when the parent is gone (the driver frees the GPU at exit)."""
+    while True:
+        time.sleep(PARENT_POLL_S)
+        if os.getppid() != parent_pid:
+            os._exit(EXIT_PARENT_DIED)
+
+
+def _child_main(sweep: Sweep, sensor_spec: Any, queue: Any, sim: bool, device: str, start_index: int, stop: Any) -> None:
     # Ctrl-C reaches the whole process group; the parent decides and sets the stop flag.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
     from wattscope.telemetry.sensor import open_sensor
 
     def emit(event: Event) -> None:
@@ -129,46 +144,13 @@ def _child_main(sweep: Sweep, sensor_spec: Any, queue: Any, stop: Any, sim: bool
             sensor.close()
 
 
-class RunnerProcess:
+class RunnerProcess(ChildProcess):
     """The runner child. ``start_index`` lets a session restart it after a hard crash
     for the configurations that remain (the idle baseline is only measured from 0)."""
 
     def __init__(self, sweep: Sweep, sensor_spec: Any, queue: Any, sim: bool, device: str = "cuda", start_index: int = 0) -> None:
-        self._ctx = mp.get_context("spawn")
-        self._stop = self._ctx.Event()
-        self._proc = self._ctx.Process(
-            target=_child_main,
-            args=(sweep, sensor_spec, queue, self._stop, sim, device, start_index),
-            name="wattscope-runner",
-        )
-
-    def start(self) -> None:
-        self._proc.start()
+        super().__init__(_child_main, "wattscope-runner", (sweep, sensor_spec, queue, sim, device, start_index))
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Ask the child to stop between two calls; terminate it if it does not exit in time
-        (a CUDA kernel or a model load cannot be interrupted from Python)."""
-        self._stop.set()
-        if self._proc.pid is None:
-            return
-        self._proc.join(timeout)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(5.0)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._proc.join(timeout)
-
-    def is_alive(self) -> bool:
-        return self._proc.is_alive()
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid
-
-    @property
-    def exitcode(self) -> int | None:
-        return self._proc.exitcode
+        """Ask the child to stop between two calls; terminate it if it does not exit in time."""
+        self._end(timeout, grace=5.0)

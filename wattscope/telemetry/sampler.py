@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Any
 
+from wattscope.child import ChildProcess
 from wattscope.events import (
     FRESH_ENERGY,
     FRESH_POWER,
@@ -65,7 +66,7 @@ def _realtime() -> str | None:
         return str(e)
 
 
-class SamplerProcess:
+class SamplerProcess(ChildProcess):
     """Parent-side handle of the sampler process.
 
     ``queue`` receives the events (a spawn-context queue is made when None is given; it is
@@ -95,21 +96,18 @@ class SamplerProcess:
         ):
             if not (isinstance(v, (int, float)) and lo <= v <= hi):
                 raise ValueError(f"SamplerProcess {name} = {v!r} is not allowed; expected {lo} to {hi}")
-        ctx = mp.get_context("spawn")
-        self.queue = queue if queue is not None else ctx.Queue()
+        self.queue = queue if queue is not None else mp.get_context("spawn").Queue()
         self.rate_hz = float(rate_hz)
         self.energy_hz = float(energy_hz)
-        self._stop = ctx.Event()
         self._stopping = False
-        self._proc = ctx.Process(
-            target=run_sampler,
-            name="wattscope-sampler",
-            args=(
+        super().__init__(
+            run_sampler,
+            "wattscope-sampler",
+            (
                 list(specs),
                 self.rate_hz,
                 self.energy_hz,
                 self.queue,
-                self._stop,
                 batch_interval_s,
                 stats_interval_s,
                 spin_s,
@@ -119,34 +117,11 @@ class SamplerProcess:
             daemon=True,
         )
 
-    def start(self) -> None:
-        self._proc.start()
-
     def stop(self, timeout: float = 3.0) -> None:
         """Ask the sampler to flush its last batch and exit; kill it if it does not
         within ``timeout``. Keep draining the queue meanwhile: a full queue blocks its flush."""
         self._stopping = True
-        self._stop.set()
-        if self._proc.pid is None:
-            return
-        self._proc.join(timeout)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(1.0)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join(1.0)
-
-    def is_alive(self) -> bool:
-        return self._proc.is_alive()
-
-    @property
-    def exitcode(self) -> int | None:
-        return self._proc.exitcode
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid
+        self._end(timeout, grace=1.0)
 
     def failure(self) -> str | None:
         """None while the sampler runs or after a clean stop; otherwise why it is gone."""
@@ -167,12 +142,12 @@ def run_sampler(
     rate_hz: float,
     energy_hz: float,
     queue: Any,
-    stop: Any,
     batch_interval_s: float,
     stats_interval_s: float,
     spin_s: float,
     realtime: bool,
     parent_pid: int,
+    stop: Any,
 ) -> None:
     """The sampler process's body (a module-level function so 'spawn' can find it)."""
     _tighten_timer_slack()
