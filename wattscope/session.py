@@ -144,6 +144,7 @@ class Session:
             "gpus": gpus,
             "energy_signal": ("simulated " if self.sim else "") + ENERGY_SIGNAL,
             "sampler": {
+                "signal": "power_w",  # what the live graph and the cross-check integrate
                 "rate_hz": self.sweep.sampler.rate_hz,
                 "energy_hz": self.sweep.sampler.energy_hz,
                 "gpus": [g["index"] for g in gpus],
