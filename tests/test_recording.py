@@ -66,7 +66,7 @@ def _write_run(path: Path) -> dict:
 
 def test_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "run.wattscope"
-    written = _write_run(path)
+    _write_run(path)
     assert not Path(str(path) + "-wal").exists()  # finished file is one self-contained file
     rec = wattscope.load(path)
     assert rec.meta["gpu"]["name"] == "Test GPU"
