@@ -123,3 +123,23 @@ def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path: Path, bad: str | No
     assert str(cfg) in proc.stderr
     assert not out.exists()
     assert list(tmp_path.iterdir()) == ([cfg] if bad is not None else [])
+
+
+def test_run_without_a_gpu_says_so_and_writes_nothing(tmp_path: Path) -> None:
+    pytest.importorskip("pynvml")
+    from wattscope.telemetry import NvmlUnavailable, SensorSpec, open_sensor
+
+    try:
+        open_sensor(SensorSpec.nvml(0)).close()
+        pytest.skip("this machine has an NVIDIA GPU")
+    except NvmlUnavailable:
+        pass
+    out = tmp_path / "rec.wattscope"
+    proc = subprocess.run(
+        [sys.executable, "-m", "wattscope", "run", str(ROOT / "configs" / "quick.toml"), "--headless", "-o", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "NVML is unavailable" in proc.stderr and "--sim" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()

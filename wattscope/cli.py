@@ -44,7 +44,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else default_output(sweep, args.sim)
     if output.exists():
         raise UsageError(f"{output}: already exists; choose another file with -o")
+    from wattscope.telemetry import NvmlUnavailable
+
     session = Session(sweep, output, sim=args.sim)
+    try:
+        # Started here, before any display, so a missing GPU is a plain message with
+        # nothing written rather than a traceback inside the app.
+        session.start()
+    except NvmlUnavailable as e:
+        print(f"wattscope: error: {e}; `wattscope run {args.config} --sim` runs the pipeline on a simulated GPU",
+              file=sys.stderr)
+        return EXIT_FAILED
     if _headless(args):
         from wattscope.headless import run_live
 
