@@ -24,9 +24,9 @@ import numpy as np
 
 from wattscope import events as ev
 from wattscope.config import BASELINE_PRECISION, PRECISIONS, RunConfig
+from wattscope.metrics import CV_LIMIT
 
 MAX_RATE_HZ = 1000  # the sampler's ceiling (config.Sampler.rate_hz <= 1000)
-CV_LIMIT = 0.03  # a figure whose coefficient of variation exceeds this is flagged
 STATUSES = ("waiting", "running", "completed", "interrupted", "failed")
 ENDED = ("completed", "interrupted", "failed")
 # Phase codes in traces: index into PHASES; -1 before the first PhaseStarted.
