@@ -55,11 +55,14 @@ def test_seed_sweep_on_the_simulated_gpu_records_15_rows(tmp_path: Path) -> None
     # Every figure is the one metrics derives from the recorded windows.
     from wattscope import metrics
 
-    windows = list(e for e in rec.events(samples=False) if e.kind == "window")
-    started = {e.config_id: e for e in rec.events(samples=False) if e.kind == "config_started"}
-    finished = {e.config_id: e for e in rec.events(samples=False) if e.kind == "config_finished"}
+    events = list(rec.events(samples=False))
+    windows = [e for e in events if e.kind == "window"]
+    started = {e.config_id: e for e in events if e.kind == "config_started"}
+    finished = {e.config_id: e for e in events if e.kind == "config_finished"}
+    stored_results = [e for e in events if e.kind == "config_result"]
+    assert len(stored_results) == 15
     idle = metrics.idle_power_w([w for w in windows if w.config_id is None])
-    for stored in rec.result_events():
+    for stored in stored_results:
         again, _ = metrics.config_result(
             started[stored.config_id], finished[stored.config_id],
             [w for w in windows if w.config_id == stored.config_id], idle,
@@ -136,3 +139,18 @@ def test_a_runner_that_dies_becomes_a_failed_row_and_the_rest_runs(tmp_path: Pat
     assert "runner process died" in res.loc["Qwen2-1.5B/b1/fp16", "reason"]
     assert res.loc["Qwen2-1.5B/b1/int8", "ok"]
     assert rec.meta["status"] == "completed"
+
+
+def test_a_start_that_fails_leaves_no_file_and_no_child(tmp_path: Path, monkeypatch) -> None:
+    sweep = config.parse(TWO_ROWS, str(tmp_path / "two.toml"))
+    out = tmp_path / "never.wattscope"
+    session = Session(sweep, out, sim=True)
+
+    def broken(*args, **kw):
+        raise OSError("cannot start the runner")
+
+    monkeypatch.setattr(session, "_start_runner", broken)
+    with pytest.raises(OSError, match="cannot start the runner"):
+        session.start()
+    assert not out.exists()
+    assert not session._sampler.is_alive()

@@ -90,17 +90,34 @@ class Session:
     def start(self) -> None:
         """Prepare everything that can fail fast (sensor, output file, children) in the
         caller's thread, then hand the event loop to a background thread."""
-        specs = self._specs = self._sensor_specs()
-        meta = self._describe(specs)
-        self._recorder = Recorder(self.output)
-        self._emit(RunStarted(now_ns(), meta))
-        self._queue = self._ctx.Queue()
-        with _children_ignore_sigint():
-            self._sampler = self._start_sampler(specs)
-            self._runner = self._start_runner(specs[0], start_index=0)
+        try:
+            specs = self._specs = self._sensor_specs()
+            meta = self._describe(specs)
+            self._recorder = Recorder(self.output)
+            self._emit(RunStarted(now_ns(), meta))
+            self._queue = self._ctx.Queue()
+            with _children_ignore_sigint():
+                self._sampler = self._start_sampler(specs)
+                self._runner = self._start_runner(specs[0], start_index=0)
+        except BaseException:
+            self._abandon()
+            raise
         self.status = "running"
         self._thread = threading.Thread(target=self._loop, name="wattscope-session", daemon=True)
         self._thread.start()
+
+    def _abandon(self) -> None:
+        """Undo a start that failed before the run began: no child left running, no
+        half-written recording, no shared memory left behind."""
+        for name in ("_runner", "_sampler"):
+            child = getattr(self, name, None)
+            if child is not None:
+                child.stop()
+        if self._recorder is not None:
+            self._recorder.close()
+            self.output.unlink(missing_ok=True)
+        if self._sim_gpu is not None:
+            self._sim_gpu.close()
 
     def stop(self) -> None:
         """Ask for a clean stop: the runner ends at its next window edge, the recording
@@ -252,9 +269,9 @@ class Session:
 
     def _shutdown(self, status: str, reason: str) -> None:
         try:
-            for child in (getattr(self, "_runner", None), getattr(self, "_sampler", None)):
-                if child is not None:
-                    child.stop()
+            # _loop only runs after start() made both children.
+            self._runner.stop()
+            self._sampler.stop()
             self._drain(0)
             self._emit(RunEnded(now_ns(), status, reason))
         finally:
