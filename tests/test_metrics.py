@@ -132,14 +132,20 @@ window_specs = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
-@given(prefill=window_specs, decode=window_specs, idle=st.floats(0.0, 100.0))
-def test_figures_match_independent_numpy_arithmetic(prefill, decode, idle):
+def _phase_windows(prefill: list, decode: list) -> list[Window]:
+    """Prefill then decode windows from (seconds, joules, calls) specs, 1 s apart."""
     ws, t = [], 0.0
     for phase, specs in (("prefill", prefill), ("decode", decode)):
         for seconds, joules, calls in specs:
             ws.append(win(phase, t, seconds, joules, calls, steps=32 if phase == "decode" else 0))
             t += seconds + 1
+    return ws
+
+
+@settings(max_examples=60, deadline=None)
+@given(prefill=window_specs, decode=window_specs, idle=st.floats(0.0, 100.0))
+def test_figures_match_independent_numpy_arithmetic(prefill, decode, idle):
+    ws = _phase_windows(prefill, decode)
     result, _ = metrics.config_result(STARTED, FINISHED, ws, idle)
     f = result.figures
     for phase in ("prefill", "decode"):
@@ -165,11 +171,7 @@ def test_figures_match_independent_numpy_arithmetic(prefill, decode, idle):
 @given(prefill=window_specs, decode=window_specs, seed=st.integers(0, 1000))
 def test_window_order_does_not_change_the_figures(prefill, decode, seed):
     """Replay must reproduce the live numbers exactly, whatever order windows arrive in."""
-    ws, t = [], 0.0
-    for phase, specs in (("prefill", prefill), ("decode", decode)):
-        for seconds, joules, calls in specs:
-            ws.append(win(phase, t, seconds, joules, calls, steps=32 if phase == "decode" else 0))
-            t += seconds + 1
+    ws = _phase_windows(prefill, decode)
     shuffled = list(ws)
     random.Random(seed).shuffle(shuffled)
     a, _ = metrics.config_result(STARTED, FINISHED, ws, 10.0)

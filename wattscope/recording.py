@@ -24,7 +24,6 @@ import pandas as pd
 from wattscope.events import (
     SAMPLE_COLUMNS,
     SCHEMA_VERSION,
-    ConfigResult,
     Event,
     RunEnded,
     RunStarted,
@@ -295,9 +294,6 @@ class Recording:
             "UNION ALL SELECT min(t_ns) FROM samples UNION ALL SELECT max(t_ns) FROM samples)"
         ).fetchone()
         return int(lo or 0), int(hi or 0)
-
-    def result_events(self) -> list[ConfigResult]:
-        return [Event.from_dict(d) for d in self._event_dicts("config_result")]  # type: ignore[misc]
 
     def events(
         self, start_ns: int | None = None, end_ns: int | None = None, *, samples: bool = True
