@@ -19,6 +19,7 @@ import threading
 import time
 
 from wattscope import events as ev
+from wattscope.source import LiveSource
 from wattscope.state import RunState
 from wattscope.tui.app import make_app
 
@@ -60,7 +61,7 @@ async def measure(duration_s: float) -> None:
                                            "refresh_s": {"power_w": 0.001}},
                                    "sweep": {"name": "ui-cpu", "configs": [{}]}}))
     state.apply(ev.ConfigStarted(t0, "bench/b1/fp16", 0, 1, "synthetic:Qwen2-1.5B", 1, "fp16", True, 3))
-    app = make_app(state)
+    app = make_app(LiveSource(state))
     stop = threading.Event()
     feeder_cpu: list[float] = []
     feeder = threading.Thread(target=feed, args=(state, stop, feeder_cpu))

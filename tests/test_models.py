@@ -13,7 +13,7 @@ import pytest
 
 from wattscope import config
 from wattscope.bench import models
-from wattscope.bench.architectures import ARCHITECTURES, SyntheticModelError, parameter_count, synthetic_config
+from wattscope.architectures import ARCHITECTURES, SyntheticModelError, parameter_count, synthetic_config
 from wattscope.bench.workload import WorkloadError, prompt_ids
 
 DATA = Path(__file__).parent / "data"
@@ -45,7 +45,7 @@ def test_light_modules_do_not_import_torch():
     code = (
         "import sys\n"
         "import wattscope.bench.runner, wattscope.bench.protocol, wattscope.bench.models\n"
-        "import wattscope.bench.sim_workload, wattscope.bench.architectures, wattscope.bench.workload\n"
+        "import wattscope.bench.sim_workload, wattscope.architectures, wattscope.bench.workload\n"
         "heavy = [m for m in ('torch', 'transformers', 'bitsandbytes') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -14,9 +14,9 @@ import pytest
 
 from wattscope import config
 from wattscope.bench import models, runner
-from wattscope.bench.architectures import parameter_count, synthetic_config
+from wattscope.architectures import parameter_count, synthetic_config
 from wattscope.events import ConfigFinished, ConfigStarted, Event, RunWarning, Window, now_ns
-from wattscope.telemetry.sensor import SensorSpec
+from wattscope.telemetry.open import SensorSpec
 from wattscope.telemetry.sim import SimGPU, SimSpec
 
 DATA = Path(__file__).parent / "data"

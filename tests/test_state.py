@@ -10,7 +10,8 @@ import pytest
 
 from wattscope import events as ev
 from wattscope.replay import synthetic_run
-from wattscope.state import MAX_RATE_HZ, LiveSource, Ratios, RunState, cv_flags, ratios
+from wattscope.source import LiveSource
+from wattscope.state import MAX_RATE_HZ, Ratios, RunState, cv_flags, ratios
 
 T0 = 1_000_000_000_000
 S = 1_000_000_000

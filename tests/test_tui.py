@@ -13,9 +13,12 @@ from wattscope import events as ev
 from wattscope.headless import fmt_duration
 from wattscope.recording import Recorder
 from wattscope.replay import MemoryRecording, ReplayController, synthetic_run
-from wattscope.state import LiveSource, RunState
-from wattscope.tui.app import ConfirmQuit, HelpScreen, make_app
+from wattscope.source import LiveSource
+from wattscope.state import RunState
+from wattscope.tui.app import REPLAY_ID, ConfirmQuit, HelpScreen, WattscopeApp, make_app
 from wattscope.tui.widgets import PowerGraph, _columns
+
+from mock_source import MockSource, snapshot_at
 
 S = 1_000_000_000
 CONFIGS = [("Qwen2-1.5B", 1, "fp16"), ("Qwen2-1.5B", 1, "int8"), ("Qwen2-1.5B", 1, "nf4"),
@@ -52,6 +55,10 @@ def _state_at(events: list[ev.Event], t: int) -> RunState:
     return s
 
 
+def _frozen(events: list[ev.Event], t: int | None = None) -> MockSource:
+    return MockSource(snapshot_at(events, events[-1].t_ns if t is None else t))
+
+
 def _screen_text(app) -> str:
     update = app.screen._compositor.render_update(full=True)
     return "\n".join("".join(seg.text for seg in line) for line in update.strips)
@@ -74,7 +81,7 @@ class FakeSession:
 @sync
 async def test_live_screen_shows_power_phase_tdp_and_table(events) -> None:
     t = events[0].t_ns + 33 * S + S // 3
-    app = make_app(_state_at(events, t), clock=Clock(t))
+    app = make_app(_frozen(events, t))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         text = _screen_text(app)
@@ -90,14 +97,11 @@ async def test_live_screen_shows_power_phase_tdp_and_table(events) -> None:
 
 @sync
 async def test_failed_row_and_run_failure_are_shown(events) -> None:
-    state = _state_at(events, events[-1].t_ns)
-    state2 = RunState()
     crash = [e for e in events if not isinstance(e, ev.RunEnded)]
-    state2.apply_all(crash)
-    state2.apply(ev.RunEnded(events[-1].t_ns, "failed", "runner process died (exit code -11)"))
-    for st, expect in ((state, "failed Qwen2-1.5B b8 INT8: CUDA out of memory"),
-                       (state2, "run failed: runner process died (exit code -11)")):
-        app = make_app(st, clock=Clock(events[-1].t_ns))
+    crash.append(ev.RunEnded(events[-1].t_ns, "failed", "runner process died (exit code -11)"))
+    for run, expect in ((events, "failed Qwen2-1.5B b8 INT8: CUDA out of memory"),
+                        (crash, "run failed: runner process died (exit code -11)")):
+        app = make_app(_frozen(run))
         async with app.run_test(size=(100, 30)) as pilot:
             await pilot.pause()
             assert expect in _screen_text(app)
@@ -105,27 +109,27 @@ async def test_failed_row_and_run_failure_are_shown(events) -> None:
 
 @sync
 async def test_pause_display_freezes_frames_while_the_run_goes_on(events) -> None:
-    clock = Clock(events[0].t_ns + 5 * S)
-    state = _state_at(events, clock.t)
-    app = make_app(state, clock=clock, frame_s=0.05)
+    t = events[0].t_ns + 5 * S
+    source = MockSource(snapshot_at(events, t), running=True)
+    app = make_app(source, frame_s=0.05)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
-        before = app.snap.now_ns
+        assert app.snap.now_ns == t
         await pilot.press("p")
         await pilot.pause()
         assert app.display_paused and "DISPLAY PAUSED" in _screen_text(app)
-        clock.t += 10 * S
-        state.apply_all(e for e in events if before < e.t_ns <= clock.t)
+        taken = source.snapshots_taken
+        source.show(snapshot_at(events, t + 10 * S))
         await pilot.pause(0.2)
-        assert app.snap.now_ns == before
+        assert app.snap.now_ns == t and source.snapshots_taken == taken
         await pilot.press("p")
         await pilot.pause(0.1)
-        assert app.snap.now_ns == clock.t and app.snap.configs_done == 1
+        assert app.snap.now_ns == t + 10 * S and app.snap.configs_done == 1
 
 
 @sync
 async def test_help_and_quit_without_a_running_sweep(events) -> None:
-    app = make_app(_state_at(events, events[-1].t_ns), clock=Clock(events[-1].t_ns))
+    app = make_app(_frozen(events))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
@@ -135,6 +139,24 @@ async def test_help_and_quit_without_a_running_sweep(events) -> None:
         await pilot.press("q")
         await pilot.pause()
         assert app.return_code == 0 and not app.is_running
+
+
+@sync
+async def test_help_is_generated_from_the_bindings(events) -> None:
+    replay = [b for b in WattscopeApp.BINDINGS if (b.id or "").startswith(REPLAY_ID)]
+    general = [b for b in WattscopeApp.BINDINGS if b not in replay]
+    assert replay and general and all(b.id and b.tooltip for b in WattscopeApp.BINDINGS)
+    for source, shown, hidden in ((_frozen(events), general, replay),
+                                  (ReplayController(MemoryRecording(events), clock=Clock(0)), general + replay, [])):
+        app = make_app(source)
+        async with app.run_test(size=(100, 40)) as pilot:
+            await pilot.press("question_mark")
+            await pilot.pause()
+            text = _screen_text(app)
+            for b in shown:
+                assert f"{app.get_key_display(b):>7}  {b.tooltip}" in text
+            for b in hidden:
+                assert b.tooltip not in text
 
 
 @sync
@@ -184,7 +206,7 @@ async def test_replay_keys(events) -> None:
 
 @sync
 async def test_replay_keys_are_hidden_live(events) -> None:
-    app = make_app(_state_at(events, events[-1].t_ns), clock=Clock(events[-1].t_ns))
+    app = make_app(_frozen(events))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("right", "G")
         assert "REPLAY" not in _screen_text(app)
@@ -215,7 +237,7 @@ async def test_export_writes_markdown_and_csv_beside_the_recording(events, tmp_p
 
 @sync
 async def test_export_without_a_recording_says_so(events) -> None:
-    app = make_app(_state_at(events, events[-1].t_ns), clock=Clock(events[-1].t_ns))
+    app = make_app(_frozen(events))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("e")
         assert "no recording file" in app.export_message
@@ -223,8 +245,7 @@ async def test_export_without_a_recording_says_so(events) -> None:
 
 @sync
 async def test_relayout_on_resize(events) -> None:
-    t = events[-1].t_ns
-    app = make_app(_state_at(events, t), clock=Clock(t))
+    app = make_app(_frozen(events))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         assert "Prefill J/call" not in _screen_text(app)
@@ -249,7 +270,7 @@ def test_graph_columns_average_samples_and_keep_the_last_phase() -> None:
 
 @sync
 async def test_command_palette_offers_the_app_commands(events) -> None:
-    app = make_app(_state_at(events, events[-1].t_ns), clock=Clock(events[-1].t_ns))
+    app = make_app(_frozen(events))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("ctrl+p")
         await pilot.pause()

@@ -8,6 +8,7 @@ import pytest
 
 from wattscope import events as ev
 from wattscope.replay import MemoryRecording, ReplayController, synthetic_run
+from wattscope.source import LiveSource
 from wattscope.state import RunState
 from wattscope.tui.app import make_app
 
@@ -26,7 +27,7 @@ def _live(events: list[ev.Event], at_s: float):
     t = events[0].t_ns + int(at_s * S)
     state = RunState()
     state.apply_all(e for e in events if e.t_ns <= t)
-    return make_app(state, clock=lambda: t)
+    return make_app(LiveSource(state, clock=lambda: t))
 
 
 def test_live_screen_80x24(snap_compare, events) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from wattscope.config import BASELINE_PRECISION, PRECISIONS, RunConfig
+from wattscope.errors import WattscopeError
 
 QUANTISED = ("int8", "nf4")
 RATIOS = ("prefill_energy_ratio", "decode_energy_ratio", "decode_speed_ratio")
@@ -44,7 +45,7 @@ def _rank(label: str) -> int:
     return PRECISIONS.index(p) if p in PRECISIONS else len(PRECISIONS)
 
 
-class SourceError(ValueError):
+class SourceError(WattscopeError, ValueError):
     """A source that cannot be opened or analysed, phrased for the user (names the file)."""
 
 

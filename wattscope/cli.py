@@ -1,7 +1,9 @@
 """Command line: devices, run, replay, demo, export, compare.
 
 Exit codes: 0 done; 1 the run failed; 2 bad input (config, recording, table) with a
-message naming the file and key; 130 stopped with Ctrl-C (recording finalised).
+message naming the file and key; 130 stopped with Ctrl-C (recording finalised). Every
+error meant for the user is a ``WattscopeError``; ``main`` alone turns one into its message
+and exit code.
 """
 
 from __future__ import annotations
@@ -11,13 +13,9 @@ import sys
 from pathlib import Path
 
 from wattscope import __version__
+from wattscope.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, UsageError, WattscopeError
 
 BUNDLED_RECORDING = Path(__file__).resolve().parent.parent / "recordings" / "h100-seed.wattscope"
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
-
-
-class UsageError(Exception):
-    """Bad input from the user; the message names the file/key and what is allowed."""
 
 
 def _headless(args: argparse.Namespace) -> bool:
@@ -35,10 +33,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from wattscope import config
 
-    try:
-        sweep = config.load(args.config)
-    except config.ConfigError as e:
-        raise UsageError(str(e)) from None
+    sweep = config.load(args.config)
     from wattscope.session import Session, default_output
 
     output = Path(args.output) if args.output else default_output(sweep, args.sim)
@@ -52,9 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # nothing written rather than a traceback inside the app.
         session.start()
     except NvmlUnavailable as e:
-        print(f"wattscope: error: {e}; `wattscope run {args.config} --sim` runs the pipeline on a simulated GPU",
-              file=sys.stderr)
-        return EXIT_FAILED
+        raise NvmlUnavailable(f"{e}; `wattscope run {args.config} --sim` runs the pipeline on a simulated GPU") from None
     if _headless(args):
         from wattscope.headless import run_live
 
@@ -67,17 +60,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return {"completed": 0, "interrupted": EXIT_INTERRUPTED}.get(status, EXIT_FAILED)
 
 
-def _open_recording(path: str):  # -> Recording
-    from wattscope.recording import RecordingError, load
-
-    try:
-        return load(path)
-    except RecordingError as e:
-        raise UsageError(str(e)) from None
-
-
 def _replay(path: str | Path, args: argparse.Namespace) -> int:
-    rec = _open_recording(str(path))
+    from wattscope.recording import load
+
+    if not args.speed > 0:  # also NaN
+        raise UsageError(f"--speed {args.speed:g} is not allowed; expected a playback speed > 0")
+    rec = load(path)
     if _headless(args):
         from wattscope.headless import run_replay
 
@@ -99,19 +87,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _replay(BUNDLED_RECORDING, args)
 
 
-def _sources(paths: list[str]) -> list:
-    from wattscope import analysis
-
-    try:
-        return [analysis.open_source(p) for p in paths]
-    except analysis.SourceError as e:
-        raise UsageError(str(e)) from None
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from wattscope import export
 
-    sources = _sources(args.inputs)
+    from wattscope.analysis import open_source
+
+    sources = [open_source(p) for p in args.inputs]
     if args.traces:
         if len(args.inputs) != 1:
             raise UsageError("--traces exports one recording at a time")
@@ -119,18 +100,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         for p in written:
             print(p)
         return 0
-    try:
-        out = export.export(
-            sources,
-            fmt=args.format,
-            table=args.table,
-            out_path=Path(args.output) if args.output else None,
-            idle_subtracted=args.idle_subtracted,
-            per_token=args.per_token,
-            cv=args.cv,
-        )
-    except export.ExportError as e:
-        raise UsageError(str(e)) from None
+    out = export.export(
+        sources,
+        fmt=args.format,
+        table=args.table,
+        out_path=Path(args.output) if args.output else None,
+        idle_subtracted=args.idle_subtracted,
+        per_token=args.per_token,
+        cv=args.cv,
+    )
     if args.output:
         print(args.output, file=sys.stderr)
     else:
@@ -142,8 +120,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from wattscope import export
+    from wattscope.analysis import open_source
 
-    a, b = _sources([args.a, args.b])
+    a, b = open_source(args.a), open_source(args.b)
     sys.stdout.write(export.format_compare(a, b, fmt=args.format))
     return 0
 
@@ -200,9 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except UsageError as e:
-        print(f"wattscope: error: {e}", file=sys.stderr)
+        code: int = args.func(args)
+        return code
+    except WattscopeError as e:
+        print(f"wattscope: error: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:
+        # A file the user named cannot be read or written (a directory in the way, no
+        # permission, disk full): bad input, said in one line rather than a traceback.
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"wattscope: error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

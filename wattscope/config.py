@@ -12,13 +12,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from wattscope.architectures import ARCHITECTURES
+from wattscope.errors import WattscopeError
+
 PRECISIONS = ("fp16", "bf16", "int8", "nf4")
 BASELINE_PRECISION = "fp16"
 PRECISION_ORDERS = ("fp16-first", "as-listed", "random")
 NF4_COMPUTE_DTYPES = ("float16", "bfloat16", "float32")
 
 
-class ConfigError(ValueError):
+class ConfigError(WattscopeError, ValueError):
     """A config problem, phrased for the user: file, key, what is allowed."""
 
 
@@ -197,8 +200,6 @@ def _check_model(path: str, key: str, model: str, base: Path) -> None:
     or local paths and are resolved by the runner (a hub id cannot be checked offline)."""
     if not model.startswith("synthetic:"):
         return
-    from wattscope.bench.architectures import ARCHITECTURES
-
     name = model.removeprefix("synthetic:")
     if name in ARCHITECTURES:
         return

@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 import pandas as pd
 
 from wattscope.analysis import RATIOS, Analysis, Comparison, analyze, compare, open_source
+from wattscope.errors import WattscopeError
 
 FORMATS = ("md", "csv", "json", "parquet", "latex")
 TABLES = ("phases", "power", "findings", "crosscheck", "all")
@@ -42,7 +43,7 @@ _TITLES = {
 }
 
 
-class ExportError(ValueError):
+class ExportError(WattscopeError, ValueError):
     """An export that cannot be made, phrased for the user: what was asked, what is allowed."""
 
 

@@ -1,7 +1,7 @@
 """Show a run without the TUI: a rich Live panel on a terminal, plain progress lines
 otherwise (one per phase change, result and warning, flushed, so CI logs show
 progress), and the final ratio table at the end. Works from a live session
-(``state.LiveSource``) or a replay (``replay.ReplayController``, fed in fast mode).
+(``source.LiveSource``) or a replay (``replay.ReplayController``, fed in fast mode).
 
 The formatting helpers here (figures, ratios, the ratio table) are shared with the TUI.
 """
@@ -18,7 +18,8 @@ from rich.table import Table
 from rich.text import Text
 
 from wattscope import events as ev
-from wattscope.state import CV_LIMIT, ENDED, LiveSource, ResultRow, RunState, Snapshot
+from wattscope.source import LiveSource, ReplayControls, RunSource
+from wattscope.state import CV_LIMIT, ENDED, ResultRow, RunState, Snapshot
 
 POLL_S = 0.5  # ~2 Hz
 CV_MARK = "*"
@@ -258,20 +259,14 @@ def _final(snap: Snapshot, out: IO[str], tty: bool) -> None:
     out.flush()
 
 
-def _replay_source(source: Any) -> bool:
-    return getattr(source, "kind", "") == "replay"
-
-
-def run_headless(source: Any, out: IO[str] | None = None, tty: bool | None = None,
+def run_headless(source: RunSource, out: IO[str] | None = None, tty: bool | None = None,
                  poll_s: float = POLL_S) -> Snapshot:
-    """Show ``source`` until its run ends; return the last snapshot. ``source`` is a
-    ReplayController, a LiveSource, a session (with ``.state``) or a bare RunState."""
+    """Show ``source`` until its run ends; return the last snapshot. A replay (a source
+    with controls) is played at once; a live run is polled."""
     out = out or sys.stdout
     tty = out.isatty() if tty is None else tty
-    if not _replay_source(source) and not isinstance(source, LiveSource):
-        source = LiveSource(source)
-    if _replay_source(source):
-        snap = _replay(source, out, tty)
+    if source.controls is not None:
+        snap = _replay(source.controls, out, tty)
     else:
         snap = _live(source, out, tty, poll_s)
     _final(snap, out, tty)
@@ -281,7 +276,7 @@ def run_headless(source: Any, out: IO[str] | None = None, tty: bool | None = Non
 _PROGRESS_KINDS = (ev.RunStarted, ev.PhaseStarted, ev.ConfigResult, ev.ConfigFinished, ev.RunWarning, ev.RunEnded)
 
 
-def _replay(source: Any, out: IO[str], tty: bool) -> Snapshot:
+def _replay(source: ReplayControls, out: IO[str], tty: bool) -> Snapshot:
     if tty:
         return source.run_fast()
     printer = ProgressPrinter(out)
@@ -295,7 +290,7 @@ def _replay(source: Any, out: IO[str], tty: bool) -> Snapshot:
     return snap
 
 
-def _live(source: LiveSource, out: IO[str], tty: bool, poll_s: float) -> Snapshot:
+def _live(source: RunSource, out: IO[str], tty: bool, poll_s: float) -> Snapshot:
     printer = None if tty else ProgressPrinter(out)
     live = None
     if tty:

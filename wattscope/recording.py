@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from wattscope.errors import WattscopeError
 from wattscope.events import (
     SAMPLE_COLUMNS,
     SCHEMA_VERSION,
@@ -61,7 +62,7 @@ CREATE VIEW warnings AS SELECT t_ns, json_extract(json, '$.source') AS source,
 """
 
 
-class RecordingError(Exception):
+class RecordingError(WattscopeError):
     """A recording that cannot be read, phrased for the user (names the file)."""
 
 

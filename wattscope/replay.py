@@ -60,10 +60,10 @@ def _takes_samples_flag(recording: Any) -> bool:
 
 
 class ReplayController:
-    """Thread-safe: a worker thread calls ``advance()``, the UI calls the controls and
-    ``snapshot()``. ``clock`` returns wall-clock ns (injectable so tests freeze it)."""
+    """A replay as a ``RunSource`` whose ``controls`` are itself (``ReplayControls``).
 
-    kind = "replay"
+    Thread-safe: a worker thread calls ``advance()``, the UI calls the controls and
+    ``snapshot()``. ``clock`` returns wall-clock ns (injectable so tests freeze it)."""
 
     def __init__(
         self,
@@ -189,6 +189,32 @@ class ReplayController:
     def snapshot(self) -> Snapshot:
         with self._lock:
             return self.state.snapshot(self._applied_to)
+
+    # ------------------------------------------------------------------ as a source
+
+    @property
+    def controls(self) -> ReplayController:
+        return self
+
+    @property
+    def done(self) -> bool:
+        return self.finished
+
+    @property
+    def running(self) -> bool:
+        return False  # the recorded run is over; nothing to stop
+
+    @property
+    def status(self) -> str:
+        return self.snapshot().status
+
+    def stop(self) -> None:
+        self.pause()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """A replay moves only when its caller advances it, so there is nothing to wait
+        for: whether it has played to the end."""
+        return self.finished
 
     # ------------------------------------------------------------------ controls
 

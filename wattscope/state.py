@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -622,74 +621,3 @@ def _pct(value: float | None, tdp: float | None) -> float | None:
     if value is None or tdp is None or not math.isfinite(value):
         return None
     return 100.0 * value / tdp
-
-
-# --------------------------------------------------------------------------- live
-
-
-def _flag(value: Any) -> bool:
-    if value is None:
-        return False
-    if hasattr(value, "is_set"):
-        return bool(value.is_set())
-    return bool(value() if callable(value) else value)
-
-
-class LiveSource:
-    """A live run as the displays see it: a RunState fed by a session's reader thread
-    (or by a test), read on ``clock``. Wraps the session's stop/done/error so the
-    displays need not know its shape."""
-
-    kind = "live"
-
-    def __init__(self, session_or_state: Any, clock: Callable[[], int] = ev.now_ns,
-                 path: str | None = None) -> None:
-        if isinstance(session_or_state, RunState):
-            self.session, self.state = None, session_or_state
-        else:
-            self.session, self.state = session_or_state, session_or_state.state
-        self.clock = clock
-        self.path = path or getattr(self.session, "path", None)
-
-    def snapshot(self) -> Snapshot:
-        self._note_crash()
-        return self.state.snapshot(self.clock())
-
-    @property
-    def error(self) -> str:
-        s = self.session
-        err = getattr(s, "error", None) or getattr(s, "exception", None)
-        return "" if err is None else str(err)
-
-    @property
-    def done(self) -> bool:
-        if self.session is not None:
-            return _flag(getattr(self.session, "done", None))
-        return self.state.snapshot(self.clock()).ended
-
-    def _note_crash(self) -> None:
-        """A session that died without saying so in the stream still shows as failed."""
-        if self.session is not None and self.error and self.done:
-            self.state.apply(ev.RunEnded(self.clock(), "failed", self.error))
-
-    def stop(self) -> None:
-        if self.session is not None:
-            self.session.stop()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Until the session is done (its recording finalised)."""
-        done = getattr(self.session, "done", None)
-        if hasattr(done, "wait"):
-            return bool(done.wait(timeout))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.done:
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-        return True
-
-    @property
-    def status(self) -> str:
-        """The run's verdict: the session's if it has one, else the stream's."""
-        status = getattr(self.session, "status", None)
-        return status if status in ENDED else self.state.snapshot(self.clock()).status

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from wattscope.config import PRECISIONS
+from wattscope.errors import WattscopeError
 
 REQUIRED = ("model", "batch", "precision", "prefill_energy_j", "decode_energy_j", "decode_tok_s")
 OPTIONAL = ("prefill_power_w", "decode_power_w", "tdp_w", "decode_steps")
@@ -35,7 +36,7 @@ _NUMBERS = {
 }
 
 
-class TableError(ValueError):
+class TableError(WattscopeError, ValueError):
     """A malformed table, phrased for the user: file, line, column, what is allowed."""
 
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wattscope.bench.architectures import synthetic_config
+from wattscope.architectures import synthetic_config
 from wattscope.bench.workload import WorkloadError, prompt_digest, prompt_ids, short_reason
 from wattscope.config import BitsAndBytes, RunConfig, Sweep
 

@@ -126,7 +126,7 @@ def _child_main(sweep: Sweep, sensor_spec: Any, queue: Any, sim: bool, device: s
     # Ctrl-C reaches the whole process group; the parent decides and sets the stop flag.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
-    from wattscope.telemetry.sensor import open_sensor
+    from wattscope.telemetry.open import open_sensor
 
     def emit(event: Event) -> None:
         queue.put(event)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from wattscope.bench.architectures import ARCHITECTURES, SyntheticModelError, parameter_count, synthetic_config
+from wattscope.architectures import ARCHITECTURES, SyntheticModelError, parameter_count, synthetic_config
 from wattscope.bench.models import bnb_settings
 from wattscope.bench.workload import WorkloadError, prompt_digest, prompt_ids
 from wattscope.config import RunConfig, Sweep

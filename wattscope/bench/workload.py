@@ -10,6 +10,8 @@ import hashlib
 import random
 from typing import Any, Protocol
 
+from wattscope.errors import EXIT_FAILED, WattscopeError
+
 
 class Workload(Protocol):
     batch: int
@@ -35,8 +37,10 @@ class Workload(Protocol):
         """Free what the workload holds (model, cache, GPU memory)."""
 
 
-class WorkloadError(RuntimeError):
+class WorkloadError(WattscopeError, RuntimeError):
     """A configuration cannot run; the message is the short reason shown in its row."""
+
+    exit_code = EXIT_FAILED
 
 
 def prompt_ids(seed: int, batch: int, prompt_tokens: int, vocab_size: int) -> list[list[int]]:

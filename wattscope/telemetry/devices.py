@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from wattscope.telemetry.nvml import NvmlUnavailable, list_devices
+from wattscope.telemetry.open import SensorSpec, open_sensor
 from wattscope.telemetry.probe import measure_refresh_periods, time_reads
-from wattscope.telemetry.sensor import SIGNALS, Sensor, SensorSpec, open_sensor
+from wattscope.telemetry.sensor import SIGNALS, Sensor
 from wattscope.telemetry.sim import SimSpec
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from wattscope.errors import EXIT_FAILED, WattscopeError
 from wattscope.telemetry.sensor import NAN, SIGNALS
 
 FIELD_POWER_INSTANT = 186  # NVML_FI_DEV_POWER_INSTANT, mW
@@ -31,8 +32,10 @@ _VALUE_MEMBER = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")
 _MIB = 1024 * 1024
 
 
-class NvmlUnavailable(RuntimeError):
+class NvmlUnavailable(WattscopeError, RuntimeError):
     """NVML, its driver library or the asked-for GPU is missing; the message is for the user."""
+
+    exit_code = EXIT_FAILED
 
 
 def _pynvml() -> Any:

@@ -34,7 +34,8 @@ from wattscope.events import (
     SamplerStats,
     now_ns,
 )
-from wattscope.telemetry.sensor import READ_SIGNALS, SIGNALS, SensorSpec, open_sensor
+from wattscope.telemetry.open import SensorSpec, open_sensor
+from wattscope.telemetry.sensor import READ_SIGNALS, SIGNALS
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # a sensor failed to open or read; a RunWarning says why

@@ -1,17 +1,13 @@
-"""The sensor contract every GPU source (NVML, simulated) implements.
+"""The sensor contract every GPU source (NVML, simulated) implements, and the signal
+names the sensors and the sampler share.
 
-A sensor lives in one process. Child processes never receive a sensor: they receive a
-picklable ``SensorSpec`` and open their own with ``open_sensor`` (an NVML handle or a
-shared-memory mapping cannot cross a process boundary).
+Which sensor a spec opens is decided in ``telemetry/open.py``, above the sensors, so the
+sensors import this contract and nothing imports them back.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-
-if TYPE_CHECKING:
-    from wattscope.telemetry.sim import SimGPU, SimRef, SimSpec
+from typing import Any, Protocol, runtime_checkable
 
 # Every signal a sensor may offer, in SAMPLE_COLUMNS order (energy included).
 SIGNALS = ("power_w", "power_avg_w", "energy_j", "sm_clock_mhz", "util_pct", "temp_c", "mem_used_mib")
@@ -42,55 +38,3 @@ class Sensor(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class SensorSpec:
-    """What a process needs to open a sensor of its own.
-
-    ``kind`` is "nvml" (``index`` is the NVML device index) or "sim" (``sim`` is a
-    ``SimRef`` to a simulated GPU's shared state, which the sensor attaches to; a
-    ``SimGPU`` handle given here is stored as its ``SimRef``; or a ``SimSpec`` for a
-    private simulated GPU that lives as long as the sensor). ``index`` is also the
-    ``gpu`` column of the sample rows.
-    """
-
-    kind: str
-    index: int = 0
-    sim: SimRef | SimSpec | None = None
-
-    def __post_init__(self) -> None:
-        from wattscope.telemetry.sim import SimGPU
-
-        if self.kind not in ("nvml", "sim"):
-            raise ValueError(f"SensorSpec.kind = {self.kind!r} is not allowed; expected 'nvml' or 'sim'")
-        if self.kind == "sim" and self.sim is None:
-            raise ValueError("SensorSpec(kind='sim') needs sim=SimGPU, SimRef or SimSpec")
-        if isinstance(self.sim, SimGPU):
-            object.__setattr__(self, "sim", self.sim.ref())
-        if not isinstance(self.index, int) or self.index < 0:
-            raise ValueError(f"SensorSpec.index = {self.index!r} is not allowed; expected an integer >= 0")
-
-    @classmethod
-    def nvml(cls, index: int = 0) -> SensorSpec:
-        return cls("nvml", index)
-
-    @classmethod
-    def simulated(cls, sim: SimGPU | SimRef | SimSpec, index: int = 0) -> SensorSpec:
-        return cls("sim", index, sim)
-
-
-def open_sensor(spec: SensorSpec | tuple) -> Sensor:
-    """Open the sensor a spec describes. Also accepts ``("nvml", index)`` and
-    ``("sim", SimGPU | SimRef | SimSpec)`` tuples. Raises ``NvmlUnavailable`` (with a message
-    for the user) when NVML or the GPU is missing."""
-    if isinstance(spec, tuple):
-        kind, arg = spec
-        spec = SensorSpec.nvml(arg) if kind == "nvml" else SensorSpec(kind, 0, arg)
-    if spec.kind == "nvml":
-        from wattscope.telemetry.nvml import NvmlSensor
-
-        return NvmlSensor(spec.index)
-    from wattscope.telemetry.sim import SimSensor
-
-    return SimSensor(spec.sim, spec.index)

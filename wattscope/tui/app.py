@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable, Protocol
 
 from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.notifications import SeverityLevel
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
 
-from wattscope import events as ev
 from wattscope.headless import fmt_duration
-from wattscope.replay import SEEK_S, ReplayController
-from wattscope.state import LiveSource, RunState, Snapshot
+from wattscope.replay import SEEK_S, SPEEDS, ReplayController
+from wattscope.source import LiveSession, LiveSource, RunSource
+from wattscope.state import Snapshot
 from wattscope.tui.widgets import (
     PhasePanel,
     PowerGraph,
@@ -37,33 +38,31 @@ FRAME_S = 0.25  # ~4 Hz
 DRIVE_S = 0.05  # how often the worker advances a replay
 STOP_WAIT_S = 60.0
 EXPORT_FORMATS = ("md", "csv")
-REPLAY_ACTIONS = {"toggle_play", "seek", "faster", "slower", "to_start", "to_end"}
+# Bindings whose id starts with this act on a replay only (hidden and refused live).
+REPLAY_ID = "replay."
+LONG_SEEK_S = 60.0
+
+
+class SnapshotView(Protocol):
+    """A widget that draws one frame from a snapshot."""
+
+    def show(self, snap: Snapshot) -> None: ...
 
 
 class HelpScreen(ModalScreen[None]):
+    """The keys, generated from the app's bindings: one line per key the app accepts
+    now, with the binding's tooltip (or, without one, its footer description)."""
+
     BINDINGS = [Binding("escape,question_mark,q", "dismiss", "Close")]
 
-    def __init__(self, replay: bool) -> None:
+    def __init__(self, keys: list[tuple[str, str]]) -> None:
         super().__init__()
-        self.replay = replay
+        self.keys = keys
 
     def compose(self) -> ComposeResult:
-        keys = [
-            ("q", "quit (live sweep: asks, stops the runner, keeps the recording)"),
-            ("e", "export the tables (Markdown, CSV) beside the recording"),
-            ("p", "pause / resume the display (the run goes on)"),
-            ("?", "this help        ctrl+p  command palette"),
-        ]
-        if self.replay:
-            keys += [
-                ("space", "play / pause the replay"),
-                ("← →", f"seek {SEEK_S:.0f} s (shift: 60 s)"),
-                ("+ -", "replay speed 0.25x .. 64x"),
-                ("g G", "start / end of the recording"),
-            ]
         text = Text("wattscope keys\n\n", style="bold")
-        for k, what in keys:
-            text.append(f"{k:>6}  ", style="bold")
+        for k, what in self.keys:
+            text.append(f"{k:>7}  ", style="bold")
             text.append(what + "\n")
         text.append("\nGraph: power on a fixed 0..TDP scale; phase marks beneath:\n")
         text.append_text(phase_legend())
@@ -94,33 +93,47 @@ class ConfirmQuit(ModalScreen[bool]):
 
 
 class WattscopeApp(App[None]):
+    """The screen for one ``RunSource``; the replay keys work when it has controls."""
+
     CSS_PATH = "app.tcss"
     TITLE = "wattscope"
     BINDINGS = [
-        Binding("q", "quit", "Quit"),
-        Binding("e", "export", "Export"),
-        Binding("p", "pause_display", "Pause display"),
-        Binding("question_mark", "help", "Help"),
-        Binding("space", "toggle_play", "Play/pause"),
-        Binding("left", f"seek(-{SEEK_S})", "-10s"),
-        Binding("right", f"seek({SEEK_S})", "+10s"),
-        Binding("shift+left", "seek(-60)", "-60s", show=False),
-        Binding("shift+right", "seek(60)", "+60s", show=False),
-        Binding("plus,equals_sign", "faster", "Faster"),
-        Binding("minus", "slower", "Slower"),
-        Binding("g", "to_start", "Start", show=False),
-        Binding("G", "to_end", "End", show=False),
+        Binding("q", "quit", "Quit", id="quit",
+                tooltip="quit (live sweep: asks, stops the runner, keeps the recording)"),
+        Binding("e", "export", "Export", id="export",
+                tooltip="export the tables (Markdown, CSV) beside the recording"),
+        Binding("p", "pause_display", "Pause display", id="pause-display",
+                tooltip="pause / resume the display (the run goes on)"),
+        Binding("question_mark", "help", "Help", id="help", key_display="?",
+                tooltip="this help (ctrl+p: the command palette)"),
+        Binding("space", "toggle_play", "Play/pause", id="replay.play", tooltip="play / pause the replay"),
+        Binding("left", f"seek(-{SEEK_S})", f"-{SEEK_S:.0f}s", id="replay.back",
+                tooltip=f"seek back {SEEK_S:.0f} s"),
+        Binding("right", f"seek({SEEK_S})", f"+{SEEK_S:.0f}s", id="replay.forward",
+                tooltip=f"seek forward {SEEK_S:.0f} s"),
+        Binding("shift+left", f"seek(-{LONG_SEEK_S})", f"-{LONG_SEEK_S:.0f}s", show=False,
+                id="replay.back-long", tooltip=f"seek back {LONG_SEEK_S:.0f} s"),
+        Binding("shift+right", f"seek({LONG_SEEK_S})", f"+{LONG_SEEK_S:.0f}s", show=False,
+                id="replay.forward-long", tooltip=f"seek forward {LONG_SEEK_S:.0f} s"),
+        Binding("plus,equals_sign", "faster", "Faster", id="replay.faster", key_display="+",
+                tooltip=f"replay faster (up to {SPEEDS[-1]:g}x)"),
+        Binding("minus", "slower", "Slower", id="replay.slower", key_display="-",
+                tooltip=f"replay slower (down to {SPEEDS[0]:g}x)"),
+        Binding("g", "to_start", "Start", show=False, id="replay.start", tooltip="start of the recording"),
+        Binding("G", "to_end", "End", show=False, id="replay.end", tooltip="end of the recording"),
     ]
 
-    def __init__(self, source: LiveSource | ReplayController, frame_s: float = FRAME_S) -> None:
+    def __init__(self, source: RunSource, frame_s: float = FRAME_S) -> None:
         super().__init__()
         self.source = source
-        self.replay = isinstance(source, ReplayController)
+        self.controls = source.controls
+        self.replay = self.controls is not None
         self.frame_s = frame_s
         self.display_paused = False
         self.stopping = False
         self.export_message = ""
         self.snap: Snapshot | None = None
+        self._last_status: Text | None = None
 
     # ------------------------------------------------------------------ layout
 
@@ -138,7 +151,9 @@ class WattscopeApp(App[None]):
 
     def on_mount(self) -> None:
         # Held, not queried per frame: a frame may fire while the app tears down.
-        self._views = [self.query_one(w) for w in (PowerGraph, PhasePanel, RatioTable, SensorLine, WarningLog)]
+        self._views: list[SnapshotView] = [self.query_one(PowerGraph), self.query_one(PhasePanel),
+                                           self.query_one(RatioTable), self.query_one(SensorLine),
+                                           self.query_one(WarningLog)]
         self._status_bar = self.query_one("#status", Static)
         self._results = self.query_one("#results")
         self._error = self.query_one("#error", Static)
@@ -154,15 +169,16 @@ class WattscopeApp(App[None]):
         """Replay: advance on the clock. Live: the session's reader thread feeds the
         state; wait for the session to end and show its last frame at once."""
         worker = get_current_worker()
-        if not self.replay and self.source.session is None:
-            return  # a bare RunState: whoever feeds it owns its life
-        while not worker.is_cancelled:
-            if self.replay:
-                self.source.advance()
+        controls = self.controls
+        if controls is not None:
+            while not worker.is_cancelled:
+                controls.advance()
                 time.sleep(DRIVE_S)
-            elif self.source.wait(1.0) and self.source.session is not None:
-                self.call_from_thread(self.frame)
-                return
+        elif self.source.running:  # not a run someone else feeds, nor one already over
+            while not worker.is_cancelled:
+                if self.source.wait(1.0):
+                    self.call_from_thread(self.frame)
+                    return
 
     # ------------------------------------------------------------------ frames
 
@@ -188,8 +204,8 @@ class WattscopeApp(App[None]):
     def _status(self) -> None:
         snap = self.snap
         t = Text(" wattscope ", style="bold reverse")
-        if self.replay:
-            src: ReplayController = self.source
+        src = self.controls
+        if src is not None:
             state = "▶" if src.playing else "⏸"
             pos = (src.position_ns - src.start_ns) / 1e9
             dur = (src.end_ns - src.start_ns) / 1e9
@@ -209,23 +225,33 @@ class WattscopeApp(App[None]):
             if snap.gpu_name:
                 t.append(f" {snap.gpu_name}")
                 t.append(" (simulated)" if snap.simulated else "")
-        if t != getattr(self, "_last_status", None):
+        if t != self._last_status:
             self._last_status = t
             self._status_bar.update(t)
 
     # ------------------------------------------------------------------ actions
 
+    def _binding_for(self, action: str) -> Binding | None:
+        name = action.split("(", 1)[0]
+        return next((b for b in self.BINDINGS if isinstance(b, Binding)
+                     and b.action.split("(", 1)[0] == name), None)
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in REPLAY_ACTIONS and not self.replay:
+        binding = self._binding_for(action)
+        if binding is not None and (binding.id or "").startswith(REPLAY_ID) and not self.replay:
             return False
         return True
 
+    def help_keys(self) -> list[tuple[str, str]]:
+        """(key, what it does) for every binding this app accepts now, in BINDINGS order."""
+        keys = []
+        for b in self.BINDINGS:
+            if isinstance(b, Binding) and (self.replay or not (b.id or "").startswith(REPLAY_ID)):
+                keys.append((self.get_key_display(b), b.tooltip or b.description))
+        return keys
+
     def _live_running(self) -> bool:
-        if self.replay:
-            return False
-        snap = self.source.snapshot()
-        return snap.status in ("waiting", "running") and self.source.session is not None \
-            and not self.source.done
+        return self.source.running and self.source.snapshot().status in ("waiting", "running")
 
     async def action_quit(self) -> None:
         if self.stopping:
@@ -258,34 +284,41 @@ class WattscopeApp(App[None]):
         self.frame()
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(self.replay))
+        self.push_screen(HelpScreen(self.help_keys()))
 
+    # The replay actions run only with controls: check_action refuses them otherwise.
     def action_toggle_play(self) -> None:
-        self.source.toggle()
-        self.frame()
+        if self.controls is not None:
+            self.controls.toggle()
+            self.frame()
 
     def action_seek(self, delta_s: float) -> None:
-        self.source.seek(delta_s)
-        self.frame()
+        if self.controls is not None:
+            self.controls.seek(delta_s)
+            self.frame()
 
     def action_faster(self) -> None:
-        self.source.faster()
-        self._status()
+        if self.controls is not None:
+            self.controls.faster()
+            self._status()
 
     def action_slower(self) -> None:
-        self.source.slower()
-        self._status()
+        if self.controls is not None:
+            self.controls.slower()
+            self._status()
 
     def action_to_start(self) -> None:
-        self.source.to_start()
-        self.frame()
+        if self.controls is not None:
+            self.controls.to_start()
+            self.frame()
 
     def action_to_end(self) -> None:
-        self.source.to_end()
-        self.frame()
+        if self.controls is not None:
+            self.controls.to_end()
+            self.frame()
 
     def action_export(self) -> None:
-        path = getattr(self.source, "path", None)
+        path = self.source.path
         if not path:
             self._exported("nothing to export: this run has no recording file", "warning")
             return
@@ -309,7 +342,7 @@ class WattscopeApp(App[None]):
             return
         self.call_from_thread(self._exported, f"exported {', '.join(written)}", "information")
 
-    def _exported(self, message: str, severity: str) -> None:
+    def _exported(self, message: str, severity: SeverityLevel) -> None:
         self.export_message = message
         self.notify(message, severity=severity, timeout=8)
 
@@ -325,29 +358,25 @@ class WattscopeApp(App[None]):
             yield SystemCommand("Replay: go to end", "Seek to the last event", self.action_to_end)
 
 
-def make_app(source: Any, clock: Callable[[], int] | None = None, path: str | None = None,
-             frame_s: float = FRAME_S) -> WattscopeApp:
-    """The app for a source: a ReplayController, a recording (replayed on ``clock``), a
-    live session (with ``.state``, ``.stop()``, ``.done``), a LiveSource, or a bare
-    RunState fed by someone else. ``clock`` freezes time for tests."""
-    if isinstance(source, (ReplayController, LiveSource)):
-        src = source
-    elif isinstance(source, RunState) or hasattr(source, "state"):
-        src = LiveSource(source, clock=clock or ev.now_ns, path=path)
-    elif hasattr(source, "events"):
-        src = ReplayController(source, clock=clock or ev.now_ns)
-    else:
-        raise TypeError(f"cannot show {type(source).__name__}: expected a session, RunState, "
-                        "recording or ReplayController")
-    return WattscopeApp(src, frame_s=frame_s)
+def make_app(source: RunSource, frame_s: float = FRAME_S) -> WattscopeApp:
+    """The app for a source (a ``LiveSource``, a ``ReplayController``, or a test's
+    source of frozen snapshots); what ``run`` and ``replay`` show, and what tests drive."""
+    return WattscopeApp(source, frame_s=frame_s)
 
 
-def run_app(session: Any) -> str:
+class StartableSession(LiveSession, Protocol):
+    @property
+    def output(self) -> Path: ...
+
+    def start(self) -> None: ...
+
+
+def run_app(session: StartableSession) -> str:
     """``wattscope run``: start the session, show it until the user quits, wait for the
     recording to be finalised, return the run's status."""
-    if getattr(session, "status", "") == "starting":
+    if session.status == "starting":
         session.start()
-    source = LiveSource(session, path=str(getattr(session, "output", "")) or None)
+    source = LiveSource(session, path=str(session.output))
     make_app(source).run()
     if not source.done:
         # Quit after the sweep ended needs no wait; quit mid-sweep was confirmed and

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from wattscope.errors import WattscopeError
+
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "Qwen2-1.5B": {
         "model_type": "qwen2",
@@ -76,7 +78,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 }
 
 
-class SyntheticModelError(ValueError):
+class SyntheticModelError(WattscopeError, ValueError):
     """A synthetic:<name> model that is neither a known architecture nor a readable config.json."""
 
 
