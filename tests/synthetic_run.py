@@ -37,7 +37,7 @@ from wattscope.events import (
 SWEEP_TOML = """
 name = "synthetic-run"
 [protocol]
-repeats = 3
+min_rounds = 3
 [[matrix]]
 models = ["synthetic:Qwen2-1.5B"]
 batches = [1, 8]

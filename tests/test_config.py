@@ -34,7 +34,9 @@ def test_seed_config_is_the_seed_matrix() -> None:
     assert rows == expected
     assert all(c.synthetic for c in sweep.configs)
     assert sweep.protocol.decode_steps == 32
-    assert sweep.protocol.min_window_s >= 2.0
+    assert sweep.protocol.min_window_s >= 1.0
+    assert sweep.protocol.ci_target == 0.03
+    assert [len(g) for g in sweep.groups()] == [3, 3, 3, 3, 3]
     assert sweep.bitsandbytes.llm_int8_threshold == 6.0
 
 
@@ -70,9 +72,21 @@ def test_for_simulation_shortens_windows() -> None:
 @pytest.mark.parametrize(
     ("text", "needles"),
     [
-        ("[protocol]\nrepeatz = 3\n" + MINIMAL, ["protocol.repeatz", "allowed", "repeats"]),
-        ('[protocol]\nrepeats = "3"\n' + MINIMAL, ["protocol.repeats", "integer >= 1"]),
-        ("[protocol]\nrepeats = 0\n" + MINIMAL, ["protocol.repeats", "integer >= 1"]),
+        ("[protocol]\nrepeatz = 3\n" + MINIMAL, ["protocol.repeatz", "allowed", "min_rounds"]),
+        ("[protocol]\nrepeats = 3\n" + MINIMAL, ["protocol.repeats", "no longer a key", "min_rounds"]),
+        ("[protocol]\nmax_warmup_windows = 1\n" + MINIMAL, ["protocol.max_warmup_windows", "max_warmup_rounds"]),
+        ('[protocol]\nmin_rounds = "3"\n' + MINIMAL, ["protocol.min_rounds", "integer from 2"]),
+        ("[protocol]\nmin_rounds = 1\n" + MINIMAL, ["protocol.min_rounds", "an interval needs two rounds"]),
+        ("[protocol]\nmax_warmup_rounds = 1\n" + MINIMAL, ["protocol.max_warmup_rounds", "from 2"]),
+        ("[protocol]\nci_target = 0\n" + MINIMAL, ["protocol.ci_target", "fraction > 0 and < 1"]),
+        ("[protocol]\nci_target = 1.5\n" + MINIMAL, ["protocol.ci_target", "fraction > 0 and < 1"]),
+        ("[protocol]\nmax_row_s = 3\n" + MINIMAL, ["protocol.max_row_s", "too short for one round", "Qwen2-1.5B/b1", ">= 8"]),
+        ("[protocol]\nmax_rounds = 2\nmin_rounds = 3\n" + MINIMAL, ["protocol.max_rounds", ">= protocol.min_rounds"]),
+        ("[protocol]\nengine = 'turbo'\n" + MINIMAL, ["protocol.engine", "eager, graphs"]),
+        (MINIMAL + "engine = 'jit'\n", ["matrix[0].engine", "eager, graphs"]),
+        ("[protocol]\nmin_window_s = inf\n" + MINIMAL, ["protocol.min_window_s", "seconds"]),
+        ("[protocol]\ncooldown_s = nan\n" + MINIMAL, ["protocol.cooldown_s", "seconds"]),
+        ("[host]\nrunner_cpu = 'fast'\n" + MINIMAL, ["host.runner_cpu", '"auto", "off" or a CPU core number']),
         ("[protocol]\nmin_window_s = true\n" + MINIMAL, ["protocol.min_window_s", "seconds"]),
         ("[sampler]\nrate_hz = 5000\n" + MINIMAL, ["sampler.rate_hz", "1 to 1000"]),
         (MINIMAL.replace('"nf4"', '"int4"'), ["matrix[0].precisions", "'int4'", "fp16, bf16, int8, nf4"]),

@@ -44,7 +44,7 @@ def test_figures_from_hand_computed_windows():
     assert list(f) == list(metrics.FIGURES)
     assert f["prefill_energy_j"] == pytest.approx(2.2)
     assert f["prefill_latency_s"] == pytest.approx(0.2)
-    assert f["prefill_power_w"] == pytest.approx((10 + 12 + 8.8) / 3)
+    assert f["prefill_power_w"] == pytest.approx(10.0)  # the median, as the energies
     assert (f["prefill_power_min_w"], f["prefill_power_max_w"]) == (pytest.approx(8.8), pytest.approx(12.0))
     assert f["prefill_energy_cv"] == pytest.approx(statistics.stdev([2.0, 2.4, 2.2]) / 2.2)
     # idle-subtracted: (E - 5 W x duration) / calls = 1.0, 1.4, 0.95 -> median 1.0
@@ -54,7 +54,7 @@ def test_figures_from_hand_computed_windows():
     assert f["decode_tok_s_cv"] == pytest.approx(statistics.stdev([128, 102.4, 128]) / statistics.fmean([128, 102.4, 128]))
     assert f["decode_energy_per_token_j"] == pytest.approx(210.0 / (8 * 32))
     assert f["decode_latency_s"] == pytest.approx(2.0)
-    assert f["decode_power_w"] == pytest.approx((100 + 84 + 110) / 3)
+    assert f["decode_power_w"] == pytest.approx(100.0)
     assert f["decode_energy_idle_sub_j"] == pytest.approx((420 - 25) / 2)  # medians of 190, 197.5, 210
     assert f["decode_steps"] == 32
     assert f["prefill_windows"] == 3 and f["decode_windows"] == 3
@@ -155,7 +155,7 @@ def test_figures_match_independent_numpy_arithmetic(prefill, decode, idle):
         calls = np.array([x.calls for x in w])
         per_call = e / calls
         assert f[f"{phase}_energy_j"] == pytest.approx(np.median(per_call), rel=1e-9)
-        assert f[f"{phase}_power_w"] == pytest.approx(np.mean(e / dur), rel=1e-9)
+        assert f[f"{phase}_power_w"] == pytest.approx(np.median(e / dur), rel=1e-9)
         assert f[f"{phase}_power_min_w"] == pytest.approx(np.min(e / dur), rel=1e-9)
         assert f[f"{phase}_energy_idle_sub_j"] == pytest.approx(np.median((e - idle * dur) / calls), rel=1e-9, abs=1e-9)
         if len(w) > 1 and np.mean(per_call) > 0:
@@ -179,9 +179,9 @@ def test_window_order_does_not_change_the_figures(prefill, decode, seed):
     assert [(k, repr(v)) for k, v in a.figures.items()] == [(k, repr(v)) for k, v in b.figures.items()]
 
 
-def test_counter_tail_counts_for_energy_and_power_but_not_for_speed() -> None:
-    """A window closes at the counter update after the work: its tail is in the energy
-    and the power, while latency and tok/s use the work time alone."""
+def test_counter_tail_is_removed_at_idle_power_and_kept_in_the_raw_figure() -> None:
+    """A window closes at the counter update after the work. With no idle baseline the
+    tail stays in the energy and the power; latency and tok/s use the work time alone."""
     ws = []
     for k in range(3):
         w = win("decode", 10.0 * k, 2.0, 500.0, 4, steps=32)
@@ -191,8 +191,15 @@ def test_counter_tail_counts_for_energy_and_power_but_not_for_speed() -> None:
     f, _ = metrics.config_result(STARTED, FINISHED, ws, None)
     f = f.figures
     assert f["decode_tok_s"] == pytest.approx(8 * 32 * 4 / 1.92)
-    assert f["decode_power_w"] == pytest.approx(250.0)
-    assert f["decode_energy_j"] == pytest.approx(125.0)
+    assert f["decode_power_w"] == pytest.approx(500.0 / 1.92)  # work energy over work time
+    assert f["decode_energy_j"] == pytest.approx(125.0) == f["decode_energy_raw_j"]
     assert f["prefill_latency_s"] == pytest.approx(1.95 / 50)
     assert f["prefill_tail_s"] == pytest.approx(0.05)
     assert f["decode_tail_s"] == pytest.approx(0.08)
+    # With the idle baseline (100 W) the tail's idle energy leaves the figure; the raw stays.
+    g, _ = metrics.config_result(STARTED, FINISHED, ws, 100.0)
+    g = g.figures
+    assert g["decode_energy_j"] == pytest.approx((500.0 - 100.0 * 0.08) / 4)
+    assert g["decode_energy_raw_j"] == pytest.approx(125.0)
+    assert g["prefill_energy_j"] == pytest.approx((600.0 - 100.0 * 0.05) / 50)
+    assert g["decode_power_w"] == pytest.approx((500.0 - 8.0) / 1.92)

@@ -26,11 +26,12 @@ name = "cpu"
 [protocol]
 prompt_tokens = 8
 decode_steps = 3
-repeats = 2
 warmup_calls = 1
 min_window_s = 0.03
 min_calls = 2
-max_warmup_windows = 2
+max_warmup_rounds = 2
+min_rounds = 2
+max_rounds = 2
 cooldown_s = 0
 idle_s = 0.01
 [[matrix]]
@@ -142,11 +143,12 @@ def test_rows_ok_and_failed_and_the_sweep_goes_on(cpu_run):
 
 def test_windows_per_phase_and_role(cpu_run):
     events, p = cpu_run["events"], cpu_run["sweep"].protocol
-    assert len(_windows(events, phase="idle", role="idle")) == 1
+    # One idle baseline per group with a model loaded; groups whose every row failed have none.
+    assert [w.group for w in _windows(events, phase="idle", role="idle")] == ["tiny_qwen2/b2", "tiny_llama/b1"]
     for cid in ("tiny_qwen2/b2/fp16", "tiny_qwen2/b2/bf16", "tiny_llama/b1/fp16"):
         for phase in ("prefill", "decode"):
-            assert 1 <= len(_windows(events, cid, phase, "warmup")) <= p.max_warmup_windows
-            assert [w.repeat for w in _windows(events, cid, phase, "measure")] == [1, 2]
+            assert 2 <= len(_windows(events, cid, phase, "warmup")) <= p.max_warmup_rounds
+            assert [w.round for w in _windows(events, cid, phase, "measure")] == [1, 2]
 
 
 def test_per_call_arithmetic_and_tokens(cpu_run):
@@ -228,9 +230,12 @@ def test_stop_flag_ends_a_cpu_sweep(tmp_path):
             stop.set()
 
     assert runner.run_sweep(sweep, ConstantPower(), emit, stop, device="cpu", cache_dir=str(tmp_path)) is False
-    fin = [e for e in events if isinstance(e, ConfigFinished)]
-    assert len(fin) == 1 and not fin[0].ok and "stopped" in fin[0].reason
-    assert len([e for e in events if isinstance(e, ConfigStarted)]) == 1
+    fin = _finished(events)
+    # The first group's three rows: none finished; the two that were loaded say they were stopped.
+    assert list(fin) == ["tiny_qwen2/b2/fp16", "tiny_qwen2/b2/bf16", "tiny_qwen2/b2/int8"]
+    assert not any(f.ok for f in fin.values())
+    assert "stopped" in fin["tiny_qwen2/b2/fp16"].reason and "stopped" in fin["tiny_qwen2/b2/bf16"].reason
+    assert len([e for e in events if isinstance(e, ConfigStarted)]) == 3
     assert len(_windows(events, role="measure")) == 1
     assert list(tmp_path.iterdir()) == []
 
@@ -255,8 +260,9 @@ def test_another_process_on_the_gpu_is_a_warning(monkeypatch, tmp_path):
 SIM_SWEEP = """
 name = "sim"
 [protocol]
-repeats = 2
-max_warmup_windows = 3
+min_rounds = 2
+max_rounds = 2
+max_warmup_rounds = 3
 [sim]
 min_window_s = 0.06
 cooldown_s = 0.01
@@ -321,7 +327,8 @@ def test_runner_process_end_to_end_on_the_simulated_gpu():
 def test_runner_process_stops_promptly():
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    text = SIM_SWEEP.replace('batches = [1]', 'batches = [1, 8]')
+    # A long first group (many rounds), so the stop surely lands inside it.
+    text = SIM_SWEEP.replace('batches = [1]', 'batches = [1, 8]').replace("max_rounds = 2", "max_rounds = 500\nci_target = 0.0001")
     sweep = config.parse(text, "sim.toml").for_simulation()
     with SimGPU.create(SimSpec(refresh_s=0.002)) as gpu:
         proc = runner.RunnerProcess(sweep, SensorSpec.simulated(gpu), q, sim=True)
@@ -338,26 +345,26 @@ def test_runner_process_stops_promptly():
     assert not proc.is_alive() and proc.exitcode == 0  # exited by itself, not terminated
     fin = [e for e in events if isinstance(e, ConfigFinished)]
     started = [e for e in events if isinstance(e, ConfigStarted)]
-    # Every started row is closed, none started after the stop; the one running when
-    # the flag was seen says so (unless it was already in its cooldown).
-    assert len(started) == len(fin) < len(sweep.configs)
-    assert all(f.ok for f in fin[:-1])
-    assert fin[-1].ok or "stopped" in fin[-1].reason
+    # Every started row is closed, none started after the stop; the rows of the group
+    # running when the flag was seen say so.
+    assert len(started) == len(fin) == 3 < len(sweep.configs)
+    assert all("stopped" in f.reason and not f.ok for f in fin)
 
 
 def test_runner_process_restarts_from_an_index():
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    sweep = config.parse(SIM_SWEEP, "sim.toml").for_simulation()
+    sweep = config.parse(SIM_SWEEP.replace("batches = [1]", "batches = [1, 8]"), "sim.toml").for_simulation()
     with SimGPU.create(SimSpec(refresh_s=0.002)) as gpu:
-        proc = runner.RunnerProcess(sweep, SensorSpec.simulated(gpu), q, sim=True, start_index=2)
+        proc = runner.RunnerProcess(sweep, SensorSpec.simulated(gpu), q, sim=True, start_index=3)
         proc.start()
         events: list[Event] = []
         _drain(q, events, lambda: not proc.is_alive())
         proc.join(10)
     assert proc.exitcode == 0
-    assert [e.index for e in events if isinstance(e, ConfigStarted)] == [2]
-    assert not _windows(events, phase="idle")
+    # The batch-8 group only: a restart redoes whole groups.
+    assert [e.index for e in events if isinstance(e, ConfigStarted)] == [3, 4, 5]
+    assert [w.group for w in _windows(events, phase="idle")] == ["Qwen2-1.5B/b8"]
 
 
 def test_sim_workload_shape_follows_the_seed_study():

@@ -22,13 +22,19 @@ ROOT = Path(__file__).resolve().parent.parent
 TWO_ROWS = """
 name = "two"
 [protocol]
-repeats = 2
-max_warmup_windows = 2
+min_rounds = 2
+max_rounds = 2
+max_warmup_rounds = 2
 [[matrix]]
 models = ["synthetic:Qwen2-1.5B"]
 batches = [1]
 precisions = ["fp16", "int8"]
 """
+
+
+def _nan_as_none(figures: dict) -> dict:
+    """A recording stores NaN as JSON null."""
+    return {k: None if v is None or v != v else v for k, v in figures.items()}
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
@@ -61,13 +67,18 @@ def test_seed_sweep_on_the_simulated_gpu_records_15_rows(tmp_path: Path) -> None
     finished = {e.config_id: e for e in events if e.kind == "config_finished"}
     stored_results = [e for e in events if e.kind == "config_result"]
     assert len(stored_results) == 15
-    idle = metrics.idle_power_w([w for w in windows if w.config_id is None])
+    ci_target = rec.meta["sweep"]["protocol"]["ci_target"]
     for stored in stored_results:
-        again, _ = metrics.config_result(
-            started[stored.config_id], finished[stored.config_id],
-            [w for w in windows if w.config_id == stored.config_id], idle,
+        again, _ = metrics.group_result(
+            started[stored.config_id], finished[stored.config_id], started.values(), windows, ci_target
         )
-        assert again.figures == stored.figures
+        assert _nan_as_none(again.figures) == _nan_as_none(stored.figures)
+    # Every quantised row carries its ratios to FP16 with a 95% interval around them.
+    q = res[res["precision"] != "fp16"]
+    for name in ("prefill_energy_ratio", "decode_energy_ratio", "decode_speed_ratio"):
+        assert ((q[f"{name}_low"] <= q[name]) & (q[name] <= q[f"{name}_high"])).all()
+        assert (q["rounds"] >= 3).all()
+    assert len({w.group for w in windows if w.phase == "idle"}) == 5  # an idle baseline per group
     # Samples cover the run at ~100 Hz.
     s = rec.samples
     span_s = (s["t_ns"].max() - s["t_ns"].min()) / 1e9
@@ -124,7 +135,8 @@ def test_a_dead_sampler_is_reported_and_the_sweep_goes_on(tmp_path: Path) -> Non
 
 
 def test_a_runner_that_dies_becomes_a_failed_row_and_the_rest_runs(tmp_path: Path) -> None:
-    sweep = config.parse(TWO_ROWS, str(tmp_path / "two.toml"))
+    # Two groups: the runner dies inside the first; a new one measures the second.
+    sweep = config.parse(TWO_ROWS.replace("batches = [1]", "batches = [1, 8]"), str(tmp_path / "two.toml"))
     session = Session(sweep, tmp_path / "r.wattscope", sim=True)
     session.start()
     # Once the first configuration is under way, kill the runner hard.
@@ -135,9 +147,10 @@ def test_a_runner_that_dies_becomes_a_failed_row_and_the_rest_runs(tmp_path: Pat
     assert session.wait(120)
     rec = wattscope.load(tmp_path / "r.wattscope")
     res = rec.results.set_index("config_id")
-    assert not res.loc["Qwen2-1.5B/b1/fp16", "ok"]
-    assert "runner process died" in res.loc["Qwen2-1.5B/b1/fp16", "reason"]
-    assert res.loc["Qwen2-1.5B/b1/int8", "ok"]
+    for cid in ("Qwen2-1.5B/b1/fp16", "Qwen2-1.5B/b1/int8"):
+        assert not res.loc[cid, "ok"]
+        assert "runner process died" in res.loc[cid, "reason"]
+    assert res.loc["Qwen2-1.5B/b8/fp16", "ok"] and res.loc["Qwen2-1.5B/b8/int8", "ok"]
     assert rec.meta["status"] == "completed"
 
 

@@ -6,6 +6,7 @@ is started or written, so a bad config never leaves a half-made recording behind
 
 from __future__ import annotations
 
+import math
 import random
 import tomllib
 from dataclasses import asdict, dataclass, replace
@@ -18,6 +19,13 @@ from wattscope.errors import WattscopeError
 PRECISIONS = ("fp16", "bf16", "int8", "nf4")
 BASELINE_PRECISION = "fp16"
 PRECISION_ORDERS = ("fp16-first", "as-listed", "random")
+# Decode engines: "eager" is the transformers forward loop with a dynamic KV cache (the
+# seed study's stack); "graphs" a static KV cache with each decode step replayed from a
+# captured CUDA graph, which takes the host's kernel launches out of the measured time.
+ENGINES = ("eager", "graphs")
+# A host CPU for a child process: "auto" picks a dedicated core when the machine has
+# enough of them, "off" leaves the process free to move, an integer names the core.
+CPU_CHOICES = ("auto", "off")
 NF4_COMPUTE_DTYPES = ("float16", "bfloat16", "float32")
 
 
@@ -29,16 +37,33 @@ class ConfigError(WattscopeError, ValueError):
 class Protocol:
     prompt_tokens: int = 128
     decode_steps: int = 32
-    repeats: int = 3
-    warmup_calls: int = 3  # untimed calls before the first window of a phase
+    warmup_calls: int = 3  # untimed calls of each precision and phase before any window
     min_window_s: float = 2.0
     min_calls: int = 5  # a prefill window holds at least this many calls
-    max_warmup_windows: int = 4  # steady-state windows before measuring, at most
-    steady_tolerance: float = 0.03  # consecutive warm-up windows agree within this
+    # Rounds: every precision of a model and batch, both phases, one window each, in an
+    # order shuffled per round. Warm-up rounds run until two consecutive ones agree in
+    # average power within steady_tolerance (at most max_warmup_rounds); then measured
+    # rounds run until every ratio's 95% interval is within ci_target of its value, at
+    # least min_rounds and at most max_rounds, or until max_row_s has passed.
+    max_warmup_rounds: int = 4
+    steady_tolerance: float = 0.03
+    min_rounds: int = 3
+    max_rounds: int = 100
+    ci_target: float = 0.03
+    max_row_s: float = 240.0
+    engine: str = "eager"
     cooldown_s: float = 3.0
-    idle_s: float = 5.0  # idle baseline before the sweep
-    precision_order: str = "fp16-first"
-    seed: int = 0  # prompt token ids and random precision order
+    idle_s: float = 5.0  # idle baseline of each model and batch, models loaded
+    precision_order: str = "fp16-first"  # the order precisions are loaded in
+    seed: int = 0  # prompt token ids, precision orders and round shuffles
+
+
+@dataclass(frozen=True)
+class Host:
+    """Host isolation of the measured processes (recorded in the meta)."""
+
+    runner_cpu: int | str = "auto"
+    sampler_cpu: int | str = "auto"
 
 
 @dataclass(frozen=True)
@@ -63,6 +88,7 @@ class Sim:
     sweep takes seconds. Only a demo and test aid: the numbers are not measurements."""
 
     min_window_s: float = 0.12
+    max_row_s: float = 2.0
     cooldown_s: float = 0.05
     idle_s: float = 0.3
     seed: int = 0
@@ -79,6 +105,14 @@ class RunConfig:
     model: str
     batch: int
     precision: str
+    engine: str = "eager"
+
+    @property
+    def group(self) -> str:
+        """The rows measured together in interleaved rounds and compared with each other:
+        one model, batch and engine."""
+        label = f"{self.model_label}/b{self.batch}"
+        return label if self.engine == "eager" else f"{label}/{self.engine}"
 
     @property
     def synthetic(self) -> bool:
@@ -103,6 +137,14 @@ class Sweep:
     bitsandbytes: BitsAndBytes
     sim: Sim
     configs: tuple[RunConfig, ...]
+    host: Host = Host()
+
+    def groups(self) -> list[list[RunConfig]]:
+        """The configurations by group, in sweep order (a group's rows are consecutive)."""
+        out: dict[str, list[RunConfig]] = {}
+        for c in self.configs:
+            out.setdefault(c.group, []).append(c)
+        return list(out.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,6 +155,7 @@ class Sweep:
             "sampler": asdict(self.sampler),
             "bitsandbytes": asdict(self.bitsandbytes),
             "sim": asdict(self.sim),
+            "host": asdict(self.host),
             "configs": [asdict(c) for c in self.configs],
         }
 
@@ -121,6 +164,7 @@ class Sweep:
         p = replace(
             self.protocol,
             min_window_s=self.sim.min_window_s,
+            max_row_s=max(self.sim.max_row_s, 2 * max(len(g) for g in self.groups()) * self.sim.min_window_s),
             cooldown_s=self.sim.cooldown_s,
             idle_s=self.sim.idle_s,
         )
@@ -139,17 +183,29 @@ def _non_negative(v: Any) -> bool:
     return v >= 0
 
 
+def _between(lo: float, hi: float) -> Any:
+    return lambda v: lo <= v <= hi
+
+
+def _cpu(v: Any) -> bool:
+    return v in CPU_CHOICES or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 4096)
+
+
 _PROTOCOL_KEYS: dict[str, _Check] = {
     "prompt_tokens": (int, "an integer >= 1", _positive),
     "decode_steps": (int, "an integer >= 1", _positive),
-    "repeats": (int, "an integer >= 1", _positive),
-    "warmup_calls": (int, "an integer >= 0", _non_negative),
-    "min_window_s": ((int, float), "a number of seconds > 0", _positive),
-    "min_calls": (int, "an integer >= 1", _positive),
-    "max_warmup_windows": (int, "an integer >= 0", _non_negative),
-    "steady_tolerance": ((int, float), "a fraction > 0, e.g. 0.03", _positive),
-    "cooldown_s": ((int, float), "a number of seconds >= 0", _non_negative),
-    "idle_s": ((int, float), "a number of seconds > 0", _positive),
+    "warmup_calls": (int, "an integer from 0 to 1000", _between(0, 1000)),
+    "min_window_s": ((int, float), "a number of seconds > 0 and <= 600", lambda v: 0 < v <= 600),
+    "min_calls": (int, "an integer from 1 to 100000", _between(1, 100000)),
+    "max_warmup_rounds": (int, "an integer from 2 to 100 (steadiness needs two rounds to agree)", _between(2, 100)),
+    "steady_tolerance": ((int, float), "a fraction > 0 and < 1, e.g. 0.03", lambda v: 0 < v < 1),
+    "min_rounds": (int, "an integer from 2 to 10000 (an interval needs two rounds)", _between(2, 10000)),
+    "max_rounds": (int, "an integer from 2 to 10000", _between(2, 10000)),
+    "ci_target": ((int, float), "a fraction > 0 and < 1, e.g. 0.03 for +-3%", lambda v: 0 < v < 1),
+    "max_row_s": ((int, float), "a number of seconds > 0 and <= 86400", lambda v: 0 < v <= 86400),
+    "engine": (str, "one of " + ", ".join(ENGINES), lambda v: v in ENGINES),
+    "cooldown_s": ((int, float), "a number of seconds from 0 to 3600", _between(0, 3600)),
+    "idle_s": ((int, float), "a number of seconds > 0 and <= 3600", lambda v: 0 < v <= 3600),
     "precision_order": (str, "one of " + ", ".join(PRECISION_ORDERS), lambda v: v in PRECISION_ORDERS),
     "seed": (int, "an integer", None),
 }
@@ -165,13 +221,26 @@ _BNB_KEYS: dict[str, _Check] = {
 }
 _SIM_KEYS: dict[str, _Check] = {
     "refresh_s": ((int, float), "a number of seconds from 0.001 to 0.5", lambda v: 0.001 <= v <= 0.5),
-    "min_window_s": ((int, float), "a number of seconds > 0", _positive),
-    "cooldown_s": ((int, float), "a number of seconds >= 0", _non_negative),
-    "idle_s": ((int, float), "a number of seconds > 0", _positive),
+    "min_window_s": ((int, float), "a number of seconds > 0 and <= 60", lambda v: 0 < v <= 60),
+    "max_row_s": ((int, float), "a number of seconds > 0 and <= 3600", lambda v: 0 < v <= 3600),
+    "cooldown_s": ((int, float), "a number of seconds from 0 to 60", _between(0, 60)),
+    "idle_s": ((int, float), "a number of seconds > 0 and <= 60", lambda v: 0 < v <= 60),
     "seed": (int, "an integer", None),
 }
-_MATRIX_KEYS = ("models", "batches", "precisions")
-_TOP_KEYS = ("name", "protocol", "sampler", "bitsandbytes", "sim", "matrix")
+_HOST_KEYS: dict[str, _Check] = {
+    "runner_cpu": ((str, int), '"auto", "off" or a CPU core number', _cpu),
+    "sampler_cpu": ((str, int), '"auto", "off" or a CPU core number', _cpu),
+}
+_MATRIX_KEYS = ("models", "batches", "precisions", "engine")
+_MATRIX_REQUIRED = ("models", "batches", "precisions")
+_TOP_KEYS = ("name", "protocol", "sampler", "bitsandbytes", "sim", "host", "matrix")
+
+
+# Keys of earlier protocols, with what replaced them.
+_REPLACED = {
+    "protocol.repeats": "min_rounds (measured rounds now continue until ci_target is met)",
+    "protocol.max_warmup_windows": "max_warmup_rounds (at least 2: steadiness needs two rounds to agree)",
+}
 
 
 def _table(path: str, where: str, value: Any, keys: dict[str, _Check]) -> dict[str, Any]:
@@ -179,10 +248,14 @@ def _table(path: str, where: str, value: Any, keys: dict[str, _Check]) -> dict[s
         raise ConfigError(f"{path}: [{where}] must be a table")
     out: dict[str, Any] = {}
     for key, v in value.items():
+        if f"{where}.{key}" in _REPLACED:
+            raise ConfigError(f"{path}: '{where}.{key}' is no longer a key; use {_REPLACED[f'{where}.{key}']}")
         if key not in keys:
             raise ConfigError(f"{path}: unknown key '{where}.{key}'; allowed: {', '.join(keys)}")
         types, allowed, check = keys[key]
         ok_type = isinstance(v, types) and not (isinstance(v, bool) and types is not bool)
+        if ok_type and isinstance(v, float) and not math.isfinite(v):
+            ok_type = False
         if not ok_type or (check is not None and not check(v)):
             raise ConfigError(f"{path}: '{where}.{key}' = {v!r} is not allowed; expected {allowed}")
         out[key] = float(v) if types == (int, float) else v
@@ -243,6 +316,12 @@ def parse(text: str, path: str = "<string>") -> Sweep:
     sampler = Sampler(**sampler_d)
     bnb = BitsAndBytes(**_table(path, "bitsandbytes", data.get("bitsandbytes", {}), _BNB_KEYS))
     sim = Sim(**_table(path, "sim", data.get("sim", {}), _SIM_KEYS))
+    host = Host(**_table(path, "host", data.get("host", {}), _HOST_KEYS))
+    if protocol.max_rounds < protocol.min_rounds:
+        raise ConfigError(
+            f"{path}: 'protocol.max_rounds' = {protocol.max_rounds} is not allowed; expected an integer >= "
+            f"protocol.min_rounds ({protocol.min_rounds})"
+        )
 
     matrix = data.get("matrix")
     if not isinstance(matrix, list) or not matrix:
@@ -261,7 +340,7 @@ def parse(text: str, path: str = "<string>") -> Sweep:
         for key in m:
             if key not in _MATRIX_KEYS:
                 raise ConfigError(f"{path}: unknown key '{where}.{key}'; allowed: {', '.join(_MATRIX_KEYS)}")
-        for key in _MATRIX_KEYS:
+        for key in _MATRIX_REQUIRED:
             if key not in m:
                 raise ConfigError(f"{path}: '{where}.{key}' is missing")
         models = _string_list(path, f"{where}.models", m["models"])
@@ -278,16 +357,35 @@ def parse(text: str, path: str = "<string>") -> Sweep:
                 raise ConfigError(
                     f"{path}: '{where}.precisions' has {p!r}; allowed: {', '.join(PRECISIONS)}"
                 )
+        engine = m.get("engine", protocol.engine)
+        if engine not in ENGINES:
+            raise ConfigError(f"{path}: '{where}.engine' = {engine!r} is not allowed; expected one of {', '.join(ENGINES)}")
         for model in models:
             for batch in batches:
                 for precision in _order(precisions, protocol.precision_order, rng):
-                    rc = RunConfig("", model, batch, precision)
-                    cid = f"{rc.model_label}/b{batch}/{precision}"
+                    rc = RunConfig("", model, batch, precision, engine)
+                    cid = f"{rc.group}/{precision}"
                     if cid in seen:
                         raise ConfigError(f"{path}: '{where}' repeats the configuration {cid}")
                     seen.add(cid)
                     configs.append(replace(rc, config_id=cid))
-    return Sweep(name, path, text, protocol, sampler, bnb, sim, tuple(configs))
+    sweep = Sweep(name, path, text, protocol, sampler, bnb, sim, tuple(configs), host)
+    _check_budget(path, sweep)
+    return sweep
+
+
+def _check_budget(path: str, sweep: Sweep) -> None:
+    """A row's budget must hold at least one round of its largest group: every precision,
+    both phases, one window of min_window_s each."""
+    p = sweep.protocol
+    widest = max(sweep.groups(), key=len)
+    one_round = 2 * len(widest) * p.min_window_s
+    if p.max_row_s < one_round:
+        raise ConfigError(
+            f"{path}: 'protocol.max_row_s' = {p.max_row_s:g} is too short for one round of {widest[0].group} "
+            f"({len(widest)} precisions x 2 phases x min_window_s {p.min_window_s:g} s = {one_round:g} s); "
+            f"expected a number of seconds >= {one_round:g}"
+        )
 
 
 def load(path: str | Path) -> Sweep:

@@ -122,7 +122,9 @@ class ConfigStarted(Event):
     batch: int
     precision: str
     synthetic: bool
-    repeats: int
+    repeats: int  # measured rounds at least (protocol.min_rounds); more may follow
+    engine: str = "eager"
+    group: str | None = None  # the rows measured in the same interleaved rounds
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ class PhaseStarted(Event):
     kind: ClassVar[str] = "phase_started"
     config_id: str | None
     phase: str
-    repeat: int | None = None  # 1-based index of the measured repeat, if any
+    repeat: int | None = None  # 1-based index of the measured round, if any
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,7 @@ class Window(Event):
     starts right after the start edge and ends (GPU synchronised) at ``work_end_ns``;
     the end edge follows at the next counter update, <= one refresh later. Energy and
     power use [start_ns, end_ns]; latency and tok/s use [start_ns, work_end_ns].
-    ``calls`` is the number of prefill calls or of 32-step decode runs inside; ``steps``
+    ``calls`` is the number of prefill calls or of decode runs inside; ``steps``
     decode steps per run (0 for prefill); ``tokens`` the tokens processed (prefill:
     batch*prompt*calls; decode: batch*steps*calls). ``t_ns`` equals ``end_ns``."""
 
@@ -160,6 +162,15 @@ class Window(Event):
     steps: int
     tokens: int
     work_end_ns: int | None = None  # None: the work ran to end_ns (idle windows)
+    # The interleaved round this window belongs to (1-based within its group and role;
+    # None in recordings made before rounds existed) and the group it was measured in.
+    round: int | None = None
+    group: str | None = None
+
+    @property
+    def tail_s(self) -> float:
+        """Time from the end of the work to the counter update that closed the window."""
+        return self.duration_s - self.work_s
 
     @property
     def duration_s(self) -> float:

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from wattscope import metrics, provenance
+from wattscope import host, metrics, provenance
 from wattscope.config import Sweep
 from wattscope.events import (
     SCHEMA_VERSION,
@@ -82,7 +82,6 @@ class Session:
         self._windows: dict[str | None, list[Window]] = defaultdict(list)
         self._started: dict[str, ConfigStarted] = {}
         self._finished: set[str] = set()
-        self._idle_power_w: float | None = None
         self._sampler_dead_reported = False
 
     # -- control ---------------------------------------------------------------------
@@ -91,6 +90,7 @@ class Session:
         """Prepare everything that can fail fast (sensor, output file, children) in the
         caller's thread, then hand the event loop to a background thread."""
         try:
+            self._host = host.plan(self.sweep.host, host.available_cpus(), self.sweep.source)
             specs = self._specs = self._sensor_specs()
             meta = self._describe(specs)
             self._recorder = Recorder(self.output)
@@ -99,6 +99,8 @@ class Session:
             with _children_ignore_sigint():
                 self._sampler = self._start_sampler(specs)
                 self._runner = self._start_runner(specs[0], start_index=0)
+            if self._host.parent_cpus is not None:
+                host.pin_set(0, self._host.parent_cpus)
         except BaseException:
             self._abandon()
             raise
@@ -167,6 +169,7 @@ class Session:
                 "gpus": [g["index"] for g in gpus],
             },
             "sweep": self.sweep.to_dict(),
+            "host_isolation": self._host.to_meta(),
         }
 
     def _start_sampler(self, specs: list[SensorSpec]) -> Any:
@@ -176,12 +179,15 @@ class Session:
             specs, rate_hz=self.sweep.sampler.rate_hz, energy_hz=self.sweep.sampler.energy_hz, queue=self._queue
         )
         s.start()
+        if s.pid is not None:
+            host.pin(s.pid, self._host.sampler_cpu)
         return s
 
     def _start_runner(self, spec: SensorSpec, start_index: int) -> Any:
         from wattscope.bench.runner import RunnerProcess
 
-        r = RunnerProcess(self.sweep, spec, self._queue, sim=self.sim, start_index=start_index)
+        r = RunnerProcess(self.sweep, spec, self._queue, sim=self.sim, start_index=start_index,
+                          cpu=self._host.runner_cpu)
         r.start()
         return r
 
@@ -238,13 +244,20 @@ class Session:
             self._recorder.maybe_commit()
 
     def _fail_current(self, reason: str) -> int:
-        """Mark the configuration in progress (if any) failed; return the next index."""
+        """Mark the configurations in progress (the group the runner was measuring)
+        failed; return the index the next runner starts at (the next group)."""
         open_ = [s for cid, s in self._started.items() if cid not in self._finished]
+        for s in open_:
+            self._emit(ConfigFinished(now_ns(), s.config_id, ok=False, reason=reason))
         if open_:
-            current = open_[-1]
-            self._emit(ConfigFinished(now_ns(), current.config_id, ok=False, reason=reason))
-            return current.index + 1
+            return max(s.index for s in open_) + 1
         return len(self._finished)
+
+
+    def _windows_of(self, started: ConfigStarted) -> list[Window]:
+        """The windows of ``started``'s group and the idle windows (``group_result`` picks)."""
+        ids = {s.config_id for s in self._started.values() if s.group == started.group} | {started.config_id}
+        return [w for cid in (*ids, None) for w in self._windows.get(cid, [])]
 
     def _emit(self, ev: Event) -> None:
         assert self._recorder is not None
@@ -254,14 +267,12 @@ class Session:
             self._started[ev.config_id] = ev
         elif isinstance(ev, Window):
             self._windows[ev.config_id].append(ev)
-            if ev.role == "idle":
-                self._idle_power_w = metrics.idle_power_w(self._windows[None])
         elif isinstance(ev, ConfigFinished):
             self._finished.add(ev.config_id)
             started = self._started.get(ev.config_id)
             if started is not None:
-                result, warnings = metrics.config_result(
-                    started, ev, self._windows.get(ev.config_id, []), self._idle_power_w
+                result, warnings = metrics.group_result(
+                    started, ev, self._started.values(), self._windows_of(started), self.sweep.protocol.ci_target
                 )
                 self._emit(result)
                 for w in warnings:

@@ -3,26 +3,37 @@
 Why windows: the energy counter refreshes every ~100 ms and costs ~4 ms to read on an
 H100, so the energy of one 30 ms prefill cannot be read. Each figure comes from the
 counter read at the edges of a window of repeated calls lasting >= min_window_s, with
-the GPU synchronised before each read. The first long window on a cold card runs
-20-35% high, so warm-up windows repeat until two consecutive ones agree.
+the GPU synchronised before each read.
 
-Event order for one configuration:
-  ConfigStarted, PhaseStarted(load),
-  PhaseStarted(warmup), Window(prefill, warmup)..., [RunWarning if never steady],
-  PhaseStarted(prefill, repeat=r), Window(prefill, measure, r)   for r in 1..repeats,
-  PhaseStarted(warmup), Window(decode, warmup)..., PhaseStarted(decode, repeat=r), Window(decode, measure, r)...,
-  PhaseStarted(cooldown), ConfigFinished.
-The sweep starts with one idle window (phase and role "idle").
+Why rounds: the time (and so the energy) of a call drifts on a shared host by more than
+the effects measured, from one window to the next and one minute to the next. So every
+precision of one model and batch (a *group*) stays loaded, and the windows rotate between
+them: a round is one prefill and one decode window of each precision, in an order
+shuffled per round with the seed. Drift then hits every precision of a round alike and
+cancels in that round's ratio to FP16; the ratios' intervals come from the rounds
+(``wattscope.stats``). Rounds continue until every ratio's interval is within ci_target,
+or the group's budget is spent.
+
+Event order for one group:
+  ConfigStarted (each row), PhaseStarted(load) + build (each row; a failure is that row's
+  ConfigFinished(ok=False) at the end, the others go on),
+  PhaseStarted(idle), Window(idle, group=g)          the card idle with the models loaded,
+  PhaseStarted(warmup), Window(..., warmup, round=k)  whole rounds until two agree,
+  PhaseStarted(prefill|decode, config_id, repeat=r), Window(..., measure, round=r)  rounds,
+  PhaseStarted(cooldown), ConfigFinished (each row, the FP16 row first).
 """
 
 from __future__ import annotations
 
+import gc
 import math
+import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol as TypingProtocol
 
-from wattscope.config import Protocol, RunConfig, Sweep
+from wattscope import metrics
+from wattscope.config import BASELINE_PRECISION, Protocol, RunConfig, Sweep
 from wattscope.events import (
     ConfigFinished,
     ConfigStarted,
@@ -111,11 +122,34 @@ def _window(
     sensor: EnergySensor,
     stop: StopFlag,
     min_window_s: float,
+    group: str | None = None,
 ) -> Window:
     """``n`` calls queued back to back with no host sync between them; if the card ran
     them faster than the pace ``n`` was sized from, top the window up (one sync, then as
-    many calls as the remaining time needs) so it never ends short of min_window_s."""
+    many calls as the remaining time needs) so it never ends short of min_window_s.
+    Python's garbage collector stays out of the window: a collection pauses the thread
+    that launches the kernels, and that pause would be measured as the workload's (the
+    collections put off run at the first allocation after the window)."""
     workload.synchronize()
+    gc.disable()
+    try:
+        return _timed_window(spec, n, role, repeat, config_id, workload, sensor, stop, min_window_s, group)
+    finally:
+        gc.enable()
+
+
+def _timed_window(
+    spec: PhaseSpec,
+    n: int,
+    role: str,
+    repeat: int,
+    config_id: str,
+    workload: Workload,
+    sensor: EnergySensor,
+    stop: StopFlag,
+    min_window_s: float,
+    group: str | None,
+) -> Window:
     start_ns, e0 = _counter_edge(sensor)
     target_ns = start_ns + int(min_window_s * 1e9)
     calls, batch = 0, n
@@ -145,6 +179,8 @@ def _window(
         steps=spec.steps,
         tokens=spec.tokens_per_call * calls,
         work_end_ns=work_end_ns,
+        round=repeat,
+        group=group,
     )
 
 
@@ -170,72 +206,22 @@ def _calibrate(spec: PhaseSpec, workload: Workload, p: Protocol, stop: StopFlag)
 
 
 def agree(a: float, b: float, tolerance: float) -> bool:
-    """Energy per call of consecutive windows agrees within a relative tolerance."""
+    """Two values agree within a relative tolerance."""
     ref = max(abs(a), abs(b))
     return ref == 0 or abs(a - b) <= tolerance * ref
 
 
-def measure_phase(
-    spec: PhaseSpec,
-    p: Protocol,
-    config_id: str,
-    workload: Workload,
-    sensor: EnergySensor,
-    emit: Emit,
-    stop: StopFlag,
-) -> None:
-    """Warm-up calls, calibration, warm-up windows until two consecutive ones agree in
-    energy per call (a RunWarning if they never do), then the measured windows."""
-    emit(PhaseStarted(now_ns(), config_id, "warmup"))
-    for _ in range(p.warmup_calls):
-        _check(stop)
-        spec.call()
-    n = _calibrate(spec, workload, p, stop)
-
-    # Agreement needs two windows: with fewer allowed, steadiness is not checked.
-    steady = p.max_warmup_windows < 2
-    previous: float | None = None
-    spread = math.nan
-    for k in range(1, p.max_warmup_windows + 1):
-        w = _window(spec, n, "warmup", k, config_id, workload, sensor, stop, p.min_window_s)
-        emit(w)
-        per_call = w.energy_j / w.calls
-        # Re-size from a real window: calibration timed single calls, a window runs them back to back.
-        if w.work_s > 0:
-            n = calls_for(w.work_s / w.calls, p, spec.min_calls)
-        if previous is not None:
-            spread = abs(per_call - previous) / max(abs(previous), 1e-12)
-            if agree(per_call, previous, p.steady_tolerance):
-                steady = True
-                break
-        previous = per_call
-    if not steady:
-        detail = f"; the last two differ by {spread:.1%}" if not math.isnan(spread) else ""
-        emit(
-            RunWarning(
-                now_ns(),
-                source="runner",
-                message=(
-                    f"{config_id} {spec.phase}: not steady after {p.max_warmup_windows} warm-up "
-                    f"window(s) (tolerance {p.steady_tolerance:.0%}){detail}; measuring anyway"
-                ),
-                config_id=config_id,
-            )
-        )
-    for r in range(1, p.repeats + 1):
-        _check(stop)
-        emit(PhaseStarted(now_ns(), config_id, spec.phase, repeat=r))
-        emit(_window(spec, n, "measure", r, config_id, workload, sensor, stop, p.min_window_s))
-
-
-def measure_idle(p: Protocol, sensor: EnergySensor, emit: Emit, stop: StopFlag) -> None:
-    """The idle baseline: the counter over idle_s with nothing running."""
+def measure_idle(p: Protocol, sensor: EnergySensor, emit: Emit, stop: StopFlag, group: str | None = None) -> Window:
+    """The idle baseline: the counter over idle_s with nothing running (with a group:
+    its models loaded and the CUDA context alive, as the card idles between windows)."""
     emit(PhaseStarted(now_ns(), None, "idle"))
     start_ns, e0 = _counter_edge(sensor)
     if stop.wait(p.idle_s):
         raise Stopped()
     end_ns, e1 = _counter_edge(sensor)
-    emit(Window(end_ns, None, "idle", "idle", 1, start_ns, end_ns, e0, e1, 0, 0, 0))
+    w = Window(end_ns, None, "idle", "idle", 1, start_ns, end_ns, e0, e1, 0, 0, 0, group=group)
+    emit(w)
+    return w
 
 
 def phases(workload: Workload, p: Protocol) -> tuple[PhaseSpec, PhaseSpec]:
@@ -246,9 +232,138 @@ def phases(workload: Workload, p: Protocol) -> tuple[PhaseSpec, PhaseSpec]:
     return prefill, decode
 
 
-def run_config(
-    rc: RunConfig,
-    index: int,
+@dataclass
+class _Row:
+    """One configuration of a group while its rounds run."""
+
+    rc: RunConfig
+    index: int
+    info: dict[str, Any] = field(default_factory=dict)
+    workload: Workload | None = None
+    specs: dict[str, PhaseSpec] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)  # window size per phase
+    reason: str = ""  # set when the row failed
+
+    @property
+    def ok(self) -> bool:
+        return self.workload is not None and not self.reason
+
+
+def _fail(row: _Row, e: BaseException) -> None:
+    row.reason = describe_exception(e)
+    row.info["error"] = f"{type(e).__name__}: {e}"[:1000]
+    _close(row)
+
+
+def _close(row: _Row) -> None:
+    if row.workload is None:
+        return
+    try:
+        row.info.update(row.workload.run_info())
+    except Exception as e:  # e.g. a CUDA error left by the failure itself
+        row.info["run_info_error"] = describe_exception(e)
+    finally:
+        row.workload.close()
+        row.workload = None
+
+
+def _prepare(row: _Row, p: Protocol, stop: StopFlag) -> None:
+    """Warm-up calls of both phases, the decode cache, and each phase's window size."""
+    assert row.workload is not None
+    wl = row.workload
+    prefill, decode = phases(wl, p)
+    row.specs = {"prefill": prefill, "decode": decode}
+    for _ in range(p.warmup_calls):
+        _check(stop)
+        prefill.call()
+    row.calls["prefill"] = _calibrate(prefill, wl, p, stop)
+    wl.prepare_decode()
+    for _ in range(p.warmup_calls):
+        _check(stop)
+        decode.call()
+    row.calls["decode"] = _calibrate(decode, wl, p, stop)
+
+
+def _round(
+    rows: list[_Row], k: int, role: str, rng: random.Random, p: Protocol, group: str,
+    sensor: EnergySensor, emit: Emit, stop: StopFlag,
+) -> list[Window]:
+    """One window of each live row and phase, in a shuffled order. A row whose call
+    fails leaves the group (its reason kept); the others go on."""
+    items = [(row, phase) for row in rows if row.ok for phase in ("prefill", "decode")]
+    rng.shuffle(items)
+    out = []
+    for row, phase in items:
+        if not row.ok:
+            continue
+        _check(stop)
+        assert row.workload is not None
+        spec = row.specs[phase]
+        if role == "measure":
+            emit(PhaseStarted(now_ns(), row.rc.config_id, phase, repeat=k))
+        try:
+            w = _window(spec, row.calls[phase], role, k, row.rc.config_id, row.workload, sensor, stop,
+                        p.min_window_s, group)
+        except Stopped:
+            raise
+        except Exception as e:  # one precision failing must not end its group
+            _fail(row, e)
+            continue
+        emit(w)
+        out.append(w)
+        # Re-size from a real window: calibration timed single calls, a window runs them back to back.
+        if w.work_s > 0:
+            row.calls[phase] = calls_for(w.work_s / w.calls, p, spec.min_calls)
+    return out
+
+
+def _round_power(ws: list[Window]) -> float:
+    """A round's average power: its energy over its duration (all windows together)."""
+    e = [w for w in ws if math.isfinite(w.energy_j)]
+    d = sum(w.duration_s for w in e)
+    return sum(w.energy_j for w in e) / d if d > 0 else math.nan
+
+
+def _precondition(
+    rows: list[_Row], p: Protocol, group: str, rng: random.Random, sensor: EnergySensor, emit: Emit, stop: StopFlag,
+) -> None:
+    """Warm-up rounds until two consecutive ones agree in average power within
+    steady_tolerance: the first windows on a card run 25-40% high, and a whole round (all
+    precisions, both phases) is the work the measured rounds repeat. A RunWarning names
+    the group if it never settles within max_warmup_rounds."""
+    emit(PhaseStarted(now_ns(), None, "warmup"))
+    previous = math.nan
+    spread = math.nan
+    for k in range(1, p.max_warmup_rounds + 1):
+        power = _round_power(_round(rows, k, "warmup", rng, p, group, sensor, emit, stop))
+        if not math.isnan(previous):
+            spread = abs(power - previous) / max(abs(previous), 1e-12)
+            if agree(power, previous, p.steady_tolerance):
+                return
+        previous = power
+    detail = "" if math.isnan(spread) else f"; the last two differ by {spread:.1%}"
+    emit(RunWarning(now_ns(), source="runner", message=(
+        f"{group}: average power not steady after {p.max_warmup_rounds} warm-up rounds "
+        f"(tolerance {p.steady_tolerance:.0%}){detail}; measuring anyway")))
+
+
+def widest_interval(windows: list[Window], rows: list[_Row], idle_w: float | None) -> float:
+    """The largest relative half-width among the rows' ratios to the group's baseline
+    (inf while any ratio has no interval yet; 0 when there is nothing to compare)."""
+    base = next((r for r in rows if r.rc.precision == BASELINE_PRECISION and r.ok), None)
+    others = [r for r in rows if r.ok and r is not base]
+    if base is None or not others:
+        return 0.0
+    widest = 0.0
+    for r in others:
+        for est in metrics.paired_ratios(windows, r.rc.config_id, base.rc.config_id, idle_w).values():
+            hw = est.half_width
+            widest = max(widest, hw if math.isfinite(hw) else math.inf)
+    return widest
+
+
+def run_group(
+    group: list[RunConfig],
     sweep: Sweep,
     build: Build,
     sensor: EnergySensor,
@@ -256,46 +371,74 @@ def run_config(
     stop: StopFlag,
     release: Callable[[], None] = lambda: None,
 ) -> None:
-    """One configuration, start to ConfigFinished. Any failure becomes a failed row;
-    only a stop request (Stopped) propagates, after the row is closed."""
+    """One group (model x batch x engine), start to every row's ConfigFinished: load
+    every precision, idle baseline, warm-up rounds, measured rounds until the intervals
+    are tight or the budget is spent. Only a stop request (Stopped) propagates, after
+    every row is closed."""
     p = sweep.protocol
-    cid = rc.config_id
-    emit(ConfigStarted(now_ns(), cid, index, len(sweep.configs), rc.model, rc.batch, rc.precision, rc.synthetic, p.repeats))
-    emit(PhaseStarted(now_ns(), cid, "load"))
-    info: dict[str, Any] = {"precision": rc.precision}
-    workload: Workload | None = None
-    stopped = False
-    ok, reason = False, ""
+    gid = group[0].group
+    total = len(sweep.configs)
+    rows = [_Row(rc, sweep.configs.index(rc), {"precision": rc.precision}) for rc in group]
+    for row in rows:
+        rc = row.rc
+        emit(ConfigStarted(now_ns(), rc.config_id, row.index, total, rc.model, rc.batch, rc.precision,
+                           rc.synthetic, p.min_rounds, rc.engine, gid))
+    stopped = measured = False
+    rng = random.Random(f"wattscope-rounds/{p.seed}/{gid}")
     try:
-        workload = build(rc, info)
-        prefill, decode = phases(workload, p)
-        measure_phase(prefill, p, cid, workload, sensor, emit, stop)
-        _check(stop)
-        workload.prepare_decode()
-        workload.synchronize()
-        measure_phase(decode, p, cid, workload, sensor, emit, stop)
-        ok = True
-    except Stopped:
-        stopped, reason = True, "stopped before the configuration finished"
-    except Exception as e:  # any failure of one configuration must not end the sweep
-        reason = describe_exception(e)
-        info["error"] = f"{type(e).__name__}: {e}"[:1000]
-    finally:
-        if workload is not None:
+        for row in rows:
+            _check(stop)
+            emit(PhaseStarted(now_ns(), row.rc.config_id, "load"))
             try:
-                info.update(workload.run_info())
-            except Exception as e:  # e.g. a CUDA error left by the failure itself
-                info["run_info_error"] = describe_exception(e)
-            finally:
-                workload.close()
-        del workload
+                row.workload = build(row.rc, row.info)
+                _prepare(row, p, stop)
+            except Stopped:
+                raise
+            except Exception as e:  # any failure of one configuration must not end the sweep
+                _fail(row, e)
+        if any(r.ok for r in rows):
+            for row in rows:
+                if row.ok:
+                    assert row.workload is not None
+                    row.workload.synchronize()
+            idle_w = metrics.idle_power_w([measure_idle(p, sensor, emit, stop, gid)])
+            _precondition(rows, p, gid, rng, sensor, emit, stop)
+            _measure_rounds(rows, p, gid, rng, idle_w, sensor, emit, stop)
+        measured = True
+    except Stopped:
+        stopped = True
+    finally:
+        for row in rows:
+            _close(row)
         release()
     if not stopped:
-        emit(PhaseStarted(now_ns(), cid, "cooldown"))
+        emit(PhaseStarted(now_ns(), None, "cooldown"))
         stopped = stop.wait(p.cooldown_s)
-    emit(ConfigFinished(now_ns(), cid, ok, reason, info))
+    # The baseline first, so that a consumer computing ratios has it when the others come.
+    for row in sorted(rows, key=lambda r: r.rc.precision != BASELINE_PRECISION):
+        reason = row.reason or ("" if measured else "stopped before the configuration finished")
+        emit(ConfigFinished(now_ns(), row.rc.config_id, not reason, reason, row.info))
     if stopped:
         raise Stopped()
+
+
+def _measure_rounds(
+    rows: list[_Row], p: Protocol, group: str, rng: random.Random, idle_w: float | None,
+    sensor: EnergySensor, emit: Emit, stop: StopFlag,
+) -> None:
+    """Measured rounds: at least min_rounds, then until every ratio's 95% interval is
+    within ci_target, max_rounds are done, or max_row_s has passed since the group's
+    first warm-up round... counted from here, the measured rounds' own budget."""
+    start = now_ns()
+    windows: list[Window] = []
+    for k in range(1, p.max_rounds + 1):
+        windows += _round(rows, k, "measure", rng, p, group, sensor, emit, stop)
+        if k < p.min_rounds:
+            continue
+        if widest_interval(windows, rows, idle_w) <= p.ci_target:
+            return
+        if (now_ns() - start) / 1e9 >= p.max_row_s:
+            return
 
 
 def run_protocol(
@@ -307,13 +450,15 @@ def run_protocol(
     start_index: int = 0,
     release: Callable[[], None] = lambda: None,
 ) -> bool:
-    """The whole sweep (from start_index on). Returns False if it was stopped."""
+    """The whole sweep, group by group, from the group holding ``start_index`` on
+    (a restarted runner redoes a group that a crash cut short). Returns False if it was
+    stopped."""
     try:
-        if start_index == 0:
-            measure_idle(sweep.protocol, sensor, emit, stop)
-        for index in range(start_index, len(sweep.configs)):
+        for group in sweep.groups():
+            if sweep.configs.index(group[-1]) < start_index:
+                continue
             _check(stop)
-            run_config(sweep.configs[index], index, sweep, build, sensor, emit, stop, release)
+            run_group(group, sweep, build, sensor, emit, stop, release)
     except Stopped:
         return False
     return True

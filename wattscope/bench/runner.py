@@ -122,9 +122,25 @@ def _exit_with_parent(parent_pid: int) -> None:
             os._exit(EXIT_PARENT_DIED)
 
 
-def _child_main(sweep: Sweep, sensor_spec: Any, queue: Any, sim: bool, device: str, start_index: int, stop: Any) -> None:
+def _isolate(cpu: int | None, sim: bool) -> None:
+    """Pin this process to its core before anything else runs; with one core, torch's
+    CPU thread pool would only fight the launching thread for it."""
+    if cpu is None:
+        return
+    from wattscope.host import pin
+
+    pin(0, cpu)
+    if not sim:
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def _child_main(sweep: Sweep, sensor_spec: Any, queue: Any, sim: bool, device: str, start_index: int,
+                cpu: int | None, stop: Any) -> None:
     # Ctrl-C reaches the whole process group; the parent decides and sets the stop flag.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _isolate(cpu, sim)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
     from wattscope.telemetry.open import open_sensor
 
@@ -148,8 +164,9 @@ class RunnerProcess(ChildProcess):
     """The runner child. ``start_index`` lets a session restart it after a hard crash
     for the configurations that remain (the idle baseline is only measured from 0)."""
 
-    def __init__(self, sweep: Sweep, sensor_spec: Any, queue: Any, sim: bool, device: str = "cuda", start_index: int = 0) -> None:
-        super().__init__(_child_main, "wattscope-runner", (sweep, sensor_spec, queue, sim, device, start_index))
+    def __init__(self, sweep: Sweep, sensor_spec: Any, queue: Any, sim: bool, device: str = "cuda", start_index: int = 0,
+                 cpu: int | None = None) -> None:
+        super().__init__(_child_main, "wattscope-runner", (sweep, sensor_spec, queue, sim, device, start_index, cpu))
 
     def stop(self, timeout: float = 30.0) -> None:
         """Ask the child to stop between two calls; terminate it if it does not exit in time."""

@@ -11,7 +11,10 @@ The shape follows the seed study: decode at batch 1 is host-launch bound (time p
 step grows with the number of layers, ~32 tok/s for Qwen2-1.5B in FP16 before scaling),
 LLM.int8 is much slower at low power, NF4 slower than FP16, BF16 close to FP16, batch
 8 draws more power, bigger models spend more energy, and the first windows on a cold
-card run high. Variation is seeded per configuration, so a sweep is reproducible.
+card run high. The host is noisy as a shared VM is: every call's duration carries a
+seeded random factor (HOST_JITTER) and a slow drift common to every precision
+(DRIFT_AMPLITUDE over DRIFT_PERIOD_S of busy time), which interleaved rounds must cancel.
+Variation is seeded, so a sweep's sequence of calls is reproducible.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ MEMORY_BW_BYTES_S = 3.0e12
 TENSOR_FLOPS = 3.5e14
 COLD_EXTRA = 0.25  # the first windows on a cold card run ~25% high...
 COLD_TAU_S = 0.1  # ...fading over this much simulated busy time
+HOST_JITTER = 0.03  # log-sd of a call's duration (scheduling of the launching thread)
+DRIFT_AMPLITUDE = 0.10  # slow common drift of call durations...
+DRIFT_PERIOD_S = 20.0  # ...over this much simulated busy time (minutes on a real card)
 
 
 @dataclass(frozen=True)
@@ -75,13 +81,20 @@ def _architecture(rc: RunConfig, sweep: Sweep) -> dict[str, Any]:
 
 
 class SimClock:
-    """Busy time of the simulated card over the whole sweep (its warm-up state)."""
+    """Busy time of the simulated card over the whole sweep (its warm-up state) and the
+    simulated host's noise (seeded)."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int = 0) -> None:
         self.busy_s = 0.0
+        self._rng = random.Random(f"wattscope-sim-host/{seed}")
 
     def cold_factor(self) -> float:
         return 1.0 + COLD_EXTRA * math.exp(-self.busy_s / COLD_TAU_S)
+
+    def host_factor(self) -> float:
+        """How much longer than nominal the next call takes on this host."""
+        drift = 1.0 + DRIFT_AMPLITUDE * math.sin(2 * math.pi * self.busy_s / DRIFT_PERIOD_S)
+        return drift * math.exp(self._rng.gauss(0.0, HOST_JITTER))
 
 
 class SimWorkload:
@@ -138,6 +151,7 @@ class SimWorkload:
             self._deadline = now  # the card was idle
         jitter = self._rng.uniform(0.99, 1.01)
         self._gpu.set_load_w(self._idle_w + (watts - self._idle_w) * jitter * self._clock.cold_factor())
+        seconds *= self._clock.host_factor()
         self._deadline += seconds
         self._clock.busy_s += seconds
 
@@ -165,7 +179,7 @@ class SimWorkload:
 
 def sim_builder(sweep: Sweep, gpu: LoadSetter, idle_w: float, tdp_w: float):
     """The Build function of a simulated sweep (one cold card for the whole sweep)."""
-    clock = SimClock()
+    clock = SimClock(sweep.sim.seed)
 
     def build(rc: RunConfig, info: dict[str, Any]) -> SimWorkload:
         w = SimWorkload(rc, sweep, gpu, idle_w, tdp_w, clock)
