@@ -12,8 +12,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+# The precisions a sweep may ask for, in the order every table lists them; the ratios
+# divide by the baseline's row; the quantised ones load through bitsandbytes.
 PRECISIONS = ("fp16", "bf16", "int8", "nf4")
 BASELINE_PRECISION = "fp16"
+QUANTISED = ("int8", "nf4")
 PRECISION_ORDERS = ("fp16-first", "as-listed", "random")
 NF4_COMPUTE_DTYPES = ("float16", "bfloat16", "float32")
 

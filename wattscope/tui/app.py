@@ -21,7 +21,7 @@ from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
 
 from wattscope import events as ev
-from wattscope.headless import fmt_duration
+from wattscope.render import fmt_duration
 from wattscope.replay import SEEK_S, ReplayController
 from wattscope.state import LiveSource, RunState, Snapshot
 from wattscope.tui.widgets import (
