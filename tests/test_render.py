@@ -8,7 +8,7 @@ import math
 import pandas as pd
 from rich.console import Console
 
-from wattscope import analysis, events as ev, export, render
+from wattscope import analysis, export, render
 from wattscope.metrics import RatioValue
 from wattscope.replay import synthetic_run
 from wattscope.state import RunState
@@ -109,19 +109,3 @@ def test_narrow_terminal_wraps_titles_and_keeps_every_cell() -> None:
     assert "Model" in lines[-3] and "Precision" in lines[-3]  # the last title line, above the rows
     assert " ".join(lines[-1].split()) == "Qwen2.5-3B 1 INT8 6.620 186.035 12.30 4.20x 2.54x 0.15x"
     assert "%TDP" not in console.export_text()  # no room: the %TDP columns stay out
-
-
-def test_progress_line_names_the_decode_steps_of_the_row() -> None:
-    from wattscope.headless import ProgressPrinter
-
-    events = synthetic_run(configs=[("Qwen2-1.5B", 1, "fp16")])
-    events = [e if not isinstance(e, ev.ConfigResult)
-              else ev.ConfigResult(e.t_ns, e.config_id, e.model, e.batch, e.precision, e.synthetic, e.ok, e.reason,
-                                   {**e.figures, "decode_steps": 64.0})
-              for e in events]
-    state = RunState()
-    state.apply_all(events)
-    out = io.StringIO()
-    ProgressPrinter(out).update(state.snapshot(events[-1].t_ns))
-    assert "decode 42.737 J/64 tok (1.00x)" in out.getvalue()
-    assert "| Decode Energy / 64 tok (J) |" in render.snapshot_markdown(state.snapshot(events[-1].t_ns))

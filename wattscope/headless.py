@@ -70,7 +70,7 @@ class ProgressPrinter:
         if not self._meta_done:
             self._meta_done = True
             sim = " (simulated)" if snap.simulated else ""
-            tdp = f"TDP {snap.tdp_w:.0f} W" if snap.tdp_w else "TDP unknown"
+            tdp = f"TDP {fmt_watts(snap.tdp_w)}" if snap.tdp_w else "TDP unknown"
             weights = ", synthetic weights" if snap.synthetic else ""
             self._line(snap, snap.started_ns or 0, f"run started: {snap.gpu_name or 'GPU'}{sim}, {tdp}{weights}")
         for mark in snap.timeline:

@@ -137,7 +137,7 @@ class PowerGraph(SnapshotView, Widget):
 
     def _gpu_lines(self, snap: Snapshot, g, width: int, height: int) -> list[Strip]:
         scale = g.tdp_w or (max(float(np.nanmax(g.power_w)), 1.0) if len(g.power_w) else 1.0)
-        tdp = f"  {fmt_percent(g.pct_tdp)} of {scale:.0f} W TDP" if g.tdp_w else "  TDP unknown"
+        tdp = f"  {fmt_percent(g.pct_tdp)} of {fmt_watts(scale)} TDP" if g.tdp_w else "  TDP unknown"
         lines = [Strip([Segment(f"GPU{g.index} {fmt_watts(g.latest_w)}", _BOLD), Segment(tdp)])]
         rows = max(1, height - 2)
         plot_w = max(1, width - GUTTER)
