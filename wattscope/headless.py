@@ -16,7 +16,7 @@ from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
 from wattscope import events as ev
-from wattscope.metrics import CV_LIMIT, RATIOS, common_decode_steps, precision_label
+from wattscope.metrics import CV_LIMIT, RATIOS, Ratio, common_decode_steps, decode_run, precision_label
 from wattscope.render import (
     PHASE_LABEL,
     config_line,
@@ -38,12 +38,14 @@ POLL_S = 0.5  # ~2 Hz
 
 def _result_line(row: ResultRow) -> str:
     """``prefill 4.736 J (5.13x), decode 135.724 J/32 tok (3.18x), 15.79 tok/s (0.15x)``"""
-    steps = common_decode_steps([row.figures.get("decode_steps")])
-    parts = []
-    for r, unit in zip(RATIOS, ("J", f"J/{steps} tok" if steps is not None else "J/run", "tok/s")):
-        value = fmt_marked(r.figure, row.figures.get(r.figure), r.figure in row.flagged)
-        parts.append(f"{value} {unit} ({fmt_ratio(row.ratios.get(r.name))})")
-    return f"prefill {parts[0]}, decode {parts[1]}, {parts[2]}"
+    run = decode_run(common_decode_steps([row.figures.get("decode_steps")]))
+
+    def part(ratio: Ratio, unit: str) -> str:
+        value = fmt_marked(ratio.figure, row.figures.get(ratio.figure), ratio.figure in row.flagged)
+        return f"{value} {unit} ({fmt_ratio(row.ratios.get(ratio.name))})"
+
+    prefill, decode, speed = RATIOS
+    return f"prefill {part(prefill, 'J')}, decode {part(decode, f'J/{run}')}, {part(speed, 'tok/s')}"
 
 
 # --------------------------------------------------------------------------- plain

@@ -172,8 +172,12 @@ def title(name: str, decode_steps: int | None = None, idle_subtracted: bool = Fa
     for r in RATIOS:
         if r.name == name:
             return r.title
-    per = "run" if decode_steps is None else f"{decode_steps} tok"
-    return FIGURES[name].title.format(per=per, sub=", idle-sub" if idle_subtracted else "")
+    return FIGURES[name].title.format(per=decode_run(decode_steps), sub=", idle-sub" if idle_subtracted else "")
+
+
+def decode_run(decode_steps: int | None) -> str:
+    """What one decode run is called: ``32 tok`` where its steps are known, else ``run``."""
+    return "run" if decode_steps is None else f"{decode_steps} tok"
 
 
 def common_decode_steps(values: Iterable[float | None]) -> int | None:
