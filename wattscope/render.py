@@ -44,7 +44,7 @@ PHASE_LABEL = {
     "cooldown": "cool-down",
 }
 # The figures of the seed's table, in its column order.
-SEED_FIGURES = ("prefill_energy_j", "decode_energy_j", "decode_tok_s")
+TABLE_FIGURES = ("prefill_energy_j", "decode_energy_j", "decode_tok_s")
 PCT_TDP_TITLES = ("Prefill %TDP", "Decode %TDP")
 
 
@@ -239,7 +239,7 @@ def results_grid(
     if weights:
         cols.append(("Weights", "l", lambda ln: ln.weights))
     first_figure = len(cols)
-    cols += [figure(name) for name in SEED_FIGURES]
+    cols += [figure(name) for name in TABLE_FIGURES]
     cols += [ratio(r.name, r.title) for r in RATIOS]
     if per_token:
         cols.append(figure("decode_energy_per_token_j"))
