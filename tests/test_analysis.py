@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import synthetic_run
-from wattscope import analysis
+from wattscope import analysis, metrics
 from wattscope.tables import TableError, read_table
 
 SEED_CSV = Path(__file__).parent / "data" / "seed_rtx_pro_6000.csv"
@@ -119,10 +119,10 @@ def test_synthetic_phases_table(synth, run):
     assert r["decode_speed_ratio"] == pytest.approx(int8 / fp16)
     failed = p.loc[("Qwen2-1.5B", 8, "NF4")]
     assert not failed["ok"] and failed["reason"] == "CUDA out of memory"
-    assert failed[["prefill_energy_j", "decode_energy_j", "decode_tok_s", *analysis.RATIOS]].isna().all()
+    assert failed[["prefill_energy_j", "decode_energy_j", "decode_tok_s", *metrics.RATIO_NAMES]].isna().all()
     orphan = p.loc[("Qwen2.5-3B", 1, "INT8")]
     assert orphan["prefill_energy_j"] == pytest.approx(6.5)
-    assert orphan[list(analysis.RATIOS)].isna().all()
+    assert orphan[list(metrics.RATIO_NAMES)].isna().all()
     assert any("Qwen2.5-3B batch 1: the FP16 baseline failed (model failed to load)" in w for w in synth.warnings)
     assert sum("CV above 3%" in w for w in synth.warnings) == 3
 
@@ -220,7 +220,7 @@ def test_missing_fp16_baseline_gives_blank_ratios_and_a_warning():
     a = analysis.analyze(Fake([row("m", 1, "int8", 2.0, 20.0, 10.0), row("m", 1, "nf4", 3.0, 30.0, 20.0),
                                row("m", 8, "fp16", 1.0, 10.0, 100.0), row("m", 8, "int8", 2.0, 25.0, 50.0)]))
     p = a.phases.set_index(["batch", "precision"])
-    assert p.loc[[(1, "INT8"), (1, "NF4")], list(analysis.RATIOS)].isna().all().all()
+    assert p.loc[[(1, "INT8"), (1, "NF4")], list(metrics.RATIO_NAMES)].isna().all().all()
     assert p.loc[(8, "INT8"), "decode_energy_ratio"] == 2.5
     assert a.warnings == ["source 1: m batch 1: no FP16 baseline; ratios are blank"]
     assert a.findings["quantised_rows"] == 1
@@ -321,7 +321,7 @@ configs = st.lists(
 def test_fp16_rows_have_ratio_exactly_one(cs):
     p = analysis.phases_table(Fake([row(*c) for c in cs]))
     fp16 = p[p["precision"] == "FP16"]
-    assert (fp16[list(analysis.RATIOS)] == 1.0).all().all()
+    assert (fp16[list(metrics.RATIO_NAMES)] == 1.0).all().all()
 
 
 @settings(max_examples=60, deadline=None)
@@ -330,7 +330,7 @@ def test_scaling_a_models_energies_changes_no_ratio(cs, k, model):
     before = analysis.phases_table(Fake([row(*c) for c in cs]))
     scaled = [(m, b, p, pe * k, de * k, tok) if m == model else (m, b, p, pe, de, tok) for m, b, p, pe, de, tok in cs]
     after = analysis.phases_table(Fake([row(*c) for c in scaled]))
-    for col in analysis.RATIOS:
+    for col in metrics.RATIO_NAMES:
         pd.testing.assert_series_equal(before[col], after[col], rtol=1e-12, check_exact=False)
     changed = after["model"] == model
     if changed.any():

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import synthetic_run
-from wattscope import analysis, export
+from wattscope import analysis, export, metrics
 
 HERE = Path(__file__).parent
 GOLDEN = HERE / "golden"
@@ -116,7 +116,7 @@ def test_json_shape_and_full_precision(sources):
     out = json.loads(export.export(sources["seed"], "json"))
     assert set(out) == {"phases", "power", "findings", "notes", "warnings"}
     first = out["phases"][1]
-    for col in (*analysis.INPUTS, *analysis.RATIOS):
+    for col in (*analysis.INPUTS, *metrics.RATIO_NAMES):
         assert col in first
     assert first["prefill_energy_ratio"] == 4.736 / 0.924  # full precision
     assert first["prefill_energy_cv"] is None  # NaN -> null
@@ -131,7 +131,7 @@ def test_csv_round_trips_full_precision(sources, tmp_path):
     path = tmp_path / "phases.csv"
     export.export(a, "csv", "phases", out_path=path)
     back = pd.read_csv(path, comment="#", keep_default_na=False, na_values=[""])
-    for col in ("prefill_energy_j", "decode_tok_s", *analysis.RATIOS):
+    for col in ("prefill_energy_j", "decode_tok_s", *metrics.RATIO_NAMES):
         pd.testing.assert_series_equal(back[col], a.phases[col], check_exact=True, check_names=False)
     trailing = path.read_text().splitlines()
     assert any(line.startswith("# notes: synthetic_run: GPU: Simulated H100") for line in trailing)

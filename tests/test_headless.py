@@ -9,6 +9,7 @@ from rich.console import Console
 
 from wattscope import events as ev
 from wattscope.headless import ProgressPrinter, live_panel, run_headless, run_live
+from wattscope.render import snapshot_markdown
 from wattscope.replay import MemoryRecording, ReplayController, synthetic_run
 from wattscope.state import RunState
 
@@ -108,4 +109,18 @@ def test_live_panel_shows_power_tdp_phase_and_table() -> None:
     watts = snap.gpu.latest_w
     assert 65 < watts < 69  # the synthetic INT8 decode draws 67 W (+-2 % ripple)
     assert f"GPU0 {watts:4.0f} W" in text and f"{100 * watts / 700:.0f}% TDP" in text
-    assert "Qwen2-1.5B  1  FP16  0.924  42.737  105.26  1.00x" in text
+    assert any("Qwen2-1.5B 1 FP16 0.924 42.737 105.26 1.00x" in " ".join(line.split()) for line in text.splitlines())
+
+
+def test_progress_line_names_the_decode_steps_of_the_row() -> None:
+    events = synthetic_run(configs=[("Qwen2-1.5B", 1, "fp16")])
+    events = [e if not isinstance(e, ev.ConfigResult)
+              else ev.ConfigResult(e.t_ns, e.config_id, e.model, e.batch, e.precision, e.synthetic, e.ok, e.reason,
+                                   {**e.figures, "decode_steps": 64.0})
+              for e in events]
+    state = RunState()
+    state.apply_all(events)
+    out = io.StringIO()
+    ProgressPrinter(out).update(state.snapshot(events[-1].t_ns))
+    assert "decode 42.737 J/64 tok (1.00x)" in out.getvalue()
+    assert "| Decode Energy / 64 tok (J) |" in snapshot_markdown(state.snapshot(events[-1].t_ns))

@@ -118,8 +118,66 @@ def test_idle_power_is_duration_weighted():
 
 
 def test_every_figure_is_documented_with_a_unit():
-    for name, (unit, meaning) in metrics.FIGURES.items():
-        assert unit and meaning, name
+    for name, fig in metrics.FIGURES.items():
+        assert fig.unit and fig.meaning, name
+    # Each figure with a CV names a figure that exists and a warning wording.
+    assert metrics.CV_OF == {"prefill_energy_j": "prefill_energy_cv", "decode_energy_j": "decode_energy_cv",
+                             "decode_tok_s": "decode_tok_s_cv"}
+    assert all(metrics.FIGURES[name].words for name in metrics.CV_OF)
+
+
+def test_ratio_rule_refuses_what_it_cannot_divide():
+    assert metrics.ratio(4.736, 0.924) == pytest.approx(5.1255, abs=1e-4)
+    for value, base in ((2.0, 0.0), (2.0, -1.0), (2.0, math.nan), (2.0, math.inf), (math.nan, 1.0),
+                        (math.inf, 1.0), (None, 1.0), (1.0, None)):
+        assert metrics.ratio(value, base) is None, (value, base)
+    r = metrics.ratios({"prefill_energy_j": 2.0, "decode_tok_s": 50.0},
+                       {"prefill_energy_j": 1.0, "decode_energy_j": 3.0, "decode_tok_s": 100.0})
+    assert r == {"prefill_energy_ratio": metrics.RatioValue(2.0), "decode_energy_ratio": None,
+                 "decode_speed_ratio": metrics.RatioValue(0.5)}
+    assert metrics.ratios({"decode_tok_s": 50.0}, None) == metrics.NO_RATIOS
+
+
+def test_cv_flags_above_the_limit_only():
+    figs = {"prefill_energy_cv": 0.031, "decode_energy_cv": 0.03, "decode_tok_s_cv": 0.2}
+    assert metrics.cv_flags(figs) == {"prefill_energy_j", "decode_tok_s"}
+    assert metrics.cv_flags({"decode_tok_s_cv": math.nan}) == frozenset()
+
+
+def test_titles_name_the_real_decode_steps():
+    assert metrics.title("decode_energy_j", 32) == "Decode Energy / 32 tok (J)"
+    assert metrics.title("decode_energy_j", 16, idle_subtracted=True) == "Decode Energy / 16 tok, idle-sub (J)"
+    assert metrics.title("decode_energy_j") == "Decode Energy / run (J)"
+    assert metrics.title("decode_speed_ratio") == "Decode Speed Ratio"
+    assert metrics.common_decode_steps([32.0, 32.0, math.nan, None]) == 32
+    assert metrics.common_decode_steps([32.0, 16.0]) is None
+    assert metrics.common_decode_steps([]) is None
+
+
+def test_rows_sort_by_model_appearance_batch_then_precision():
+    rows = [("B", 1, "nf4"), ("A", 8, "fp16"), ("B", 1, "FP16"), ("A", 1, "int8"), ("B", 1, "bf16"), ("A", 1, "xx")]
+    assert metrics.sorted_rows(rows, lambda r: r) == [
+        ("B", 1, "FP16"), ("B", 1, "bf16"), ("B", 1, "nf4"), ("A", 1, "int8"), ("A", 1, "xx"), ("A", 8, "fp16")]
+    # A given model order comes first; models it lacks follow in order of appearance.
+    assert [r[0] for r in metrics.sorted_rows(rows, lambda r: r, ["A"])] == ["A"] * 3 + ["B"] * 3
+    assert [metrics.precision_label(p) for p in ("fp16", "bf16", "int8", "nf4")] == ["FP16", "BF16", "INT8", "NF4"]
+
+
+def test_run_meta_reads_what_the_session_writes():
+    gpu = {"index": 1, "name": "NVIDIA H100", "driver_version": "580", "tdp_w": 700.0,
+           "refresh_s": {"power_w": 0.1, "energy_j": None}, "signal_sources": {"power_w": "field 186"},
+           "signals_absent": {"temp_c": "not supported"}}
+    m = metrics.run_meta({"gpu": gpu, "gpus": [gpu], "sampler": {"signal": "power_avg_w", "rate_hz": 100.0},
+                          "sweep": {"name": "seed"}, "simulated": False, "weights": "synthetic",
+                          "packages": {"bitsandbytes": "0.50.2"}})
+    assert (m.tdp_w, m.signal, m.sweep_name, m.weights, m.simulated) == (700.0, "power_avg_w", "seed", "synthetic", False)
+    g = m.gpu
+    assert (g.index, g.name, g.driver, g.refresh_ms("power_w"), g.refresh_ms("energy_j")) == (1, "NVIDIA H100", "580", 100.0, None)
+    assert m.packages["bitsandbytes"] == "0.50.2"
+    # Nothing recorded: unknown, never a guess from other keys.
+    empty = metrics.run_meta({"gpu": {"power_limit_default_w": 300, "refresh_ms": 50}})
+    assert (empty.tdp_w, empty.gpu.refresh_ms("power_w"), empty.signal, empty.sweep_name) == (None, None, "power_w", "")
+    assert metrics.run_meta({}).gpu is None
 
 
 window_specs = st.lists(

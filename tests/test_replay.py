@@ -128,7 +128,7 @@ def test_fast_mode_reports_non_sample_events(run_events) -> None:
     snap = rc.run_fast(lambda e, state: kinds.append(e.kind))
     assert "samples" not in kinds and kinds.count("config_result") == len(CONFIGS)
     assert snap.status == "completed"
-    assert [round(r.ratios.prefill_energy, 2) for r in snap.results] == [1.0, 5.13, 3.86, 1.0, 3.4]
+    assert [round(r.ratios["prefill_energy_ratio"].value, 2) for r in snap.results] == [1.0, 5.13, 3.86, 1.0, 3.4]
 
 
 def test_replays_a_real_recording_file(run_events, tmp_path) -> None:

@@ -10,16 +10,18 @@ import pytest
 
 from wattscope import events as ev
 from wattscope.replay import synthetic_run
+from wattscope.metrics import NO_RATIOS, RatioValue
 from wattscope.source import LiveSource
-from wattscope.state import MAX_RATE_HZ, Ratios, RunState, cv_flags, ratios
+from wattscope.state import MAX_RATE_HZ, RunState
 
 T0 = 1_000_000_000_000
 S = 1_000_000_000
 
 
 def _meta(tdp: float = 700.0) -> dict:
-    return {"gpu": {"name": "NVIDIA H100 80GB HBM3", "tdp_w": tdp, "index": 0, "refresh_ms": 100.0},
-            "simulated": True, "synthetic": False, "sweep": {"name": "t", "configs": [{}, {}, {}, {}]}}
+    # The keys the session writes (Session._describe).
+    return {"gpu": {"name": "NVIDIA H100 80GB HBM3", "tdp_w": tdp, "index": 0, "refresh_s": {"power_w": 0.1}},
+            "simulated": True, "weights": "real", "sweep": {"name": "t", "configs": [{}, {}, {}, {}]}}
 
 
 def _row(t: int, w: float, gpu: int = 0) -> tuple:
@@ -38,32 +40,19 @@ def test_ratios_against_fp16_of_same_model_and_batch() -> None:
     s.apply(ev.RunStarted(T0, _meta()))
     # INT8 arrives before its FP16 baseline: the ratio appears once the baseline does.
     s.apply(_result(T0 + 1, "int8", 4.736, 135.724, 15.79))
-    assert s.snapshot(T0 + 2).results[0].ratios == Ratios(None, None, None)
+    assert s.snapshot(T0 + 2).results[0].ratios == NO_RATIOS
     s.apply(_result(T0 + 3, "fp16", 0.924, 42.737, 105.26))
     s.apply(_result(T0 + 4, "fp16", 2.0, 50.0, 800.0, batch=8))
     rows = {(r.precision, r.batch): r for r in s.snapshot(T0 + 5).results}
     int8 = rows[("int8", 1)].ratios
-    assert int8.prefill_energy == pytest.approx(4.736 / 0.924)  # seed: 5.12x
-    assert int8.decode_energy == pytest.approx(135.724 / 42.737)  # 3.18x
-    assert int8.decode_speed == pytest.approx(15.79 / 105.26)  # 0.15x
-    assert rows[("fp16", 1)].ratios == Ratios(1.0, 1.0, 1.0)
+    assert int8["prefill_energy_ratio"].value == pytest.approx(4.736 / 0.924)  # seed: 5.12x
+    assert int8["decode_energy_ratio"].value == pytest.approx(135.724 / 42.737)  # 3.18x
+    assert int8["decode_speed_ratio"].value == pytest.approx(15.79 / 105.26)  # 0.15x
+    assert dict(rows[("fp16", 1)].ratios) == dict.fromkeys(NO_RATIOS, RatioValue(1.0))
     # Sorted like the seed: by model, batch, then fp16, bf16, int8, nf4.
     assert [(r.batch, r.precision) for r in s.snapshot(T0 + 5).results] == [(1, "fp16"), (1, "int8"), (8, "fp16")]
     assert rows[("fp16", 1)].prefill_pct_tdp == pytest.approx(20.0)
     assert rows[("fp16", 1)].decode_pct_tdp == pytest.approx(50.0)
-
-
-def test_ratio_function_edge_cases() -> None:
-    assert ratios({"prefill_energy_j": 2.0}, {"prefill_energy_j": 0.0}).prefill_energy is None
-    assert ratios({"decode_tok_s": 50.0}, None).decode_speed is None
-    assert ratios({"decode_tok_s": math.nan}, {"decode_tok_s": 100.0}).decode_speed is None
-    assert ratios({"decode_tok_s": 50.0}, {"decode_tok_s": 100.0}).decode_speed == 0.5
-
-
-def test_cv_flags_above_three_percent() -> None:
-    figs = {"prefill_energy_cv": 0.031, "decode_energy_cv": 0.03, "decode_tok_s_cv": 0.2}
-    assert cv_flags(figs) == {"prefill_energy_j", "decode_tok_s"}
-    assert cv_flags({}) == frozenset()
 
 
 def test_failed_rows_keep_their_reason() -> None:

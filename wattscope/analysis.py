@@ -12,37 +12,39 @@ and tests pass small fakes.
     a.findings    # computed observations, each with its sentence in findings["statements"]
     a.notes       # method notes per source
 
-Ratios compare a row with the FP16 row of the same source, model and batch. Findings
-are pooled over all rows given; ``compare`` keeps two sources apart.
+Ratios compare a row with the FP16 row of the same source, model and batch, by the
+ratio rule of ``wattscope.metrics`` (a ratio the rule refuses is NaN). Findings are
+pooled over all rows given; ``compare`` keeps two sources apart.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from wattscope.config import BASELINE_PRECISION, PRECISIONS, RunConfig
+from wattscope.config import QUANTISED, RunConfig
 from wattscope.errors import WattscopeError
+from wattscope.metrics import (
+    CV_OF,
+    RATIO_NAMES,
+    RATIOS,
+    is_baseline,
+    percent_of_tdp,
+    precision_label,
+    precision_rank,
+    ratio,
+    ratio_text,
+    run_meta,
+    sorted_rows,
+)
 
-QUANTISED = ("int8", "nf4")
-RATIOS = ("prefill_energy_ratio", "decode_energy_ratio", "decode_speed_ratio")
 INPUTS = ("model", "batch", "precision", "prefill_energy_j", "decode_energy_j", "decode_tok_s")
-CV_COLUMNS = ("prefill_energy_cv", "decode_energy_cv", "decode_tok_s_cv")
 LOW_POWER_FRACTION = 0.25
-
-
-def precision_label(p: str) -> str:
-    return str(p).upper()
-
-
-def _rank(label: str) -> int:
-    p = label.lower()
-    return PRECISIONS.index(p) if p in PRECISIONS else len(PRECISIONS)
 
 
 class SourceError(WattscopeError, ValueError):
@@ -136,8 +138,8 @@ def _weights(v: Any) -> str:
 
 
 def _tdp_w(src: Source) -> float:
-    tdp = (src.meta.get("gpu") or {}).get("tdp_w")
-    return float(tdp) if isinstance(tdp, (int, float)) and tdp > 0 else math.nan
+    tdp = run_meta(src.meta).tdp_w
+    return math.nan if tdp is None else tdp
 
 
 def _rows(src: Source, idle_subtracted: bool, warnings: list[str]) -> list[dict[str, Any]]:
@@ -172,9 +174,7 @@ def _rows(src: Source, idle_subtracted: bool, warnings: list[str]) -> list[dict[
             "decode_steps": _num(r, "decode_steps"),
             "prefill_power_w": _num(r, "prefill_power_w"),
             "decode_power_w": _num(r, "decode_power_w"),
-            "prefill_energy_cv": _num(r, "prefill_energy_cv"),
-            "decode_energy_cv": _num(r, "decode_energy_cv"),
-            "decode_tok_s_cv": _num(r, "decode_tok_s_cv"),
+            **{cv: _num(r, cv) for cv in CV_OF.values()},
         }
         if idle_subtracted:
             # Per-token energy follows the chosen energy: idle-subtracted run energy / tokens.
@@ -191,10 +191,10 @@ def _rows(src: Source, idle_subtracted: bool, warnings: list[str]) -> list[dict[
 
 def _add_ratios(df: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
     keys = ["source", "model_id", "batch"]
-    fp16 = df["precision"] == precision_label(BASELINE_PRECISION)
+    fp16 = df["precision"].map(is_baseline).astype(bool)
     for (source, _, batch), g in df.groupby(keys, sort=False):
         where = f"{source}: {g['model'].iloc[0]} batch {batch}"
-        base = g[g["precision"] == precision_label(BASELINE_PRECISION)]
+        base = g[fp16[g.index]]
         if base.empty:
             warnings.append(f"{where}: no FP16 baseline; ratios are blank")
         elif not base["ok"].iloc[0]:
@@ -202,39 +202,36 @@ def _add_ratios(df: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
         elif g.loc[g["ok"], "decode_steps"].dropna().nunique() > 1:
             steps = sorted(int(x) for x in g.loc[g["ok"], "decode_steps"].dropna().unique())
             warnings.append(f"{where}: decode runs have different step counts {steps}; compare decode energy per token instead")
-    cols = ["prefill_energy_j", "decode_energy_j", "decode_tok_s"]
+    cols = [r.figure for r in RATIOS]
     base = df.loc[fp16 & df["ok"], keys + cols].drop_duplicates(keys)
     b = df[keys + cols].merge(base, on=keys, how="left", suffixes=("", "_base"))
-    for ratio, col in zip(RATIOS, cols):
-        df[ratio] = (b[col] / b[f"{col}_base"]).to_numpy()
+    for r in RATIOS:
+        values = (ratio(v, v_base) for v, v_base in zip(b[r.figure], b[f"{r.figure}_base"]))
+        df[r.name] = [math.nan if v is None else v for v in values]
     return df
 
 
 _PHASE_ORDER = [
     "source", "model", "batch", "precision", "weights", "ok", "reason",
-    "prefill_energy_j", "decode_energy_j", "decode_tok_s", *RATIOS,
+    "prefill_energy_j", "decode_energy_j", "decode_tok_s", *RATIO_NAMES,
     "decode_energy_per_token_j", "decode_steps", "prefill_power_w", "decode_power_w", "tdp_w",
-    *CV_COLUMNS, "model_id",
+    *CV_OF.values(), "model_id",
 ]
 
 
 def _phases(srcs: list[Source], idle_subtracted: bool, warnings: list[str]) -> pd.DataFrame:
-    rows = [r for s in srcs for r in _rows(s, idle_subtracted, warnings)]
+    per_source = [_rows(s, idle_subtracted, warnings) for s in srcs]
+    # Sources in the order given; within each, models in their order across all sources.
+    models = list(dict.fromkeys(r["model_id"] for rows in per_source for r in rows))
+    rows = [
+        r for rows in per_source
+        for r in sorted_rows(rows, lambda r: (r["model_id"], r["batch"], r["precision"]), models)
+    ]
     df = pd.DataFrame(rows, columns=_PHASE_ORDER)
     if df.empty:
         return df
     df["batch"] = df["batch"].astype(int)
     df["ok"] = df["ok"].astype(bool)
-    source_rank = {s.label: i for i, s in enumerate(srcs)}
-    model_rank = {m: i for i, m in enumerate(dict.fromkeys(df["model_id"]))}
-    order = sorted(
-        df.index,
-        key=lambda i: (
-            source_rank[df.at[i, "source"]], model_rank[df.at[i, "model_id"]],
-            df.at[i, "batch"], _rank(df.at[i, "precision"]),
-        ),
-    )
-    df = df.loc[order].reset_index(drop=True)
     return _add_ratios(df, warnings)[_PHASE_ORDER]
 
 
@@ -267,7 +264,7 @@ def _power(phases: pd.DataFrame) -> pd.DataFrame:
         row["tdp_w"] = float(tdps[0]) if len(tdps) == 1 else math.nan
         for phase in ("prefill", "decode"):
             w = g[f"{phase}_power_w"]
-            pct = w / g["tdp_w"] * 100
+            pct = pd.Series([percent_of_tdp(v, t) for v, t in zip(w, g["tdp_w"])], dtype=float)
             row[f"{phase}_power_min_w"] = w.min()
             row[f"{phase}_power_max_w"] = w.max()
             row[f"{phase}_tdp_min_pct"] = pct.min()
@@ -275,7 +272,7 @@ def _power(phases: pd.DataFrame) -> pd.DataFrame:
         out.append(row)
     df = pd.DataFrame(out, columns=_POWER_ORDER)
     if not df.empty:
-        df["_r"] = [_rank(p) for p in df["precision"]]
+        df["_r"] = [precision_rank(p) for p in df["precision"]]
         src_rank = {s: i for i, s in enumerate(dict.fromkeys(phases["source"]))}
         df["_s"] = [src_rank[s] for s in df["source"]]
         df = df.sort_values(["_s", "_r"], kind="stable").drop(columns=["_r", "_s"]).reset_index(drop=True)
@@ -294,21 +291,18 @@ def _range(values: Iterable[float]) -> list[float] | None:
     return [min(v), max(v)] if v else None
 
 
-def _x(v: float) -> str:
-    return f"{v:.2f}x"
-
-
 def _x_range(lo: float, hi: float, pct: bool = False) -> str:
     """'0.14x to 0.16x', or one value where both print the same; with pct, also as % of FP16."""
-    same = f"{lo:.2f}" == f"{hi:.2f}"
-    text = _x(lo) if same else f"{_x(lo)} to {_x(hi)}"
+    same = ratio_text(lo) == ratio_text(hi)
+    text = ratio_text(lo) if same else f"{ratio_text(lo)} to {ratio_text(hi)}"
     if pct:
         text += f" ({lo:.0%} of FP16 tok/s)" if same else f" ({lo:.0%} to {hi:.0%} of FP16 tok/s)"
     return text
 
 
 def _spread(lo: float, hi: float) -> str:
-    return f"are all {_x(lo)}" if f"{lo:.2f}" == f"{hi:.2f}" else f"range from {_x(lo)} to {_x(hi)}"
+    same = ratio_text(lo) == ratio_text(hi)
+    return f"are all {ratio_text(lo)}" if same else f"range from {ratio_text(lo)} to {ratio_text(hi)}"
 
 
 def _where(r: pd.Series, multi: bool) -> str:
@@ -346,7 +340,7 @@ def findings(
     f["decode_ratio_range"] = _range(q["decode_energy_ratio"]) if len(q) else None
     if len(q):
         (plo, phi), (dlo, dhi) = f["prefill_ratio_range"], f["decode_ratio_range"]
-        precs = ", ".join(dict.fromkeys(sorted(q["precision"], key=_rank)))
+        precs = ", ".join(dict.fromkeys(sorted(q["precision"], key=precision_rank)))
         st["ratio_ranges"] = (
             f"Across the {len(q)} quantised configurations measured ({precs}), prefill energy ratios "
             f"to FP16 {_spread(plo, phi)}, and decode energy ratios {_spread(dlo, dhi)}."
@@ -368,7 +362,7 @@ def findings(
         )
     elif len(q):
         listed = "; ".join(
-            f"{_where(pd.Series(e), multi)} (prefill {_x(e['prefill_energy_ratio'])}, decode {_x(e['decode_energy_ratio'])})"
+            f"{_where(pd.Series(e), multi)} (prefill {ratio_text(e['prefill_energy_ratio'])}, decode {ratio_text(e['decode_energy_ratio'])})"
             for e in exceptions
         )
         st["prefill_exceeds_decode"] = (
@@ -388,12 +382,12 @@ def findings(
             "of the same model and batch in either phase."
         )
     elif crossovers:
-        listed = "; ".join(f"{_where(pd.Series(c), multi)} {c['phase']} ({_x(c['ratio'])})" for c in crossovers)
+        listed = "; ".join(f"{_where(pd.Series(c), multi)} {c['phase']} ({ratio_text(c['ratio'])})" for c in crossovers)
         st["crossovers"] = f"Energy crossovers (less energy than FP16 of the same model and batch): {listed}."
 
     speed: dict[str, list[float]] = {}
-    non_fp16 = usable[usable["precision"] != precision_label(BASELINE_PRECISION)] if not usable.empty else usable
-    for prec in sorted(dict.fromkeys(non_fp16["precision"]) if len(non_fp16) else [], key=_rank):
+    non_fp16 = usable[~usable["precision"].map(is_baseline).astype(bool)] if not usable.empty else usable
+    for prec in sorted(dict.fromkeys(non_fp16["precision"]) if len(non_fp16) else [], key=precision_rank):
         rng = _range(non_fp16.loc[non_fp16["precision"] == prec, "decode_speed_ratio"])
         if rng:
             speed[prec] = rng
@@ -408,7 +402,7 @@ def findings(
     assessed = False
     for _, r in power.iterrows():
         pcts = [r["prefill_tdp_max_pct"], r["decode_tdp_max_pct"]]
-        if any(math.isnan(p) for p in pcts) or r["precision"] == precision_label(BASELINE_PRECISION):
+        if any(math.isnan(p) for p in pcts) or is_baseline(r["precision"]):
             continue
         sel = non_fp16[(non_fp16["source"] == r["source"]) & (non_fp16["precision"] == r["precision"])]
         rng = _range(sel["decode_speed_ratio"])
@@ -435,18 +429,7 @@ def findings(
 # ------------------------------------------------------------------------------ notes
 
 
-def _get(d: dict[str, Any], *paths: str) -> Any:
-    """The first value found at any of the dotted paths (meta layouts may grow)."""
-    for path in paths:
-        v: Any = d
-        for key in path.split("."):
-            v = v.get(key) if isinstance(v, dict) else None
-        if v not in (None, "", {}, []):
-            return v
-    return None
-
-
-def _fmt_items(d: dict[str, Any]) -> str:
+def _fmt_items(d: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in d.items())
 
 
@@ -492,35 +475,30 @@ def method_notes(src: Source) -> dict[str, str]:
         notes["weights"] = "not stated"
         return notes
 
-    gpu = meta.get("gpu") or {}
-    sweep = meta.get("sweep") or {}
-    protocol = sweep.get("protocol") or {}
+    run = run_meta(meta)
+    gpu = run.gpu
+    protocol = run.sweep.get("protocol") or {}
     notes = {"source": f"recording {Path(getattr(src.data, 'path', None) or src.label).name}"}
-    if meta.get("simulated"):
+    if run.simulated:
         notes["simulated"] = "simulated GPU: a demo of the pipeline, the numbers are not measurements"
     status = meta.get("status")
     if status and status != "completed":
         notes["status"] = f"run {status}" + (f" ({meta['end_reason']})" if meta.get("end_reason") else "")
-    notes["GPU"] = str(_get(gpu, "name") or "not recorded")
-    notes["driver"] = str(_get(gpu, "driver_version") or "not recorded")
-    tdp = _tdp_w(src)
-    notes["TDP"] = "not recorded" if math.isnan(tdp) else f"{tdp:.0f} W (default power limit)"
-    notes["energy signal"] = str(_get(meta, "energy_signal") or "energy counter read at both edges of each window")
-    sources = _get(gpu, "signal_sources")
-    if isinstance(sources, dict):
-        notes["signals"] = _fmt_items(sources)
-    absent = _get(gpu, "signals_absent")
-    if isinstance(absent, dict):
-        notes["absent signals"] = "; ".join(f"{k} ({v})" for k, v in absent.items())
-    refresh = _get(gpu, "refresh_s")
-    if isinstance(refresh, dict):
+    notes["GPU"] = (gpu.name if gpu else "") or "not recorded"
+    notes["driver"] = (gpu.driver if gpu else "") or "not recorded"
+    notes["TDP"] = "not recorded" if run.tdp_w is None else f"{run.tdp_w:.0f} W (default power limit)"
+    notes["energy signal"] = run.energy_signal or "energy counter read at both edges of each window"
+    if gpu and gpu.signal_sources:
+        notes["signals"] = _fmt_items(gpu.signal_sources)
+    if gpu and gpu.signals_absent:
+        notes["absent signals"] = "; ".join(f"{k} ({v})" for k, v in gpu.signals_absent.items())
+    if gpu and gpu.refresh_s:
         notes["sensor refresh"] = ", ".join(
-            f"{k} {v * 1000:.0f} ms" if isinstance(v, (int, float)) else f"{k} not measured"
-            for k, v in refresh.items()
+            f"{k} not measured" if (ms := gpu.refresh_ms(k)) is None else f"{k} {ms:.0f} ms" for k in gpu.refresh_s
         )
     else:
         notes["sensor refresh"] = "not recorded"
-    sampler = meta.get("sampler") or sweep.get("sampler") or {}
+    sampler = run.sampler
     if sampler:
         notes["sampler"] = f"{sampler.get('rate_hz', '?')} Hz power, energy counter at {sampler.get('energy_hz', '?')} Hz"
     notes["windows"] = _window_lengths(src.windows) or "not recorded"
@@ -531,8 +509,8 @@ def method_notes(src: Source) -> dict[str, str]:
             f"{protocol.get('min_window_s', '?')} s"
         )
     notes["weights"] = _weights_note(src.results)
-    bnb = sweep.get("bitsandbytes") or {}
-    packages = meta.get("packages") or {}
+    bnb = run.sweep.get("bitsandbytes") or {}
+    packages = run.packages
     if bnb or packages.get("bitsandbytes"):
         version = packages.get("bitsandbytes")
         notes["bitsandbytes"] = ", ".join(
@@ -549,10 +527,11 @@ def _stack(srcs: list[Source]) -> str:
         if s.kind == "table":
             parts.append(f"{s.label}: imported table, method unknown")
             continue
-        gpu = _get(s.meta, "gpu.name") or "unknown GPU"
-        bnb = _get(s.meta, "packages.bitsandbytes")
+        run = run_meta(s.meta)
+        gpu = (run.gpu.name if run.gpu else "") or "unknown GPU"
+        bnb = run.packages.get("bitsandbytes")
         desc = f"{gpu}" + (f", bitsandbytes {bnb}" if bnb else "")
-        if s.meta.get("simulated"):
+        if run.simulated:
             desc += ", simulated"
         parts.append(desc if len(srcs) == 1 else f"{s.label}: {desc}")
     return "; ".join(parts)
@@ -702,20 +681,19 @@ def compare(a: Any, b: Any, *, idle_subtracted: bool = False) -> Comparison:
     if la == lb:
         la, lb = f"{la} (A)", f"{lb} (B)"
     key = ["model", "batch", "precision"]
-    cols = key + list(RATIOS)
+    cols = key + list(RATIO_NAMES)
     left = aa.phases[cols] if not aa.phases.empty else pd.DataFrame(columns=cols)
     right = bb.phases[cols] if not bb.phases.empty else pd.DataFrame(columns=cols)
     left, right = left.drop_duplicates(key), right.drop_duplicates(key)
     t = left.merge(right, on=key, how="outer", suffixes=("_a", "_b"), indicator=True, sort=False)
     t["present"] = t.pop("_merge").map({"both": "both", "left_only": "A only", "right_only": "B only"}).astype(str)
-    for r in RATIOS:
+    for r in RATIO_NAMES:
         t[f"{r}_delta"] = t[f"{r}_b"] - t[f"{r}_a"]
-    order = key + [f"{r}_{s}" for r in RATIOS for s in ("a", "b", "delta")] + ["present"]
+    order = key + [f"{r}_{s}" for r in RATIO_NAMES for s in ("a", "b", "delta")] + ["present"]
     t = t[order]
-    t["_r"] = [_rank(p) for p in t["precision"]]
-    model_rank = {m: i for i, m in enumerate(dict.fromkeys(list(left["model"]) + list(right["model"])))}
-    t["_m"] = [model_rank[m] for m in t["model"]]
-    t = t.sort_values(["_m", "batch", "_r"], kind="stable").drop(columns=["_m", "_r"]).reset_index(drop=True)
+    rows = sorted_rows(t.index, lambda i: (t.at[i, "model"], t.at[i, "batch"], t.at[i, "precision"]),
+                       [*left["model"], *right["model"]])
+    t = t.loc[rows].reset_index(drop=True)
     sa, sb = _summary(aa.findings), _summary(bb.findings)
     diffs = [{"finding": k, "a": sa[k], "b": sb[k]} for k in sa if sa[k] != sb[k]]
     return Comparison(aa, bb, (la, lb), t, diffs)

@@ -16,8 +16,11 @@ from typing import Any
 from wattscope.architectures import ARCHITECTURES
 from wattscope.errors import WattscopeError
 
+# The precisions a sweep may ask for, in the order every table lists them; the ratios
+# divide by the baseline's row; the quantised ones load through bitsandbytes.
 PRECISIONS = ("fp16", "bf16", "int8", "nf4")
 BASELINE_PRECISION = "fp16"
+QUANTISED = ("int8", "nf4")
 PRECISION_ORDERS = ("fp16-first", "as-listed", "random")
 # Decode engines: "eager" is the transformers forward loop with a dynamic KV cache (the
 # seed study's stack); "graphs" a static KV cache with each decode step replayed from a

@@ -29,8 +29,20 @@ from typing import Any, BinaryIO
 
 import pandas as pd
 
-from wattscope.analysis import RATIOS, Analysis, Comparison, analyze, compare, open_source
+from wattscope.analysis import Analysis, Comparison, analyze, compare, open_source
 from wattscope.errors import WattscopeError
+from wattscope.metrics import FIGURES, RATIO_NAMES, RATIOS, title
+from wattscope.render import (
+    Grid,
+    ResultLine,
+    fmt_delta,
+    fmt_fixed,
+    fmt_ratio,
+    fmt_span,
+    markdown_table,
+    results_grid,
+    text_table,
+)
 
 FORMATS = ("md", "csv", "json", "parquet", "latex")
 TABLES = ("phases", "power", "findings", "crosscheck", "all")
@@ -117,99 +129,42 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- display (md, latex)
 
 
-def _fixed(v: Any, digits: int) -> str:
-    return "" if v is None or pd.isna(v) else f"{float(v):.{digits}f}"
-
-
-def _ratio(v: Any) -> str:
-    return "" if v is None or pd.isna(v) else f"{float(v):.2f}x"
-
-
-def _pct(v: Any) -> str:
-    return "" if v is None or pd.isna(v) else f"{float(v) * 100:.1f}%"
-
-
-def _span(lo: Any, hi: Any, unit: str = "") -> str:
-    if pd.isna(lo) or pd.isna(hi):
-        return ""
-    a, b = f"{lo:.0f}", f"{hi:.0f}"
-    return f"{a}{unit}" if a == b else f"{a}-{b}{unit}"
-
-
-Display = tuple[list[str], list[list[str]], str]  # headers, rows, column alignment (l/r per column)
-
-
-def _phases_display(a: Analysis, per_token: bool, cv: bool) -> Display:
+def _phases_display(a: Analysis, per_token: bool, cv: bool) -> Grid:
     df = a.phases
-    multi = df["source"].nunique() > 1
-    ok_steps = df.loc[df["ok"], "decode_steps"].dropna().unique()
-    per = f"{int(ok_steps[0])} tok" if len(ok_steps) == 1 else "run"
-    sub = ", idle-sub" if a.options.get("idle_subtracted") else ""
-    show_weights = (df["weights"] == "synthetic").any()
-    notes = []
-    for _, r in df.iterrows():
-        if not r["ok"]:
-            notes.append(f"failed: {r['reason']}")
-        elif r["precision"] != "FP16" and pd.isna(r["prefill_energy_ratio"]):
-            notes.append("no FP16 baseline")
-        else:
-            notes.append("")
-    cols: list[tuple[str, str, Callable[[pd.Series], str]]] = []
-    if multi:
-        cols.append(("Source", "l", lambda r: r["source"]))
-    cols += [
-        ("Model", "l", lambda r: r["model"]),
-        ("Batch", "r", lambda r: str(r["batch"])),
-        ("Precision", "l", lambda r: r["precision"]),
+    lines = [
+        ResultLine(
+            model=r["model"], batch=int(r["batch"]), precision=r["precision"], ok=bool(r["ok"]),
+            figures={k: r[k] for k in FIGURES if k in r.index}, ratios={k: r[k] for k in RATIO_NAMES},
+            reason=r["reason"], source=r["source"], weights=r["weights"],
+        )
+        for _, r in df.iterrows()
     ]
-    if show_weights:
-        cols.append(("Weights", "l", lambda r: r["weights"]))
-    cols += [
-        (f"Prefill Energy / Call{sub} (J)", "r", lambda r: _fixed(r["prefill_energy_j"], 3)),
-        (f"Decode Energy / {per}{sub} (J)", "r", lambda r: _fixed(r["decode_energy_j"], 3)),
-        ("Decode tok/s", "r", lambda r: _fixed(r["decode_tok_s"], 2)),
-        ("Prefill Energy Ratio", "r", lambda r: _ratio(r["prefill_energy_ratio"])),
-        ("Decode Energy Ratio", "r", lambda r: _ratio(r["decode_energy_ratio"])),
-        ("Decode Speed Ratio", "r", lambda r: _ratio(r["decode_speed_ratio"])),
-    ]
-    if per_token:
-        cols.append((f"Decode Energy / tok{sub} (J)", "r", lambda r: _fixed(r["decode_energy_per_token_j"], 4)))
-    if cv:
-        cols += [
-            ("Prefill Energy CV", "r", lambda r: _pct(r["prefill_energy_cv"])),
-            ("Decode Energy CV", "r", lambda r: _pct(r["decode_energy_cv"])),
-            ("Decode tok/s CV", "r", lambda r: _pct(r["decode_tok_s_cv"])),
-        ]
-    rows = [[f(r) for _, _, f in cols] for _, r in df.iterrows()]
-    headers = [h for h, _, _ in cols]
-    align = "".join(al for _, al, _ in cols)
-    if any(notes):
-        headers.append("Note")
-        align += "l"
-        rows = [row + [n] for row, n in zip(rows, notes)]
-    return headers, rows, align
+    return results_grid(
+        lines, idle_subtracted=bool(a.options.get("idle_subtracted")), source=df["source"].nunique() > 1,
+        weights=bool((df["weights"] == "synthetic").any()), per_token=per_token, cv=cv, notes=True, missing="",
+    )
 
 
-def _power_display(a: Analysis) -> Display:
+def _power_display(a: Analysis) -> Grid:
     df = a.power
     multi = df["source"].nunique() > 1
     tdps = df["tdp_w"].dropna().unique()
     of = f"% of {tdps[0]:.0f}W TDP" if len(tdps) == 1 and not df["tdp_w"].isna().any() else "% of TDP"
-    headers = (["Source"] if multi else []) + ["Precision", "Prefill Power (W)", of, "Decode Power (W)", of]
+    headers = (["Source"] if multi else []) + ["Precision", title("prefill_power_w"), of, title("decode_power_w"), of]
     rows = [
         ([r["source"]] if multi else []) + [
             r["precision"],
-            _span(r["prefill_power_min_w"], r["prefill_power_max_w"]),
-            _span(r["prefill_tdp_min_pct"], r["prefill_tdp_max_pct"], "%"),
-            _span(r["decode_power_min_w"], r["decode_power_max_w"]),
-            _span(r["decode_tdp_min_pct"], r["decode_tdp_max_pct"], "%"),
+            fmt_span(r["prefill_power_min_w"], r["prefill_power_max_w"]),
+            fmt_span(r["prefill_tdp_min_pct"], r["prefill_tdp_max_pct"], "%"),
+            fmt_span(r["decode_power_min_w"], r["decode_power_max_w"]),
+            fmt_span(r["decode_tdp_min_pct"], r["decode_tdp_max_pct"], "%"),
         ]
         for _, r in df.iterrows()
     ]
-    return headers, rows, ("l" if multi else "") + "lrrrr"
+    return Grid(headers, rows, ("l" if multi else "") + "lrrrr")
 
 
-def _crosscheck_display(a: Analysis) -> Display:
+def _crosscheck_display(a: Analysis) -> Grid:
     df = a.crosscheck
     multi = df["source"].nunique() > 1
     headers = (["Source"] if multi else []) + [
@@ -221,12 +176,12 @@ def _crosscheck_display(a: Analysis) -> Display:
             "" if pd.isna(r["batch"]) else str(int(r["batch"])),
             "" if pd.isna(r["precision"]) else r["precision"],
             r["phase"], str(int(r["windows"])),
-            _fixed(r["counter_j"], 3), _fixed(r["integrated_j"], 3),
+            fmt_fixed(r["counter_j"], 3, ""), fmt_fixed(r["integrated_j"], 3, ""),
             "" if pd.isna(r["difference_pct"]) else f"{r['difference_pct']:+.1f}%",
         ]
         for _, r in df.iterrows()
     ]
-    return headers, rows, ("l" if multi else "") + "lrllrrrr"
+    return Grid(headers, rows, ("l" if multi else "") + "lrllrrrr")
 
 
 _EMPTY = {
@@ -236,7 +191,7 @@ _EMPTY = {
 }
 
 
-def _display(a: Analysis, table: str, per_token: bool, cv: bool) -> Display | None:
+def _display(a: Analysis, table: str, per_token: bool, cv: bool) -> Grid | None:
     if _frame(a, table).empty:
         return None
     if table == "phases":
@@ -247,17 +202,6 @@ def _display(a: Analysis, table: str, per_token: bool, cv: bool) -> Display | No
 
 
 # ------------------------------------------------------------------------- markdown
-
-
-def _md_cell(s: str) -> str:
-    return s.replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(d: Display) -> str:
-    headers, rows, align = d
-    lines = ["| " + " | ".join(map(_md_cell, headers)) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _md_notes(a: Analysis) -> str:
@@ -278,7 +222,7 @@ def _to_md(a: Analysis, tables: list[str], per_token: bool, cv: bool) -> str:
             body = "\n".join(f"- {s}" for s in a.findings["statements"].values())
         else:
             d = _display(a, t, per_token, cv)
-            body = _md_table(d) if d else f"_{_EMPTY[t]}_"
+            body = markdown_table(d) if d else f"_{_EMPTY[t]}_"
         parts.append(f"## {_TITLES[t]}\n\n{body}")
     parts.append(_md_notes(a))
     return "\n\n".join(parts) + "\n"
@@ -298,8 +242,8 @@ def _tex(s: str) -> str:
     return s[:-1] + r"$\times$" if s[:-1].replace(".", "", 1).isdigit() and s.endswith("x") else s
 
 
-def _tex_table(d: Display, caption: str) -> str:
-    headers, rows, align = d
+def _tex_table(d: Grid, caption: str) -> str:
+    headers, rows, align = d.headers, d.rows, d.align
     lines = [
         r"\begin{table}[ht]", r"\centering", rf"\caption{{{_tex(caption)}}}",
         rf"\begin{{tabular}}{{{align}}}", r"\toprule",
@@ -468,20 +412,17 @@ def _parquet_writer(t: Any) -> Callable[[BinaryIO], None]:
 # -------------------------------------------------------------------------- compare
 
 
-def _cmp_display(c: Comparison) -> Display:
-    names = {"prefill_energy_ratio": "Prefill", "decode_energy_ratio": "Decode", "decode_speed_ratio": "Speed"}
+def _cmp_display(c: Comparison) -> Grid:
     headers = ["Model", "Batch", "Precision"]
-    for r in RATIOS:
-        headers += [f"{names[r]} A", f"{names[r]} B", f"{names[r]} B-A"]
+    for ratio in RATIOS:
+        headers += [f"{ratio.short} A", f"{ratio.short} B", f"{ratio.short} B-A"]
     rows = []
     for _, r in c.table.iterrows():
         row = [r["model"], str(int(r["batch"])), r["precision"]]
-        for ratio in RATIOS:
-            d = r[f"{ratio}_delta"]
-            # round first so a tiny negative difference prints +0.00, not -0.00
-            row += [_ratio(r[f"{ratio}_a"]), _ratio(r[f"{ratio}_b"]), "" if pd.isna(d) else f"{round(d, 2) + 0.0:+.2f}"]
+        for name in RATIO_NAMES:
+            row += [fmt_ratio(r[f"{name}_a"], ""), fmt_ratio(r[f"{name}_b"], ""), fmt_delta(r[f"{name}_delta"], "")]
         rows.append(row)
-    return headers, rows, "lrl" + "rrr" * len(RATIOS)
+    return Grid(headers, rows, "lrl" + "rrr" * len(RATIOS))
 
 
 def _cmp_value(v: Any) -> str:
@@ -490,22 +431,12 @@ def _cmp_value(v: Any) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, list) and len(v) == 2 and all(isinstance(x, float) for x in v):
-        return f"{v[0]:.2f}x-{v[1]:.2f}x"
+        return f"{fmt_ratio(v[0])}-{fmt_ratio(v[1])}"
     if isinstance(v, list):
         return ", ".join(map(str, v)) or "none"
     if isinstance(v, dict):
         return "; ".join(f"{k} {_cmp_value(x)}" for k, x in v.items()) or "none"
     return str(v)
-
-
-def _text_table(d: Display) -> str:
-    headers, rows, align = d
-    widths = [max(len(x) for x in col) for col in zip(headers, *rows)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if al == "l" else c.rjust(w) for c, w, al in zip(cells, widths, align)).rstrip()
-
-    return "\n".join([line(headers), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
 
 
 def format_compare(a: Any, b: Any = None, fmt: str = "md") -> str:
@@ -523,7 +454,7 @@ def format_compare(a: Any, b: Any = None, fmt: str = "md") -> str:
             indent=2, allow_nan=False,
         ) + "\n"
     d = _cmp_display(c)
-    table = _md_table(d) if fmt == "md" else _text_table(d)
+    table = markdown_table(d) if fmt == "md" else text_table(d)
     if c.differences:
         diffs = [f"- {x['finding']}: A {_cmp_value(x['a'])}; B {_cmp_value(x['b'])}" for x in c.differences]
     else:

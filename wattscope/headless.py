@@ -1,161 +1,52 @@
 """Show a run without the TUI: a rich Live panel on a terminal, plain progress lines
 otherwise (one per phase change, result and warning, flushed, so CI logs show
-progress), and the final ratio table at the end. Works from a live session
+progress), and the final results table at the end. Works from a live session
 (``source.LiveSource``) or a replay (``replay.ReplayController``, fed in fast mode).
-
-The formatting helpers here (figures, ratios, the ratio table) are shared with the TUI.
+Numbers and the results table come from ``wattscope.render``, as in the TUI and the
+exports.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 import time
-from typing import IO, Any, Iterable
+from typing import IO, Any
 
 from rich.console import Console, Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from wattscope import events as ev
+from wattscope.metrics import CV_LIMIT, RATIOS, Ratio, common_decode_steps, decode_run, precision_label
+from wattscope.render import (
+    PHASE_LABEL,
+    config_line,
+    config_number,
+    fmt_duration,
+    fmt_marked,
+    fmt_percent,
+    fmt_ratio,
+    fmt_watts,
+    phase_line,
+    results_table,
+    snapshot_markdown,
+    table_note,
+)
 from wattscope.source import LiveSource, ReplayControls, RunSource
-from wattscope.state import CV_LIMIT, ENDED, ResultRow, RunState, Snapshot
+from wattscope.state import ENDED, ResultRow, RunState, Snapshot
 
 POLL_S = 0.5  # ~2 Hz
-CV_MARK = "*"
-PRECISION_LABEL = {"fp16": "FP16", "bf16": "BF16", "int8": "INT8", "nf4": "NF4"}
-PHASE_LABEL = {
-    "idle": "idle",
-    "load": "load",
-    "warmup": "warm-up",
-    "prefill": "prefill",
-    "decode": "decode",
-    "cooldown": "cool-down",
-}
 
 
-# --------------------------------------------------------------------------- format
+def _result_line(row: ResultRow) -> str:
+    """``prefill 4.736 J (5.13x), decode 135.724 J/32 tok (3.18x), 15.79 tok/s (0.15x)``"""
+    run = decode_run(common_decode_steps([row.figures.get("decode_steps")]))
 
+    def part(ratio: Ratio, unit: str) -> str:
+        value = fmt_marked(ratio.figure, row.figures.get(ratio.figure), ratio.figure in row.flagged)
+        return f"{value} {unit} ({fmt_ratio(row.ratios.get(ratio.name))})"
 
-def fmt_num(v: float | None, digits: int) -> str:
-    return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
-
-
-def fmt_ratio(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}x"
-
-
-def fmt_watts(v: float | None) -> str:
-    return "--- W" if v is None else f"{v:.0f} W"
-
-
-def fmt_pct(v: float | None) -> str:
-    return "--%" if v is None else f"{v:.0f}%"
-
-
-def fmt_duration(s: float | None) -> str:
-    if s is None:
-        return "--:--"
-    s = int(round(s))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
-
-
-def precision_label(p: str) -> str:
-    return PRECISION_LABEL.get(p, p.upper())
-
-
-def config_line(snap: Snapshot) -> str:
-    c = snap.config
-    if c is None:
-        return "no configuration yet"
-    kind = "synthetic" if c.synthetic else "real"
-    return f"{c.label} b{c.batch} {precision_label(c.precision)} ({kind})"
-
-
-def config_number(snap: Snapshot) -> int:
-    """1-based number of the configuration shown (the one running, or the last)."""
-    return snap.config.index + 1 if snap.config is not None else 0
-
-
-def phase_line(snap: Snapshot) -> str:
-    phase = PHASE_LABEL.get(snap.phase or "", snap.phase or "-")
-    rep = ""
-    if snap.repeat is not None and snap.config is not None:
-        rep = f" r{snap.repeat}/{snap.config.repeats}"
-    return f"{phase}{rep}"
-
-
-def _fig(row: ResultRow, name: str, digits: int) -> str:
-    mark = CV_MARK if name in row.flagged else ""
-    return fmt_num(row.figures.get(name), digits) + mark
-
-
-COLUMNS = (
-    "Model", "Batch", "Precision", "Prefill J/call", "Decode J/32 tok", "Decode tok/s",
-    "Prefill ratio", "Decode ratio", "Speed ratio",
-)
-COLUMNS_TDP = ("Prefill %TDP", "Decode %TDP")
-
-
-def row_cells(row: ResultRow, with_tdp: bool = False) -> list[str]:
-    head = [row.model, str(row.batch), precision_label(row.precision)]
-    if not row.ok:
-        # The reason goes under the table (table_note): in a cell it would widen a column.
-        return head + ["failed"] + ["-"] * (7 if with_tdp else 5)
-    cells = head + [
-        _fig(row, "prefill_energy_j", 3),
-        _fig(row, "decode_energy_j", 3),
-        _fig(row, "decode_tok_s", 2),
-        fmt_ratio(row.ratios.prefill_energy),
-        fmt_ratio(row.ratios.decode_energy),
-        fmt_ratio(row.ratios.decode_speed),
-    ]
-    if with_tdp:
-        cells += [fmt_pct(row.prefill_pct_tdp), fmt_pct(row.decode_pct_tdp)]
-    return cells
-
-
-def ratio_table(snap: Snapshot, width: int = 80, compact: bool = False) -> Table:
-    """The seed's table with ratios to FP16, filling in as results arrive. Failed rows
-    give their reason; figures whose repeats vary by more than 3 % carry a mark."""
-    compact = compact or width < 125
-    with_tdp = width >= (78 if compact else 145)
-    names = COLUMNS + (COLUMNS_TDP if with_tdp else ())
-    if compact:
-        names = ("Model", "B", "Prec", "Pre J", "Dec J", "tok/s", "Pre×", "Dec×", "Spd×") + (
-            ("Pre%", "Dec%") if with_tdp else ()
-        )
-    table = Table(box=None, pad_edge=False, padding=(0, 1), expand=False, show_edge=False)
-    for i, name in enumerate(names):
-        table.add_column(name, justify="left" if i in (0, 2) else "right", no_wrap=True,
-                         overflow="ellipsis", style="bold" if i == 0 else None)
-    for row in snap.results:
-        cells = row_cells(row, with_tdp)
-        style = "red" if not row.ok else ("yellow" if row.flagged else None)
-        table.add_row(*cells, style=style)
-    return table
-
-
-def failure_lines(rows: Iterable[ResultRow]) -> list[str]:
-    return [
-        f"failed {r.model} b{r.batch} {precision_label(r.precision)}: {r.reason}" for r in rows if not r.ok
-    ]
-
-
-def table_note(snap: Snapshot) -> str:
-    notes = ["ratios vs FP16 of the same model and batch"]
-    if any(r.flagged for r in snap.results):
-        notes.append(f"{CV_MARK} CV > {CV_LIMIT:.0%} across repeats")
-    return "\n".join(["; ".join(notes), *failure_lines(snap.results)])
-
-
-def markdown_table(rows: Iterable[ResultRow]) -> str:
-    lines = ["| " + " | ".join(COLUMNS + COLUMNS_TDP) + " |", "|" + "---|" * len(COLUMNS + COLUMNS_TDP)]
-    for row in rows:
-        lines.append("| " + " | ".join(row_cells(row, with_tdp=True)) + " |")
-    return "\n".join(lines)
+    prefill, decode, speed = RATIOS
+    return f"prefill {part(prefill, 'J')}, decode {part(decode, f'J/{run}')}, {part(speed, 'tok/s')}"
 
 
 # --------------------------------------------------------------------------- plain
@@ -182,7 +73,7 @@ class ProgressPrinter:
         if not self._meta_done:
             self._meta_done = True
             sim = " (simulated)" if snap.simulated else ""
-            tdp = f"TDP {snap.tdp_w:.0f} W" if snap.tdp_w else "TDP unknown"
+            tdp = f"TDP {fmt_watts(snap.tdp_w)}" if snap.tdp_w else "TDP unknown"
             weights = ", synthetic weights" if snap.synthetic else ""
             self._line(snap, snap.started_ns or 0, f"run started: {snap.gpu_name or 'GPU'}{sim}, {tdp}{weights}")
         for mark in snap.timeline:
@@ -200,14 +91,8 @@ class ProgressPrinter:
             if not row.ok:
                 self._line(snap, row.t_ns or snap.now_ns, f"FAILED {name}: {row.reason}")
                 continue
-            r = row.ratios
             flag = f" [CV > {CV_LIMIT:.0%}: {', '.join(sorted(row.flagged))}]" if row.flagged else ""
-            self._line(
-                snap, row.t_ns,
-                f"result {name}: prefill {_fig(row, 'prefill_energy_j', 3)} J ({fmt_ratio(r.prefill_energy)}), "
-                f"decode {_fig(row, 'decode_energy_j', 3)} J/32 tok ({fmt_ratio(r.decode_energy)}), "
-                f"{_fig(row, 'decode_tok_s', 2)} tok/s ({fmt_ratio(r.decode_speed)}){flag}",
-            )
+            self._line(snap, row.t_ns, f"result {name}: {_result_line(row)}{flag}")
         for w in snap.warnings:
             if w.seq > self._warnings:
                 self._warnings = w.seq
@@ -224,7 +109,7 @@ class ProgressPrinter:
 
 def live_panel(snap: Snapshot, width: int = 100) -> RenderableType:
     """What the terminal shows while a run goes on (rich only, no Textual)."""
-    lines = []
+    lines: list[RenderableType] = []
     head = Text(f"wattscope  {snap.gpu_name or 'GPU'}", style="bold")
     if snap.simulated:
         head.append("  (simulated)", style="magenta")
@@ -237,7 +122,7 @@ def live_panel(snap: Snapshot, width: int = 100) -> RenderableType:
         t = Text(f"GPU{g.index} {fmt_watts(g.latest_w):>6} ")
         t.append("█" * fill, style="green")
         t.append("░" * (bar_w - fill), style="dim")
-        t.append(f" {fmt_pct(g.pct_tdp)} TDP   phase avg {fmt_watts(g.phase_avg_w)}")
+        t.append(f" {fmt_percent(g.pct_tdp)} TDP   phase avg {fmt_watts(g.phase_avg_w)}")
         lines.append(t)
     lines.append(Text(
         f"config {config_number(snap)}/{snap.configs_total}: {config_line(snap)}   phase {phase_line(snap)}"
@@ -245,17 +130,17 @@ def live_panel(snap: Snapshot, width: int = 100) -> RenderableType:
     ))
     if snap.error:
         lines.append(Text(f"error: {snap.error}", style="bold red"))
-    lines.append(ratio_table(snap, width))
+    lines.append(results_table(snap, width))
     return Group(*lines)
 
 
 def _final(snap: Snapshot, out: IO[str], tty: bool) -> None:
     if tty:
         console = Console(file=out)
-        console.print(ratio_table(snap, console.width))
+        console.print(results_table(snap, console.width))
         console.print(table_note(snap), style="dim")
     else:
-        out.write(markdown_table(snap.results) + "\n" + table_note(snap) + "\n")
+        out.write(snapshot_markdown(snap) + "\n" + table_note(snap) + "\n")
     out.flush()
 
 
@@ -305,7 +190,7 @@ def _live(source: RunSource, out: IO[str], tty: bool, poll_s: float) -> Snapshot
                 snap = source.snapshot()
                 if live is not None:
                     live.update(live_panel(snap, console.width), refresh=True)
-                else:
+                elif printer is not None:
                     printer.update(snap)
                 if snap.ended or source.done:
                     return source.snapshot()

@@ -1,9 +1,12 @@
-"""Per-configuration figures from measured windows.
+"""Every rule about a figure: how it is computed from measured windows, what it is
+called, its unit, title and printed digits, which figures carry a CV, the ratio rule,
+the precisions' labels and the row order, and how a run's metadata is read. The
+displays, the analysis and the exports ask this module; none of them restates a rule.
 
 One pure function, ``config_result``, turns a configuration's windows into its figures.
-The live session calls it on ``ConfigFinished`` and a replay calls it on the same events,
-so a replayed recording reproduces the live numbers exactly (same inputs, same code,
-plain-Python arithmetic in a fixed order).
+The live session calls it on ``ConfigFinished`` and records the result; a replay plays
+the recorded result back (plain-Python arithmetic in a fixed order, so the same windows
+always give the same figures).
 
 Energy comes from the energy counter read at the window edges (``Window.energy_j``); a
 window holds ``calls`` repeated prefill calls or ``calls`` decode runs of ``steps`` steps
@@ -20,9 +23,11 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from wattscope.config import BASELINE_PRECISION
+from wattscope.config import BASELINE_PRECISION, PRECISIONS
 from wattscope.events import ConfigFinished, ConfigResult, ConfigStarted, RunWarning, Window
 from wattscope.stats import NO_ESTIMATE, RatioEstimate, paired_ratio
 
@@ -31,58 +36,329 @@ NAN = float("nan")
 # A figure whose window-to-window CV exceeds this gets a warning.
 CV_LIMIT = 0.03
 
-# name -> (unit, meaning). Every ConfigResult.figures has exactly these keys.
-FIGURES: dict[str, tuple[str, str]] = {
-    "prefill_energy_j": ("J", "energy per prefill call (whole batch), tail removed at idle power, median over windows"),
-    "prefill_energy_raw_j": ("J", "energy per prefill call with the window's tail left in, median over windows"),
-    "prefill_energy_cv": ("fraction", "sample CV of prefill energy per call across windows"),
-    "prefill_latency_s": ("s", "work time per prefill call, median over windows"),
-    "prefill_power_w": ("W", "average power during prefill work, median over windows of work energy / work time"),
-    "prefill_power_min_w": ("W", "lowest window average power during prefill"),
-    "prefill_power_max_w": ("W", "highest window average power during prefill"),
-    "prefill_energy_idle_sub_j": ("J", "prefill energy per call minus idle power x time per call, median"),
-    "prefill_windows": ("count", "measured prefill windows"),
-    "prefill_tail_s": ("s", "median time from the end of the work to the counter update closing a window"),
-    "decode_energy_j": ("J", "energy per decode run of decode_steps steps (whole batch), tail removed, median"),
-    "decode_energy_raw_j": ("J", "energy per decode run with the window's tail left in, median"),
-    "decode_energy_cv": ("fraction", "sample CV of decode energy per run across windows"),
-    "decode_energy_per_token_j": ("J/token", "decode energy per generated token, median"),
-    "decode_latency_s": ("s", "time per decode run of decode_steps steps, median"),
-    "decode_tok_s": ("tokens/s", "batch x steps x runs / work time (window minus its tail), median over windows"),
-    "decode_tok_s_cv": ("fraction", "sample CV of decode tok/s across windows"),
-    "decode_power_w": ("W", "average power during decode work, median over windows of work energy / work time"),
-    "decode_power_min_w": ("W", "lowest window average power during decode"),
-    "decode_power_max_w": ("W", "highest window average power during decode"),
-    "decode_energy_idle_sub_j": ("J", "decode energy per run minus idle power x time per run, median"),
-    "decode_steps": ("count", "decode steps per run"),
-    "decode_windows": ("count", "measured decode windows"),
-    "decode_tail_s": ("s", "median time from the end of the work to the counter update closing a window"),
-    "idle_power_w": ("W", "idle power of the card with the models of this model and batch loaded"),
-    "rounds": ("count", "interleaved rounds paired with the FP16 row of the same model and batch"),
-    "prefill_energy_ratio": ("x", "prefill energy over FP16's, geometric mean of per-round paired ratios"),
-    "prefill_energy_ratio_low": ("x", "lower end of the prefill energy ratio's 95% interval"),
-    "prefill_energy_ratio_high": ("x", "upper end of the prefill energy ratio's 95% interval"),
-    "decode_energy_ratio": ("x", "decode energy over FP16's, geometric mean of per-round paired ratios"),
-    "decode_energy_ratio_low": ("x", "lower end of the decode energy ratio's 95% interval"),
-    "decode_energy_ratio_high": ("x", "upper end of the decode energy ratio's 95% interval"),
-    "decode_speed_ratio": ("x", "decode tok/s over FP16's, geometric mean of per-round paired ratios"),
-    "decode_speed_ratio_low": ("x", "lower end of the decode speed ratio's 95% interval"),
-    "decode_speed_ratio_high": ("x", "upper end of the decode speed ratio's 95% interval"),
+
+# --------------------------------------------------------------------------- figures
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One number of a configuration's result and how every surface names it.
+
+    ``title`` is the column title every table prints; ``{per}`` stands for what a decode
+    run is (``32 tok`` when the rows share one step count, else ``run``) and ``{sub}``
+    for ``, idle-sub`` where the energies are idle-subtracted. ``digits`` are the printed
+    decimals (of the percentage, for a fraction). ``cv`` names the figure that holds this
+    one's window-to-window CV, and ``words`` is how a warning about it names it."""
+
+    unit: str
+    meaning: str
+    title: str = ""
+    digits: int = 3
+    cv: str = ""
+    words: str = ""
+
+
+# Every ConfigResult.figures has exactly these keys, in this order (recordings keep it).
+FIGURES: dict[str, Figure] = {
+    "prefill_energy_j": Figure(
+        "J", "energy per prefill call (whole batch), the window's tail removed at idle power, median over windows",
+        "Prefill Energy / Call{sub} (J)", 3, "prefill_energy_cv", "prefill energy per call"),
+    "prefill_energy_raw_j": Figure("J", "energy per prefill call with the window's tail left in, median over windows"),
+    "prefill_energy_cv": Figure(
+        "fraction", "sample CV of prefill energy per call across windows", "Prefill Energy CV", 1),
+    "prefill_latency_s": Figure("s", "work time per prefill call, median over windows"),
+    "prefill_power_w": Figure(
+        "W", "average power during prefill work, median over windows of work energy / work time",
+        "Prefill Power (W)", 0),
+    "prefill_power_min_w": Figure("W", "lowest window average power during prefill"),
+    "prefill_power_max_w": Figure("W", "highest window average power during prefill"),
+    "prefill_energy_idle_sub_j": Figure("J", "prefill energy per call minus idle power x time per call, median"),
+    "prefill_windows": Figure("count", "measured prefill windows"),
+    "prefill_tail_s": Figure("s", "median time from the end of the work to the counter update closing a window"),
+    "decode_energy_j": Figure(
+        "J", "energy per decode run of decode_steps steps (whole batch), the window's tail removed, median",
+        "Decode Energy / {per}{sub} (J)", 3, "decode_energy_cv", "decode energy per run"),
+    "decode_energy_raw_j": Figure("J", "energy per decode run with the window's tail left in, median"),
+    "decode_energy_cv": Figure(
+        "fraction", "sample CV of decode energy per run across windows", "Decode Energy CV", 1),
+    "decode_energy_per_token_j": Figure(
+        "J/token", "decode energy per generated token, median", "Decode Energy / tok{sub} (J)", 4),
+    "decode_latency_s": Figure("s", "time per decode run of decode_steps steps, median"),
+    "decode_tok_s": Figure(
+        "tokens/s", "batch x steps x runs / work time (window minus its tail), median over windows",
+        "Decode tok/s", 2, "decode_tok_s_cv", "decode tok/s"),
+    "decode_tok_s_cv": Figure("fraction", "sample CV of decode tok/s across windows", "Decode tok/s CV", 1),
+    "decode_power_w": Figure(
+        "W", "average power during decode work, median over windows of work energy / work time",
+        "Decode Power (W)", 0),
+    "decode_power_min_w": Figure("W", "lowest window average power during decode"),
+    "decode_power_max_w": Figure("W", "highest window average power during decode"),
+    "decode_energy_idle_sub_j": Figure("J", "decode energy per run minus idle power x time per run, median"),
+    "decode_steps": Figure("count", "decode steps per run"),
+    "decode_windows": Figure("count", "measured decode windows"),
+    "decode_tail_s": Figure("s", "median time from the end of the work to the counter update closing a window"),
+    "idle_power_w": Figure("W", "idle power of the card with this model and batch's models loaded"),
+    "rounds": Figure("count", "interleaved rounds paired with the FP16 row of the same model and batch"),
+    "prefill_energy_ratio": Figure("x", "prefill energy over FP16's: geometric mean of per-round paired ratios"),
+    "prefill_energy_ratio_low": Figure("x", "lower end of the prefill energy ratio's 95% interval"),
+    "prefill_energy_ratio_high": Figure("x", "upper end of the prefill energy ratio's 95% interval"),
+    "decode_energy_ratio": Figure("x", "decode energy over FP16's: geometric mean of per-round paired ratios"),
+    "decode_energy_ratio_low": Figure("x", "lower end of the decode energy ratio's 95% interval"),
+    "decode_energy_ratio_high": Figure("x", "upper end of the decode energy ratio's 95% interval"),
+    "decode_speed_ratio": Figure("x", "decode tok/s over FP16's: geometric mean of per-round paired ratios"),
+    "decode_speed_ratio_low": Figure("x", "lower end of the decode speed ratio's 95% interval"),
+    "decode_speed_ratio_high": Figure("x", "upper end of the decode speed ratio's 95% interval"),
 }
 
-# Each ratio and the per-window figure it divides by FP16's of the same round.
-RATIO_FIGURES = {
-    "prefill_energy_ratio": "prefill_energy_j",
-    "decode_energy_ratio": "decode_energy_j",
-    "decode_speed_ratio": "decode_tok_s",
-}
+# figure -> the figure holding its CV, for the figures that have one.
+CV_OF: dict[str, str] = {name: f.cv for name, f in FIGURES.items() if f.cv}
 
-# Figures checked against CV_LIMIT, with the words a warning uses for them.
-_CV_CHECKS = {
-    "prefill_energy_cv": "prefill energy per call",
-    "decode_energy_cv": "decode energy per run",
-    "decode_tok_s_cv": "decode tok/s",
-}
+
+def cv_flags(figures: Mapping[str, float], limit: float = CV_LIMIT) -> frozenset[str]:
+    """Figures (by name) whose repeats vary by more than ``limit`` (fraction)."""
+    return frozenset(name for name, cv_name in CV_OF.items() if _above(figures.get(cv_name), limit))
+
+
+def _above(cv_value: float | None, limit: float) -> bool:
+    return cv_value is not None and math.isfinite(cv_value) and cv_value > limit
+
+
+# ---------------------------------------------------------------------------- ratios
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A row's figure over its baseline row's (same source, model and batch)."""
+
+    name: str
+    figure: str
+    title: str
+    short: str  # in side-by-side comparisons: "Prefill A", "Prefill B-A"
+
+
+RATIOS = (
+    Ratio("prefill_energy_ratio", "prefill_energy_j", "Prefill Energy Ratio", "Prefill"),
+    Ratio("decode_energy_ratio", "decode_energy_j", "Decode Energy Ratio", "Decode"),
+    Ratio("decode_speed_ratio", "decode_tok_s", "Decode Speed Ratio", "Speed"),
+)
+RATIO_NAMES = tuple(r.name for r in RATIOS)
+
+
+@dataclass(frozen=True)
+class RatioValue:
+    """A ratio and, where it was estimated from paired rounds, its 95% interval."""
+
+    value: float
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def half_width(self) -> float | None:
+        """Relative half-width of the interval; None without one."""
+        if self.low is None or self.high is None or self.value <= 0:
+            return None
+        return (self.high - self.low) / 2 / self.value
+
+
+def ratio(value: float | None, base: float | None) -> float | None:
+    """The ratio rule: ``value / base``; None where the base is missing, not finite or
+    not positive, or the value is missing or not finite."""
+    if value is None or base is None:
+        return None
+    if not math.isfinite(value) or not math.isfinite(base) or base <= 0:
+        return None
+    return value / base
+
+
+def ratios(figures: Mapping[str, float], baseline: Mapping[str, float] | None) -> dict[str, RatioValue | None]:
+    """The seed study's three ratios of a row, by ratio name. Energy ratios > 1 mean
+    more energy than FP16; the speed ratio < 1 means slower decode than FP16.
+
+    A row measured in paired rounds carries its ratio and 95% interval among its figures
+    (``config_result``): those are the ratio. Rows without (recordings made before
+    rounds, imported tables) get ``ratio(value, base)`` and no interval."""
+    b = baseline or {}
+    out: dict[str, RatioValue | None] = {}
+    for r in RATIOS:
+        paired = _finite(figures.get(r.name))
+        if paired is not None and _finite(b.get(r.figure)) is not None:
+            out[r.name] = RatioValue(paired, _finite(figures.get(f"{r.name}_low")), _finite(figures.get(f"{r.name}_high")))
+            continue
+        v = ratio(figures.get(r.figure), b.get(r.figure))
+        out[r.name] = None if v is None else RatioValue(v)
+    return out
+
+
+NO_RATIOS: Mapping[str, RatioValue | None] = dict.fromkeys(RATIO_NAMES)
+
+
+def ratio_text(v: float) -> str:
+    """How every surface prints a ratio: ``5.12x``."""
+    return f"{v:.2f}x"
+
+
+def title(name: str, decode_steps: int | None = None, idle_subtracted: bool = False) -> str:
+    """The column title of a figure or a ratio. A decode run is named by its steps
+    (``32 tok``) when ``decode_steps`` is known, else ``run``."""
+    for r in RATIOS:
+        if r.name == name:
+            return r.title
+    return FIGURES[name].title.format(per=decode_run(decode_steps), sub=", idle-sub" if idle_subtracted else "")
+
+
+def decode_run(decode_steps: int | None) -> str:
+    """What one decode run is called: ``32 tok`` where its steps are known, else ``run``."""
+    return "run" if decode_steps is None else f"{decode_steps} tok"
+
+
+def common_decode_steps(values: Iterable[float | None]) -> int | None:
+    """The decode steps per run that all the given (finite) values agree on, else None."""
+    steps = {int(v) for v in values if v is not None and math.isfinite(v)}
+    return steps.pop() if len(steps) == 1 else None
+
+
+def percent_of_tdp(value: float | None, tdp_w: float | None) -> float | None:
+    """Power as % of the TDP; None where either is missing, not finite, or the TDP is not positive."""
+    if value is None or tdp_w is None or not math.isfinite(value) or not math.isfinite(tdp_w) or tdp_w <= 0:
+        return None
+    return value / tdp_w * 100
+
+
+# ------------------------------------------------------------------------ precisions
+
+
+def precision_label(precision: str) -> str:
+    """FP16, BF16, INT8, NF4: how every table prints a precision."""
+    return str(precision).upper()
+
+
+def precision_rank(precision: str) -> int:
+    """A precision's place in the row order (a name or a label; unknown ones last)."""
+    p = str(precision).lower()
+    return PRECISIONS.index(p) if p in PRECISIONS else len(PRECISIONS)
+
+
+def is_baseline(precision: str) -> bool:
+    return str(precision).lower() == BASELINE_PRECISION
+
+
+_Row = TypeVar("_Row")
+
+
+def sorted_rows(
+    rows: Iterable[_Row],
+    key: Callable[[_Row], tuple[Hashable, int, str]],
+    models: Iterable[Hashable] = (),
+) -> list[_Row]:
+    """Rows in the order every table lists them: by model (in the order of ``models``,
+    then of first appearance among the rows), batch, then precision (FP16, BF16, INT8,
+    NF4). ``key`` gives a row's (model, batch, precision)."""
+    rows = list(rows)
+    keys = [key(r) for r in rows]
+    rank = {m: i for i, m in enumerate(dict.fromkeys([*models, *(k[0] for k in keys)]))}
+    order = sorted(range(len(rows)), key=lambda i: (rank[keys[i][0]], keys[i][1], precision_rank(keys[i][2])))
+    return [rows[i] for i in order]
+
+
+# -------------------------------------------------------------------------- run meta
+
+
+@dataclass(frozen=True)
+class GpuMeta:
+    """One GPU as the session described it at the start of the run (``sensor.info()``
+    plus the measured refresh periods and the signals the sensor lacks)."""
+
+    index: int
+    name: str
+    driver: str
+    tdp_w: float | None  # the default power limit
+    refresh_s: Mapping[str, float | None]  # signal -> measured refresh period; None = not measured
+    signal_sources: Mapping[str, str]
+    signals_absent: Mapping[str, str]  # signal -> why it is absent
+
+    def refresh_ms(self, signal: str) -> float | None:
+        v = self.refresh_s.get(signal)
+        return None if v is None else 1000.0 * v
+
+
+@dataclass(frozen=True)
+class RunMeta:
+    """What a recording's ``RunStarted`` meta says about the run, read in one place."""
+
+    gpus: tuple[GpuMeta, ...]
+    signal: str  # the instant-power signal the live graph shows
+    sweep_name: str
+    simulated: bool
+    weights: str  # "real", "synthetic", "mixed" or "" (not stated)
+    energy_signal: str
+    sampler: Mapping[str, Any]  # rate_hz, energy_hz, gpus
+    sweep: Mapping[str, Any]  # Sweep.to_dict(): protocol, bitsandbytes, configs...
+    packages: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def gpu(self) -> GpuMeta | None:
+        return self.gpus[0] if self.gpus else None
+
+    @property
+    def tdp_w(self) -> float | None:
+        return self.gpu.tdp_w if self.gpu is not None else None
+
+
+POWER_SIGNALS = ("power_w", "power_avg_w")
+
+
+def _mapping(v: Any) -> Mapping[str, Any]:
+    return v if isinstance(v, Mapping) else {}
+
+
+def _finite(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def _positive(v: Any) -> float | None:
+    f = _finite(v)
+    return f if f is not None and f > 0 else None
+
+
+def _gpu_meta(g: Mapping[str, Any], position: int) -> GpuMeta:
+    index = g.get("index")
+    refresh = {str(k): _finite(v) for k, v in _mapping(g.get("refresh_s")).items()}
+    return GpuMeta(
+        index=index if isinstance(index, int) else position,
+        name=str(g.get("name") or ""),
+        driver=str(g.get("driver_version") or ""),
+        tdp_w=_positive(g.get("tdp_w")),
+        refresh_s=refresh,
+        signal_sources={str(k): str(v) for k, v in _mapping(g.get("signal_sources")).items()},
+        signals_absent={str(k): str(v) for k, v in _mapping(g.get("signals_absent")).items()},
+    )
+
+
+def run_meta(meta: Mapping[str, Any]) -> RunMeta:
+    """Read the meta the session writes (``Session._describe``): ``gpus`` (``gpu`` is
+    the first of them), ``sampler.signal``, ``sweep``, ``simulated``, ``weights``,
+    ``energy_signal``, ``packages``. Keys it lacks read as unknown, never as a guess."""
+    listed = meta.get("gpus")
+    if not isinstance(listed, list) or not listed:
+        listed = [meta.get("gpu")]
+    gpus = tuple(_gpu_meta(g, i) for i, g in enumerate(listed) if isinstance(g, Mapping))
+    sampler = _mapping(meta.get("sampler"))
+    sweep = _mapping(meta.get("sweep"))
+    signal = sampler.get("signal")
+    return RunMeta(
+        gpus=gpus,
+        signal=signal if signal in POWER_SIGNALS else POWER_SIGNALS[0],
+        sweep_name=str(sweep.get("name") or ""),
+        simulated=bool(meta.get("simulated", False)),
+        weights=str(meta.get("weights") or ""),
+        energy_signal=str(meta.get("energy_signal") or ""),
+        sampler=sampler,
+        sweep=sweep,
+        packages=_mapping(meta.get("packages")),
+    )
+
+
+# ------------------------------------------------------------------------- windows
 
 
 def cv(values: Sequence[float]) -> float:
@@ -193,12 +469,12 @@ def paired_ratios(
 ) -> dict[str, RatioEstimate]:
     """Every ratio of a row to its baseline from the rounds they share (wattscope.stats)."""
     ws = list(windows)
-    return {name: paired_ratio(round_ratios(ws, config_id, base_id, fig, idle_w)) for name, fig in RATIO_FIGURES.items()}
+    return {r.name: paired_ratio(round_ratios(ws, config_id, base_id, r.figure, idle_w)) for r in RATIOS}
 
 
 def _ratio_figures(estimates: dict[str, RatioEstimate]) -> dict[str, float]:
     out: dict[str, float] = {}
-    for name in RATIO_FIGURES:
+    for name in RATIO_NAMES:
         e = estimates.get(name, NO_ESTIMATE)
         out |= {name: e.value, f"{name}_low": e.low, f"{name}_high": e.high}
     out["rounds"] = float(min((e.n for e in estimates.values()), default=0))
@@ -256,7 +532,7 @@ def config_result(
         warn(f"decode windows disagree on steps per run ({sorted(decode_steps)}); decode_steps is the first's")
     if baseline_id == cid:
         figures |= _ratio_figures({})
-        figures |= dict.fromkeys(RATIO_FIGURES, 1.0)
+        figures |= dict.fromkeys(RATIO_NAMES, 1.0)
         figures["rounds"] = float(len(_rounds(ws, cid, "decode")))
     elif baseline_id is not None:
         estimates = paired_ratios(all_ws, cid, baseline_id, idle_power_w)
@@ -269,12 +545,12 @@ def config_result(
         figures |= _ratio_figures({})
     # Window-to-window CV is what paired rounds make irrelevant to the ratios; it is
     # still warned about where there are no rounds to judge by (older protocols).
-    cv_checks = {} if baseline_id is not None else _CV_CHECKS
-    for name, words in cv_checks.items():
-        value = figures[name]
-        if not math.isnan(value) and value > CV_LIMIT:
+    cv_checks = {} if baseline_id is not None else CV_OF
+    for name, cv_name in cv_checks.items():
+        value = figures[cv_name]
+        if _above(value, CV_LIMIT):
             n = int(figures[f"{name.split('_')[0]}_windows"])
-            warn(f"{words} varies {value:.1%} across {n} windows (CV above {CV_LIMIT:.0%})")
+            warn(f"{FIGURES[name].words} varies {value:.1%} across {n} windows (CV above {CV_LIMIT:.0%})")
     # Keep the figure order of FIGURES so every result lists them the same way.
     return result(True, "", {k: figures[k] for k in FIGURES}), warnings
 

@@ -364,9 +364,9 @@ def synthetic_run(
     cfg_ids = [f"{m}/b{b}/{p}" for m, b, p in configs]
     meta = {
         "schema_version": ev.SCHEMA_VERSION,
-        "gpu": {"name": gpu_name, "index": 0, "tdp_w": tdp_w, "signal": "power_w", "refresh_ms": 100.0},
+        "gpu": {"name": gpu_name, "index": 0, "tdp_w": tdp_w, "refresh_s": {"power_w": 0.1}},
         "simulated": True,
-        "synthetic": True,
+        "weights": "synthetic",
         "sweep": {
             "name": "synthetic-seed",
             "configs": [{"config_id": c, "model": f"synthetic:{m}", "batch": b, "precision": p}
@@ -414,7 +414,7 @@ def synthetic_run(
             "prefill_energy_j": pre_j, "decode_energy_j": dec_j, "decode_tok_s": tok_s,
             "prefill_power_w": pre_w, "decode_power_w": dec_w,
             "prefill_energy_cv": 0.01, "decode_energy_cv": 0.012,
-            "decode_tok_s_cv": 0.045 if cid in noisy else 0.008,
+            "decode_tok_s_cv": 0.045 if cid in noisy else 0.008, "decode_steps": 32.0,
         }
         out.append(ev.ConfigResult(t, cid, f"synthetic:{model}", batch, prec, True, True, "", figures))
     t_end = t

@@ -22,8 +22,18 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from wattscope import events as ev
-from wattscope.config import BASELINE_PRECISION, PRECISIONS, RunConfig
-from wattscope.metrics import CV_LIMIT
+from wattscope.config import RunConfig
+from wattscope.metrics import (
+    NO_RATIOS,
+    GpuMeta,
+    RatioValue,
+    cv_flags,
+    is_baseline,
+    percent_of_tdp,
+    ratios,
+    run_meta,
+    sorted_rows,
+)
 
 MAX_RATE_HZ = 1000  # the sampler's ceiling (config.Sampler.rate_hz <= 1000)
 STATUSES = ("waiting", "running", "completed", "interrupted", "failed")
@@ -31,55 +41,11 @@ ENDED = ("completed", "interrupted", "failed")
 # Phase codes in traces: index into PHASES; -1 before the first PhaseStarted.
 NO_PHASE = -1
 _PHASE_CODE = {p: i for i, p in enumerate(ev.PHASES)}
-_CV_OF = {
-    "prefill_energy_j": "prefill_energy_cv",
-    "decode_energy_j": "decode_energy_cv",
-    "decode_tok_s": "decode_tok_s_cv",
-}
 _WARNINGS_KEPT = 200
 _TIMELINE_KEPT = 2048
 
 
 # --------------------------------------------------------------------------- values
-
-
-@dataclass(frozen=True)
-class Ratios:
-    """A row's figures over its FP16 baseline (same model and batch); None where the
-    baseline is missing or not a positive number."""
-
-    prefill_energy: float | None
-    decode_energy: float | None
-    decode_speed: float | None
-
-
-def _ratio(value: float | None, base: float | None) -> float | None:
-    if value is None or base is None:
-        return None
-    if not math.isfinite(value) or not math.isfinite(base) or base <= 0:
-        return None
-    return value / base
-
-
-def ratios(figures: Mapping[str, float], baseline: Mapping[str, float] | None) -> Ratios:
-    """The seed study's three ratios. Energy ratios > 1 mean more energy than FP16;
-    the speed ratio < 1 means slower decode than FP16."""
-    b = baseline or {}
-    return Ratios(
-        _ratio(figures.get("prefill_energy_j"), b.get("prefill_energy_j")),
-        _ratio(figures.get("decode_energy_j"), b.get("decode_energy_j")),
-        _ratio(figures.get("decode_tok_s"), b.get("decode_tok_s")),
-    )
-
-
-def cv_flags(figures: Mapping[str, float], limit: float = CV_LIMIT) -> frozenset[str]:
-    """Figures (by name) whose repeats vary by more than ``limit`` (fraction)."""
-    out = set()
-    for name, cv_key in _CV_OF.items():
-        cv = figures.get(cv_key)
-        if cv is not None and math.isfinite(cv) and cv > limit:
-            out.add(name)
-    return frozenset(out)
 
 
 @dataclass(frozen=True)
@@ -108,7 +74,7 @@ class ResultRow:
     ok: bool
     reason: str
     figures: Mapping[str, float]
-    ratios: Ratios
+    ratios: Mapping[str, RatioValue | None]  # by ratio name (metrics.RATIOS)
     flagged: frozenset[str]  # figure names with CV > CV_LIMIT
     prefill_pct_tdp: float | None
     decode_pct_tdp: float | None
@@ -198,61 +164,6 @@ class Snapshot:
         return self.status in ENDED
 
 
-# --------------------------------------------------------------------------- meta
-
-
-def _first(d: Mapping[str, Any], *keys: str) -> Any:
-    for k in keys:
-        if isinstance(d, Mapping) and d.get(k) is not None:
-            return d[k]
-    return None
-
-
-def _gpu_metas(meta: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    gpus = meta.get("gpus")
-    if isinstance(gpus, list) and gpus:
-        return [g for g in gpus if isinstance(g, Mapping)]
-    gpu = meta.get("gpu")
-    return [gpu] if isinstance(gpu, Mapping) else []
-
-
-def _tdp(g: Mapping[str, Any]) -> float | None:
-    v = _first(g, "tdp_w", "power_default_w", "default_w", "power_limit_default_w")
-    if v is None and isinstance(g.get("power_limits_w"), Mapping):
-        v = g["power_limits_w"].get("default")
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if v > 0 else None
-
-
-def _signal(meta: Mapping[str, Any], gpu: Mapping[str, Any]) -> str:
-    sampler = meta.get("sampler") if isinstance(meta.get("sampler"), Mapping) else {}
-    s = _first(gpu, "signal", "power_signal") or _first(sampler, "signal", "power_signal")
-    s = s or meta.get("signal")
-    return s if s in ("power_w", "power_avg_w") else "power_w"
-
-
-def _refresh_ms(gpu: Mapping[str, Any], signal: str) -> float | None:
-    v = _first(gpu, "refresh_ms", "refresh_period_ms")
-    if v is None:
-        per = _first(gpu, "refresh_periods_ms", "refresh_ms_by_signal")
-        if isinstance(per, Mapping):
-            v = per.get(signal)
-    if v is None and isinstance(gpu.get("refresh_s"), Mapping):
-        sec = gpu["refresh_s"].get(signal)  # the session's measured periods, in seconds
-        v = None if sec is None else 1000.0 * float(sec)
-    if v is None and isinstance(gpu.get("signals"), Mapping):
-        entry = gpu["signals"].get(signal)
-        if isinstance(entry, Mapping):
-            v = _first(entry, "refresh_ms", "refresh_period_ms")
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
-
-
 # --------------------------------------------------------------------------- ring
 
 
@@ -318,8 +229,8 @@ class RunState:
         self._t_end: int | None = None
         self._status = "waiting"
         self._error = ""
-        self._gpu_meta: dict[int, Mapping[str, Any]] = {}
-        self._signal = "power_w"
+        self._run = run_meta({})
+        self._gpu_meta: dict[int, GpuMeta] = {}
         self._gpus: dict[int, _Gpu] = {}
         self._phase: str | None = None
         self._phase_since: int | None = None
@@ -355,14 +266,11 @@ class RunState:
         self._meta = dict(e.meta)
         self._t0 = e.t_ns
         self._status = "running"
-        metas = _gpu_metas(self._meta)
-        for i, g in enumerate(metas):
-            idx = g.get("index", i)
-            self._gpu_meta[int(idx) if isinstance(idx, int) else i] = g
-        self._signal = _signal(self._meta, metas[0] if metas else {})
-        sweep = self._meta.get("sweep")
-        if isinstance(sweep, Mapping) and isinstance(sweep.get("configs"), list):
-            self._total = len(sweep["configs"])
+        self._run = run_meta(self._meta)
+        self._gpu_meta = {g.index: g for g in self._run.gpus}
+        configs = self._run.sweep.get("configs")
+        if isinstance(configs, list):
+            self._total = len(configs)
 
     def _gpu(self, index: int) -> _Gpu:
         g = self._gpus.get(index)
@@ -375,7 +283,7 @@ class RunState:
         if not rows:
             return
         n = len(rows)
-        col = 2 if self._signal == "power_w" else 3
+        col = 2 if self._run.signal == "power_w" else 3
         alt = 5 - col  # the other power signal, used where the chosen one is absent
         t = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
         gpu = np.fromiter((r[1] for r in rows), dtype=np.int64, count=n)
@@ -461,18 +369,14 @@ class RunState:
 
     # ------------------------------------------------------------------ snapshot
 
-    def _tdp_of(self, index: int) -> float | None:
-        g = self._gpu_meta.get(index)
-        return _tdp(g) if g is not None else None
-
     def _result_rows(self) -> tuple[ResultRow, ...]:
         if self._rows is not None:
             return self._rows
         base: dict[tuple[str, int], Mapping[str, float]] = {}
         for r in self._results.values():
-            if r.ok and r.precision == BASELINE_PRECISION:
+            if r.ok and is_baseline(r.precision):
                 base[(r.model, r.batch)] = r.figures
-        tdp = self._tdp_of(min(self._gpu_meta)) if self._gpu_meta else None
+        tdp = self._run.tdp_w
         rows = []
         for r in self._results.values():
             figs = dict(r.figures) if r.ok else {}
@@ -486,10 +390,10 @@ class RunState:
                     r.ok,
                     r.reason if not r.ok else "",
                     MappingProxyType(figs),
-                    ratios(figs, base.get((r.model, r.batch))) if r.ok else Ratios(None, None, None),
+                    MappingProxyType(ratios(figs, base.get((r.model, r.batch))) if r.ok else NO_RATIOS),
                     cv_flags(figs),
-                    _pct(figs.get("prefill_power_w"), tdp),
-                    _pct(figs.get("decode_power_w"), tdp),
+                    percent_of_tdp(figs.get("prefill_power_w"), tdp),
+                    percent_of_tdp(figs.get("decode_power_w"), tdp),
                     r.t_ns,
                 )
             )
@@ -500,19 +404,13 @@ class RunState:
                 continue
             rows.append(
                 ResultRow(cid, info.label, info.batch, info.precision, info.synthetic, False,
-                          reason, MappingProxyType({}), Ratios(None, None, None), frozenset(), None, None, 0)
+                          reason, MappingProxyType({}), MappingProxyType(NO_RATIOS), frozenset(), None, None, 0)
             )
-        order = {p: i for i, p in enumerate(PRECISIONS)}
         full_model = {cid: info.model for cid, info in self._started_info.items()}
         full_model.update({cid: r.model for cid, r in self._results.items()})
-        rows.sort(
-            key=lambda r: (
-                self._model_order.get(full_model.get(r.config_id, r.model), 1 << 30),
-                r.batch,
-                order.get(r.precision, len(order)),
-            )
-        )
-        self._rows = tuple(rows)
+        self._rows = tuple(sorted_rows(
+            rows, lambda r: (full_model.get(r.config_id, r.model), r.batch, r.precision), self._model_order
+        ))
         return self._rows
 
     def _gpu_view(self, g: _Gpu, now_ns: int, phase_t: np.ndarray, phase_c: np.ndarray) -> GpuView:
@@ -528,8 +426,8 @@ class RunState:
         t_s = (t - now_ns) / 1e9
         for a in (t_s, p, codes):
             a.flags.writeable = False
-        meta = self._gpu_meta.get(g.index, {})
-        tdp = _tdp(meta) if meta else None
+        meta = self._gpu_meta.get(g.index)
+        tdp = meta.tdp_w if meta is not None else None
         # Values are only "latest" if they are not from the future of a replay position.
         if g.latest_t <= now_ns:
             latest = g.latest_w
@@ -538,10 +436,10 @@ class RunState:
         latest_v = latest if math.isfinite(latest) else None
         return GpuView(
             g.index,
-            str(meta.get("name", f"GPU {g.index}")),
+            meta.name if meta is not None and meta.name else f"GPU {g.index}",
             tdp,
             latest_v,
-            _pct(latest_v, tdp),
+            percent_of_tdp(latest_v, tdp),
             g.phase_sum / g.phase_n if g.phase_n else None,
             t_s,
             p,
@@ -553,8 +451,8 @@ class RunState:
             return self._snapshot(now_ns)
 
     def _snapshot(self, now_ns: int) -> Snapshot:
-        meta = self._meta
-        first = self._gpu_meta[min(self._gpu_meta)] if self._gpu_meta else {}
+        run = self._run
+        first = run.gpu
         end = self._t_end if self._t_end is not None else now_ns
         elapsed = (end - self._t0) / 1e9 if self._t0 is not None else 0.0
         marks = [m for m in self._timeline if m.t_ns <= now_ns]
@@ -570,22 +468,21 @@ class RunState:
             s = self._sampler
             sampler = SamplerView(
                 s.target_hz, s.achieved_hz, s.jitter_p99_ms, s.drops,
-                s.distinct_per_s.get(self._signal), s.cpu_pct,
+                s.distinct_per_s.get(run.signal), s.cpu_pct,
             )
-        sweep = meta.get("sweep") if isinstance(meta.get("sweep"), Mapping) else {}
         return Snapshot(
             now_ns=now_ns,
             started_ns=self._t0,
             status=self._status,
             error=self._error,
-            meta=MappingProxyType(meta),
-            sweep_name=str(sweep.get("name", meta.get("name", ""))),
-            gpu_name=str(first.get("name", "")),
-            tdp_w=_tdp(first) if first else None,
-            simulated=bool(meta.get("simulated", False)),
-            synthetic=bool(meta.get("synthetic", meta.get("weights") == "synthetic")),
-            signal=self._signal,
-            refresh_ms=_refresh_ms(first, self._signal) if first else None,
+            meta=MappingProxyType(self._meta),
+            sweep_name=run.sweep_name,
+            gpu_name=first.name if first is not None else "",
+            tdp_w=run.tdp_w,
+            simulated=run.simulated,
+            synthetic=run.weights == "synthetic",
+            signal=run.signal,
+            refresh_ms=first.refresh_ms(run.signal) if first is not None else None,
             elapsed_s=max(0.0, elapsed),
             phase=self._phase,
             phase_elapsed_s=max(0.0, (end - self._phase_since) / 1e9) if self._phase_since is not None else 0.0,
@@ -617,7 +514,3 @@ class RunState:
         return max(0.0, eta / 1e9)
 
 
-def _pct(value: float | None, tdp: float | None) -> float | None:
-    if value is None or tdp is None or not math.isfinite(value):
-        return None
-    return 100.0 * value / tdp

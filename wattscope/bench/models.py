@@ -24,9 +24,7 @@ from typing import Any
 
 from wattscope.architectures import synthetic_config
 from wattscope.bench.workload import WorkloadError, prompt_digest, prompt_ids, short_reason
-from wattscope.config import BitsAndBytes, RunConfig, Sweep
-
-QUANTIZED = ("int8", "nf4")
+from wattscope.config import QUANTISED, BitsAndBytes, RunConfig, Sweep
 
 
 def bnb_settings(precision: str, bnb: BitsAndBytes) -> dict[str, Any] | None:
@@ -61,7 +59,7 @@ def _check_device(precision: str, device: str) -> None:
 
     if _is_cuda(device) and not torch.cuda.is_available():
         raise WorkloadError(f"device {device} asked for, but CUDA is not available to torch {torch.__version__}")
-    if precision in QUANTIZED:
+    if precision in QUANTISED:
         label = "int8 (LLM.int8)" if precision == "int8" else "nf4"
         if not _is_cuda(device):
             raise WorkloadError(f"{label} needs CUDA + bitsandbytes; this run is on {device}")
@@ -180,7 +178,7 @@ def load_model(rc: RunConfig, sweep: Sweep, device: str, cache: WeightCache, inf
     elif not _is_cuda(device):
         info["device_name"] = device
     _check_device(rc.precision, device)
-    if rc.precision in QUANTIZED:
+    if rc.precision in QUANTISED:
         import bitsandbytes
 
         info["versions"]["bitsandbytes"] = bitsandbytes.__version__

@@ -21,7 +21,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
 
-from wattscope.headless import fmt_duration
+from wattscope.render import fmt_duration
 from wattscope.replay import SEEK_S, SPEEDS, ReplayController
 from wattscope.source import LiveSession, LiveSource, RunSource
 from wattscope.state import Snapshot

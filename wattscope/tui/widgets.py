@@ -4,7 +4,6 @@ render from it; none of them reads the run state or the clock."""
 from __future__ import annotations
 
 import math
-
 from typing import Any
 
 import numpy as np
@@ -17,15 +16,15 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 from wattscope import events as ev
-from wattscope.headless import (
+from wattscope.metrics import precision_label
+from wattscope.render import (
     PHASE_LABEL,
     config_number,
     fmt_duration,
-    fmt_pct,
+    fmt_percent,
     fmt_watts,
     phase_line,
-    precision_label,
-    ratio_table,
+    results_table,
     table_note,
 )
 from wattscope.state import NO_PHASE, Snapshot
@@ -94,7 +93,7 @@ _BOLD = Style(bold=True)
 def _runs(text: str, style_idx: np.ndarray) -> list[Segment]:
     """One segment per run of equal style: a graph line is a handful of segments, not
     one per cell (what keeps a 4 Hz redraw cheap)."""
-    segs = []
+    segs: list[Segment] = []
     if not len(text):
         return segs
     cuts = np.flatnonzero(np.diff(style_idx)) + 1
@@ -138,7 +137,7 @@ class PowerGraph(SnapshotView, Widget):
 
     def _gpu_lines(self, snap: Snapshot, g, width: int, height: int) -> list[Strip]:
         scale = g.tdp_w or (max(float(np.nanmax(g.power_w)), 1.0) if len(g.power_w) else 1.0)
-        tdp = f"  {fmt_pct(g.pct_tdp)} of {scale:.0f} W TDP" if g.tdp_w else "  TDP unknown"
+        tdp = f"  {fmt_percent(g.pct_tdp)} of {fmt_watts(scale)} TDP" if g.tdp_w else "  TDP unknown"
         lines = [Strip([Segment(f"GPU{g.index} {fmt_watts(g.latest_w)}", _BOLD), Segment(tdp)])]
         rows = max(1, height - 2)
         plot_w = max(1, width - GUTTER)
@@ -209,7 +208,7 @@ class PhasePanel(SnapshotView, Widget):
             bar_w = max(4, self.size.width - 13)
             t = Text("%TDP    ", style="dim")
             t.append_text(_gauge(g.pct_tdp, bar_w))
-            t.append(f" {fmt_pct(g.pct_tdp):>4}")
+            t.append(f" {fmt_percent(g.pct_tdp):>4}")
             lines.append(t)
         return Text("\n").join(lines)
 
@@ -231,7 +230,7 @@ class RatioTable(SnapshotView, Static):
             return Text("no results yet: the first row appears when a configuration finishes",
                         style="dim")
         note = Text(table_note(snap), style="dim")
-        return Group(ratio_table(snap, self.size.width), note)
+        return Group(results_table(snap, self.size.width), note)
 
 
 class SensorLine(SnapshotView, Widget):
