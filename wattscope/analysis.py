@@ -30,6 +30,7 @@ import pandas as pd
 from wattscope.config import QUANTISED, RunConfig
 from wattscope.errors import WattscopeError
 from wattscope.metrics import (
+    CI_COLUMNS,
     CV_OF,
     RATIO_NAMES,
     RATIOS,
@@ -39,7 +40,9 @@ from wattscope.metrics import (
     precision_rank,
     ratio,
     ratio_text,
+    ratio_value,
     run_meta,
+    separated,
     sorted_rows,
 )
 
@@ -175,6 +178,12 @@ def _rows(src: Source, idle_subtracted: bool, warnings: list[str]) -> list[dict[
             "prefill_power_w": _num(r, "prefill_power_w"),
             "decode_power_w": _num(r, "decode_power_w"),
             **{cv: _num(r, cv) for cv in CV_OF.values()},
+            # Paired-round ratios and their intervals where the source has them (recordings
+            # made with rounds); they are of the counter energies, so an idle-subtracted
+            # table recomputes its ratios by the plain rule instead.
+            **{f"{n}_paired": math.nan if idle_subtracted else _num(r, n) for n in RATIO_NAMES},
+            **{c: math.nan if idle_subtracted else _num(r, c) for c in CI_COLUMNS},
+            "rounds": _num(r, "rounds"),
         }
         if idle_subtracted:
             # Per-token energy follows the chosen energy: idle-subtracted run energy / tokens.
@@ -206,8 +215,13 @@ def _add_ratios(df: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
     base = df.loc[fp16 & df["ok"], keys + cols].drop_duplicates(keys)
     b = df[keys + cols].merge(base, on=keys, how="left", suffixes=("", "_base"))
     for r in RATIOS:
-        values = (ratio(v, v_base) for v, v_base in zip(b[r.figure], b[f"{r.figure}_base"]))
-        df[r.name] = [math.nan if v is None else v for v in values]
+        values = [ratio(v, v_base) for v, v_base in zip(b[r.figure], b[f"{r.figure}_base"])]
+        paired = df.pop(f"{r.name}_paired").to_numpy()
+        # A paired estimate stands where the source has one and its baseline row is usable.
+        use = [v is not None and math.isfinite(p) for v, p in zip(values, paired)]
+        df[r.name] = [p if u else (math.nan if v is None else v) for u, v, p in zip(use, values, paired)]
+        for end in ("low", "high"):
+            df[f"{r.name}_{end}"] = [x if u else math.nan for u, x in zip(use, df[f"{r.name}_{end}"])]
     return df
 
 
@@ -215,8 +229,9 @@ _PHASE_ORDER = [
     "source", "model", "batch", "precision", "weights", "ok", "reason",
     "prefill_energy_j", "decode_energy_j", "decode_tok_s", *RATIO_NAMES,
     "decode_energy_per_token_j", "decode_steps", "prefill_power_w", "decode_power_w", "tdp_w",
-    *CV_OF.values(), "model_id",
+    *CV_OF.values(), "model_id", *CI_COLUMNS, "rounds",
 ]
+_ROW_COLUMNS = [*_PHASE_ORDER, *(f"{n}_paired" for n in RATIO_NAMES)]
 
 
 def _phases(srcs: list[Source], idle_subtracted: bool, warnings: list[str]) -> pd.DataFrame:
@@ -227,7 +242,7 @@ def _phases(srcs: list[Source], idle_subtracted: bool, warnings: list[str]) -> p
         r for rows in per_source
         for r in sorted_rows(rows, lambda r: (r["model_id"], r["batch"], r["precision"]), models)
     ]
-    df = pd.DataFrame(rows, columns=_PHASE_ORDER)
+    df = pd.DataFrame(rows, columns=_ROW_COLUMNS)
     if df.empty:
         return df
     df["batch"] = df["batch"].astype(int)
@@ -310,6 +325,21 @@ def _where(r: pd.Series, multi: bool) -> str:
     return f"{s} [{r['source']}]" if multi else s
 
 
+def _ci_text(c: dict[str, Any]) -> str:
+    """A ratio with its interval where it has one: ``0.87x [0.80, 0.93]``."""
+    text = ratio_text(c["ratio"])
+    ci = c.get("ci")
+    return text if not ci or None in ci else f"{text} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def _with_ci(q: pd.DataFrame, e: dict[str, Any], phase: str) -> str:
+    row = q[(q["source"] == e["source"]) & (q["model"] == e["model"]) & (q["batch"] == e["batch"])
+            & (q["precision"] == e["precision"])].iloc[0]
+    v = ratio_value(row, f"{phase}_energy_ratio")
+    assert v is not None
+    return _ci_text({"ratio": v.value, "ci": [v.low, v.high]})
+
+
 def _low_power_sentence(e: dict[str, Any], threshold: float, multi: bool) -> str:
     who = f"{e['precision']} [{e['source']}]" if multi else e["precision"]
     of_tdp = "" if math.isnan(e["tdp_w"]) else f" of {e['tdp_w']:.0f} W"
@@ -348,42 +378,87 @@ def findings(
     else:
         st["ratio_ranges"] = "No quantised configuration has an FP16 baseline, so no energy ratios are reported."
 
-    exceptions = [
-        {"source": r["source"], "model": r["model"], "batch": int(r["batch"]), "precision": r["precision"],
-         "prefill_energy_ratio": float(r["prefill_energy_ratio"]),
-         "decode_energy_ratio": float(r["decode_energy_ratio"])}
-        for _, r in q.iterrows() if not r["prefill_energy_ratio"] > r["decode_energy_ratio"]
-    ]
-    f["prefill_exceeds_decode"] = {"all": (not exceptions) if len(q) else None, "exceptions": exceptions}
-    if len(q) and not exceptions:
-        st["prefill_exceeds_decode"] = (
-            "The quantisation energy overhead was larger in prefill than in decode in every quantised "
-            f"configuration ({len(q)} of {len(q)})."
-        )
+    # With intervals (paired rounds), a comparison is claimed only where the intervals
+    # separate; rows without (imported tables, older recordings) compare point values.
+    has_ci = bool(len(q)) and bool(q[list(CI_COLUMNS)].notna().any(axis=None))
+    exceptions: list[dict[str, Any]] = []
+    undecided: list[dict[str, Any]] = []
+    for _, r in q.iterrows():
+        pv, dv = ratio_value(r, "prefill_energy_ratio"), ratio_value(r, "decode_energy_ratio")
+        assert pv is not None and dv is not None
+        entry = {"source": r["source"], "model": r["model"], "batch": int(r["batch"]), "precision": r["precision"],
+                 "prefill_energy_ratio": pv.value, "decode_energy_ratio": dv.value}
+        sep = separated(pv, dv)
+        if sep == 0:
+            undecided.append(entry | {"prefill_ci": [pv.low, pv.high], "decode_ci": [dv.low, dv.high]})
+        elif sep == -1 or (sep is None and not pv.value > dv.value):
+            exceptions.append(entry)
+    decided = len(q) - len(undecided)
+    f["prefill_exceeds_decode"] = {
+        "all": (not exceptions and not undecided) if len(q) else None, "exceptions": exceptions, "undecided": undecided,
+    }
+    if len(q) and not has_ci:
+        if not exceptions:
+            st["prefill_exceeds_decode"] = (
+                "The quantisation energy overhead was larger in prefill than in decode in every quantised "
+                f"configuration ({len(q)} of {len(q)})."
+            )
+        else:
+            listed = "; ".join(
+                f"{_where(pd.Series(e), multi)} (prefill {ratio_text(e['prefill_energy_ratio'])}, decode {ratio_text(e['decode_energy_ratio'])})"
+                for e in exceptions
+            )
+            st["prefill_exceeds_decode"] = (
+                "The quantisation energy overhead was larger in prefill than in decode in "
+                f"{len(q) - len(exceptions)} of {len(q)} quantised configurations; exceptions: {listed}."
+            )
     elif len(q):
-        listed = "; ".join(
-            f"{_where(pd.Series(e), multi)} (prefill {ratio_text(e['prefill_energy_ratio'])}, decode {ratio_text(e['decode_energy_ratio'])})"
-            for e in exceptions
+        text = (
+            "Judged by their 95% intervals, the quantisation energy overhead was larger in prefill than in decode "
+            f"in {decided - len(exceptions)} of the {decided} quantised configurations whose intervals separate"
+            if decided else
+            f"In none of the {len(q)} quantised configurations do the prefill and decode intervals separate"
         )
-        st["prefill_exceeds_decode"] = (
-            "The quantisation energy overhead was larger in prefill than in decode in "
-            f"{len(q) - len(exceptions)} of {len(q)} quantised configurations; exceptions: {listed}."
-        )
+        if exceptions:
+            text += "; larger in decode: " + "; ".join(
+                f"{_where(pd.Series(e), multi)} (prefill {_with_ci(q, e, 'prefill')}, decode {_with_ci(q, e, 'decode')})"
+                for e in exceptions)
+        if undecided:
+            text += "; undecided (intervals overlap): " + "; ".join(
+                f"{_where(pd.Series(e), multi)} (prefill {_with_ci(q, e, 'prefill')}, decode {_with_ci(q, e, 'decode')})"
+                for e in undecided)
+        st["prefill_exceeds_decode"] = text + "."
 
-    crossovers = [
-        {"source": r["source"], "model": r["model"], "batch": int(r["batch"]), "precision": r["precision"],
-         "phase": phase, "ratio": float(r[f"{phase}_energy_ratio"])}
-        for _, r in q.iterrows() for phase in ("prefill", "decode") if r[f"{phase}_energy_ratio"] < 1
-    ]
+    crossovers: list[dict[str, Any]] = []
+    near: list[dict[str, Any]] = []
+    for _, r in q.iterrows():
+        for phase in ("prefill", "decode"):
+            v = ratio_value(r, f"{phase}_energy_ratio")
+            assert v is not None
+            c = {"source": r["source"], "model": r["model"], "batch": int(r["batch"]), "precision": r["precision"],
+                 "phase": phase, "ratio": v.value}
+            if v.high is not None:
+                c["ci"] = [v.low, v.high]
+                if v.high < 1:
+                    crossovers.append(c)
+                elif v.value < 1 or (v.low is not None and v.low < 1):
+                    near.append(c)
+            elif v.value < 1:
+                crossovers.append(c)
     f["crossovers"] = crossovers
+    f["crossovers_undecided"] = near
+    rule = " (claimed only where the whole 95% interval lies below 1.0)" if has_ci else ""
     if len(q) and not crossovers:
         st["crossovers"] = (
             "No energy crossover was observed: no quantised configuration used less energy than FP16 "
-            "of the same model and batch in either phase."
+            f"of the same model and batch in either phase{rule}."
         )
     elif crossovers:
-        listed = "; ".join(f"{_where(pd.Series(c), multi)} {c['phase']} ({ratio_text(c['ratio'])})" for c in crossovers)
-        st["crossovers"] = f"Energy crossovers (less energy than FP16 of the same model and batch): {listed}."
+        listed = "; ".join(f"{_where(pd.Series(c), multi)} {c['phase']} ({_ci_text(c)})" for c in crossovers)
+        st["crossovers"] = f"Energy crossovers (less energy than FP16 of the same model and batch){rule}: {listed}."
+    if near:
+        st["crossovers"] = st.get("crossovers", "") + " Undecided (the interval includes 1.0): " + "; ".join(
+            f"{_where(pd.Series(c), multi)} {c['phase']} ({_ci_text(c)})" for c in near) + "."
 
     speed: dict[str, list[float]] = {}
     non_fp16 = usable[~usable["precision"].map(is_baseline).astype(bool)] if not usable.empty else usable
@@ -409,7 +484,9 @@ def findings(
         if rng is None:
             continue
         assessed = True
-        if max(pcts) < threshold and rng[1] < 1:
+        # Slower than FP16 must hold for the whole interval where the rows have one.
+        upper = max(h if math.isfinite(h) else v for v, h in zip(sel["decode_speed_ratio"], sel["decode_speed_ratio_high"]))
+        if max(pcts) < threshold and rng[1] < 1 and upper < 1:
             low.append({"source": r["source"], "precision": r["precision"], "max_tdp_pct": float(max(pcts)),
                         "tdp_w": float(r["tdp_w"]), "decode_speed_ratio_range": rng})
     f["low_power"] = low
@@ -457,6 +534,16 @@ def _weights_note(results: pd.DataFrame) -> str:
     return "real weights" if "unknown" not in w else "not stated"
 
 
+def _interval_note(results: pd.DataFrame) -> str:
+    rounds = results["rounds"].dropna() if "rounds" in results else pd.Series(dtype=float)
+    rounds = rounds[rounds > 0]
+    if rounds.empty:
+        return "none: recorded before paired rounds, so its ratios carry no interval"
+    span = f"{rounds.min():.0f}" if rounds.min() == rounds.max() else f"{rounds.min():.0f} to {rounds.max():.0f}"
+    return (f"95% t-interval of the geometric mean of per-round paired ratios (log scale), {span} rounds per row; "
+            "the precisions of a model and batch rotate in shuffled rounds so drift cancels in each round's ratio")
+
+
 def method_notes(src: Source) -> dict[str, str]:
     """What is known about how a source's numbers were made, item -> sentence."""
     meta = src.meta
@@ -473,6 +560,7 @@ def method_notes(src: Source) -> dict[str, str]:
         notes["average power"] = "from the table" if "prefill_power_w" in cols or "decode_power_w" in cols else "not in the table"
         notes["TDP"] = "from the table's tdp_w column" if "tdp_w" in cols else "not in the table"
         notes["weights"] = "not stated"
+        notes["intervals"] = "none: an imported table holds point values, so its ratios carry no interval"
         return notes
 
     run = run_meta(meta)
@@ -503,12 +591,20 @@ def method_notes(src: Source) -> dict[str, str]:
         notes["sampler"] = f"{sampler.get('rate_hz', '?')} Hz power, energy counter at {sampler.get('energy_hz', '?')} Hz"
     notes["windows"] = _window_lengths(src.windows) or "not recorded"
     if protocol:
+        if "min_rounds" in protocol:
+            measured = (
+                f"interleaved rounds of every precision of a model and batch, at least {protocol['min_rounds']}, until "
+                f"every ratio's 95% interval is within +-{protocol.get('ci_target', 0):.0%} or "
+                f"{protocol.get('max_row_s', '?')} s have passed"
+            )
+        else:  # recordings made before rounds
+            measured = f"{protocol.get('repeats', '?')} measured repeats per phase"
         notes["protocol"] = (
-            f"{protocol.get('repeats', '?')} measured repeats per phase, prompt {protocol.get('prompt_tokens', '?')} "
-            f"tokens, {protocol.get('decode_steps', '?')} decode steps per run, windows of at least "
-            f"{protocol.get('min_window_s', '?')} s"
+            f"{measured}, prompt {protocol.get('prompt_tokens', '?')} tokens, {protocol.get('decode_steps', '?')} "
+            f"decode steps per run, windows of at least {protocol.get('min_window_s', '?')} s"
         )
     notes["weights"] = _weights_note(src.results)
+    notes["intervals"] = _interval_note(src.results)
     bnb = run.sweep.get("bitsandbytes") or {}
     packages = run.packages
     if bnb or packages.get("bitsandbytes"):
@@ -666,10 +762,25 @@ def _summary(f: dict[str, Any]) -> dict[str, Any]:
         "prefill_exceeds_decode_exceptions": sorted(
             f"{e['model']} b{e['batch']} {e['precision']}" for e in f["prefill_exceeds_decode"]["exceptions"]
         ),
+        "prefill_exceeds_decode_undecided": sorted(
+            f"{e['model']} b{e['batch']} {e['precision']}" for e in f["prefill_exceeds_decode"].get("undecided", [])
+        ),
         "crossovers": sorted(f"{c['model']} b{c['batch']} {c['precision']} {c['phase']}" for c in f["crossovers"]),
         "decode_speed_ratio_range": {p: rng(r) for p, r in f["decode_speed_ratio_range"].items()},
         "low_power": sorted(e["precision"] for e in f["low_power"]),
     }
+
+
+def _beyond(row: pd.Series, name: str) -> str:
+    """'yes' where A's and B's intervals of a ratio do not overlap, 'no' where they do,
+    '' where either side has no interval (an imported table, an older recording)."""
+    def side(s: str) -> Any:
+        return ratio_value({name: row[f"{name}_{s}"], f"{name}_low": row[f"{name}_low_{s}"],
+                            f"{name}_high": row[f"{name}_high_{s}"]}, name)
+
+    a, b = side("a"), side("b")
+    sep = None if a is None or b is None else separated(a, b)
+    return "" if sep is None else ("no" if sep == 0 else "yes")
 
 
 def compare(a: Any, b: Any, *, idle_subtracted: bool = False) -> Comparison:
@@ -681,7 +792,7 @@ def compare(a: Any, b: Any, *, idle_subtracted: bool = False) -> Comparison:
     if la == lb:
         la, lb = f"{la} (A)", f"{lb} (B)"
     key = ["model", "batch", "precision"]
-    cols = key + list(RATIO_NAMES)
+    cols = key + list(RATIO_NAMES) + list(CI_COLUMNS)
     left = aa.phases[cols] if not aa.phases.empty else pd.DataFrame(columns=cols)
     right = bb.phases[cols] if not bb.phases.empty else pd.DataFrame(columns=cols)
     left, right = left.drop_duplicates(key), right.drop_duplicates(key)
@@ -689,7 +800,9 @@ def compare(a: Any, b: Any, *, idle_subtracted: bool = False) -> Comparison:
     t["present"] = t.pop("_merge").map({"both": "both", "left_only": "A only", "right_only": "B only"}).astype(str)
     for r in RATIO_NAMES:
         t[f"{r}_delta"] = t[f"{r}_b"] - t[f"{r}_a"]
-    order = key + [f"{r}_{s}" for r in RATIO_NAMES for s in ("a", "b", "delta")] + ["present"]
+        t[f"{r}_beyond_ci"] = [_beyond(row, r) for _, row in t.iterrows()]
+    order = key + [f"{r}_{s}" for r in RATIO_NAMES for s in ("a", "b", "delta", "beyond_ci")] + ["present"]
+    order += [f"{c}_{s}" for c in CI_COLUMNS for s in ("a", "b")]
     t = t[order]
     rows = sorted_rows(t.index, lambda i: (t.at[i, "model"], t.at[i, "batch"], t.at[i, "precision"]),
                        [*left["model"], *right["model"]])

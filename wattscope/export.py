@@ -31,7 +31,7 @@ import pandas as pd
 
 from wattscope.analysis import Analysis, Comparison, analyze, compare, open_source
 from wattscope.errors import WattscopeError
-from wattscope.metrics import FIGURES, RATIO_NAMES, RATIOS, title
+from wattscope.metrics import CI_COLUMNS, FIGURES, RATIO_NAMES, RATIOS, ratio_value, title
 from wattscope.render import (
     Grid,
     ResultLine,
@@ -123,7 +123,22 @@ def _clean(o: Any) -> Any:
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    return [_clean(r) for r in df.astype(object).to_dict(orient="records")]
+    """Rows as JSON objects; a ratio's interval sits next to it as ``<ratio>_ci: [low,
+    high]`` (null where the source has none) instead of two loose columns."""
+    out = []
+    for r in df.astype(object).to_dict(orient="records"):
+        if all(c in r for c in CI_COLUMNS):
+            for name in RATIO_NAMES:
+                low, high = r.pop(f"{name}_low"), r.pop(f"{name}_high")
+                r = _insert_after(r, name, f"{name}_ci", None if _clean(low) is None else [low, high])
+        out.append(_clean(r))
+    return out
+
+
+def _insert_after(d: dict[str, Any], key: str, new: str, value: Any) -> dict[str, Any]:
+    items = list(d.items())
+    i = [k for k, _ in items].index(key) + 1 if key in d else len(items)
+    return dict([*items[:i], (new, value), *items[i:]])
 
 
 # ---------------------------------------------------------------- display (md, latex)
@@ -134,7 +149,7 @@ def _phases_display(a: Analysis, per_token: bool, cv: bool) -> Grid:
     lines = [
         ResultLine(
             model=r["model"], batch=int(r["batch"]), precision=r["precision"], ok=bool(r["ok"]),
-            figures={k: r[k] for k in FIGURES if k in r.index}, ratios={k: r[k] for k in RATIO_NAMES},
+            figures={k: r[k] for k in FIGURES if k in r.index}, ratios={k: ratio_value(r, k) for k in RATIO_NAMES},
             reason=r["reason"], source=r["source"], weights=r["weights"],
         )
         for _, r in df.iterrows()
@@ -420,7 +435,11 @@ def _cmp_display(c: Comparison) -> Grid:
     for _, r in c.table.iterrows():
         row = [r["model"], str(int(r["batch"])), r["precision"]]
         for name in RATIO_NAMES:
-            row += [fmt_ratio(r[f"{name}_a"], ""), fmt_ratio(r[f"{name}_b"], ""), fmt_delta(r[f"{name}_delta"], "")]
+            a, b = (ratio_value({name: r[f"{name}_{s}"], f"{name}_low": r[f"{name}_low_{s}"],
+                                 f"{name}_high": r[f"{name}_high_{s}"]}, name) for s in ("a", "b"))
+            # A difference the two intervals support says so in its cell.
+            beyond = " beyond CI" if r[f"{name}_beyond_ci"] == "yes" else ""
+            row += [fmt_ratio(a, ""), fmt_ratio(b, ""), fmt_delta(r[f"{name}_delta"], "") + beyond]
         rows.append(row)
     return Grid(headers, rows, "lrl" + "rrr" * len(RATIOS))
 

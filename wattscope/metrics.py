@@ -142,6 +142,8 @@ RATIOS = (
     Ratio("decode_speed_ratio", "decode_tok_s", "Decode Speed Ratio", "Speed"),
 )
 RATIO_NAMES = tuple(r.name for r in RATIOS)
+# Where a table keeps a ratio's 95% interval: ``<ratio>_low`` and ``<ratio>_high``.
+CI_COLUMNS = tuple(f"{n}_{end}" for n in RATIO_NAMES for end in ("low", "high"))
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,28 @@ def ratios(figures: Mapping[str, float], baseline: Mapping[str, float] | None) -
 
 
 NO_RATIOS: Mapping[str, RatioValue | None] = dict.fromkeys(RATIO_NAMES)
+
+
+def ratio_value(columns: Mapping[str, Any], name: str) -> RatioValue | None:
+    """A ratio as a table row holds it: ``name`` and, where present, ``name_low`` and
+    ``name_high``; None where the ratio is blank."""
+    v = _finite(columns.get(name))
+    if v is None:
+        return None
+    return RatioValue(v, _finite(columns.get(f"{name}_low")), _finite(columns.get(f"{name}_high")))
+
+
+def separated(a: RatioValue, b: RatioValue) -> int | None:
+    """Whether two ratios differ beyond their intervals: 1 where ``a`` lies above ``b``,
+    -1 below, 0 where the intervals overlap, None where either has no interval."""
+    if None in (a.low, a.high, b.low, b.high):
+        return None
+    assert a.low is not None and a.high is not None and b.low is not None and b.high is not None
+    if a.low > b.high:
+        return 1
+    if a.high < b.low:
+        return -1
+    return 0
 
 
 def ratio_text(v: float) -> str:

@@ -66,8 +66,14 @@ def fmt_fixed(v: object, digits: int, missing: str = MISSING) -> str:
 
 
 def fmt_ratio(v: RatioValue | float | None, missing: str = MISSING) -> str:
+    """``5.12x``, and where the ratio has a 95% interval its relative half-width:
+    ``5.12x ±2.1%`` (the interval is asymmetric on a linear scale; exports that need its
+    ends carry them as numbers)."""
     f = _finite(v.value if isinstance(v, RatioValue) else v)
-    return missing if f is None else ratio_text(f)
+    if f is None:
+        return missing
+    hw = v.half_width if isinstance(v, RatioValue) else None
+    return ratio_text(f) if hw is None else f"{ratio_text(f)} ±{hw:.1%}"
 
 
 def fmt_delta(v: object, missing: str = MISSING) -> str:
@@ -331,6 +337,8 @@ def table_note(snap: Snapshot) -> str:
     """The lines under a terminal's results table: what the ratios are, what a mark
     means, and why each failed row failed."""
     notes = ["ratios vs FP16 of the same model and batch"]
+    if any(v is not None and v.half_width is not None for r in snap.results for v in r.ratios.values()):
+        notes.append("± half-width of the 95% interval over paired rounds")
     if any(r.flagged for r in snap.results):
         notes.append(f"{CV_MARK} CV > {CV_LIMIT:.0%} across repeats")
     return "\n".join(["; ".join(notes), *failure_lines(snap.results)])
