@@ -105,7 +105,7 @@ def test_live_panel_shows_power_tdp_phase_and_table() -> None:
     console.print(live_panel(snap, 100))
     text = console.export_text()
     assert "NVIDIA H100 80GB HBM3" in text
-    assert "config 2/3: Qwen2-1.5B b1 INT8 (synthetic)   phase decode r1/3 (0.7 s)" in text
+    assert "config 2/3: Qwen2-1.5B b1 INT8 (synthetic)   phase decode round 1 (0.7 s)" in text
     watts = snap.gpu.latest_w
     assert 65 < watts < 69  # the synthetic INT8 decode draws 67 W (+-2 % ripple)
     assert f"GPU0 {watts:4.0f} W" in text and f"{100 * watts / 700:.0f}% TDP" in text

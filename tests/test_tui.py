@@ -93,7 +93,7 @@ async def test_live_screen_shows_power_phase_tdp_and_table(events) -> None:
         snap = app.snap
         assert snap.phase == "decode" and snap.config.config_id == "Qwen2-1.5B/b8/fp16"
         assert f"GPU0 {snap.gpu.latest_w:.0f} W  {snap.gpu.pct_tdp:.0f}% of 700 W TDP" in text
-        assert "D decode r2/3" in text and "4/5 Qwen2-1.5B b8 FP16" in text
+        assert "D decode round 2" in text and "4/5 Qwen2-1.5B b8 FP16" in text
         assert _shows_row(text, "Qwen2-1.5B 1 INT8 4.736 135.724 15.79 5.13x 3.18x 0.15x")
         assert "41.10*" in text  # the noisy NF4 row is flagged, and the note under the table says why
         app.query_one("#results").scroll_end(animate=False)

@@ -143,9 +143,8 @@ def config_number(snap: Snapshot) -> int:
 
 def phase_line(snap: Snapshot) -> str:
     phase = PHASE_LABEL.get(snap.phase or "", snap.phase or "-")
-    rep = ""
-    if snap.repeat is not None and snap.config is not None:
-        rep = f" r{snap.repeat}/{snap.config.repeats}"
+    # Measured rounds go on until the intervals are tight: the round has no fixed total.
+    rep = f" round {snap.repeat}" if snap.repeat is not None else ""
     return f"{phase}{rep}"
 
 

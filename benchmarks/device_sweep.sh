@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Long sweeps on a lent GPU machine whose commands may run 10 minutes at most: the sweep
+# runs in its own process session (it outlives the command) and later commands wait for
+# it. Recordings stay in /tmp/sweeps until `collect` copies them to $OUT.
+#   bash benchmarks/device_sweep.sh start NAME CONFIG   # install wheels, start, then follow it
+#   bash benchmarks/device_sweep.sh follow NAME         # wait (up to 9 min) for it to end
+#   bash benchmarks/device_sweep.sh collect             # copy recordings and logs to $OUT
+set -u
+cmd=$1
+dir=/tmp/sweeps
+mkdir -p "$dir"
+if [ ! -d /tmp/site/bitsandbytes ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+follow() {
+  local name=$1 deadline=$((SECONDS + ${2:-540}))
+  while [ $SECONDS -lt $deadline ]; do
+    if [ -f "$dir/$name.rc" ]; then
+      echo "== $name ended with exit code $(cat "$dir/$name.rc")"; tail -n 40 "$dir/$name.log"; return 0
+    fi
+    sleep 5
+  done
+  echo "== $name still running"; tail -n 5 "$dir/$name.log"
+}
+case $cmd in
+  start)
+    name=$2 config=$3
+    date -u +%FT%TZ > "$dir/$name.started"
+    setsid bash -c "python3 -m wattscope run '$config' --headless -o '$dir/$name.wattscope' > '$dir/$name.log' 2>&1; echo \$? > '$dir/$name.rc'" < /dev/null &
+    follow "$name" "${4:-540}" ;;
+  follow) follow "$2" "${3:-540}" ;;
+  collect) cp "$dir"/*.wattscope "$dir"/*.log "$OUT"/ 2>/dev/null; ls -la "$OUT" ;;
+esac
