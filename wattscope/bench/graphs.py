@@ -3,12 +3,12 @@ a CUDA graph and replayed, so the host launches one graph per token instead of h
 of kernels and batch-1 decode is no longer paced by the Python process.
 
 Why an earlier attempt failed (``index_copy_(): index out of bounds`` on replay 27 of 32):
-in transformers 5.x a StaticCache layer writes at its own device counter
-(``cumulative_length``, advanced in place by every forward, also by warm-up steps and
-by each replay), and Qwen2 derives positions from that counter, ignoring any
-``cache_position`` passed in. Refilling a ``cache_position`` tensor therefore rewound
-nothing: prompt, earlier decode steps, warm-ups and replays together walked the write
-index past ``max_cache_len``. Here every run rewinds the counters themselves, in place.
+in transformers 5.x each StaticCache layer writes at its own device counter
+(``cumulative_length``), advanced in place by every forward, warm-ups and replays
+included, and Qwen2 takes positions from that counter, ignoring ``cache_position``; so
+refilling a ``cache_position`` tensor rewound nothing and the write index ran into
+``max_cache_len`` (192 = 128 prompt + 32 eager steps + warm-ups + replays). Here every
+run rewinds the counters themselves.
 
 Each run replays a small reset graph (counters back to the prompt length, first token
 back in the input buffer), then one step graph per token. The step graph writes the
