@@ -293,11 +293,27 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def build_workload(rc: RunConfig, sweep: Sweep, device: str, cache: WeightCache, info: dict[str, Any]) -> ModelWorkload:
+def model_and_prompt(
+    rc: RunConfig, sweep: Sweep, device: str, cache: WeightCache, info: dict[str, Any]
+) -> tuple[Any, list[list[int]]]:
+    """The configuration's model and its seeded prompt (the same for every precision)."""
     model = load_model(rc, sweep, device, cache, info)
     p = sweep.protocol
     vocab = int(model.config.get_text_config().vocab_size)
     ids = prompt_ids(p.seed, rc.batch, p.prompt_tokens, vocab)
     info["prompt_sha1"] = prompt_digest(ids)
     info["prompt_tokens"] = p.prompt_tokens
+    return model, ids
+
+
+def build_workload(rc: RunConfig, sweep: Sweep, device: str, cache: WeightCache, info: dict[str, Any]) -> ModelWorkload:
+    """The configuration's workload on its engine: "eager" (this module's forward loop)
+    or "graphs" (``wattscope.bench.graphs``, imported only when asked for, since it
+    builds on this module)."""
+    model, ids = model_and_prompt(rc, sweep, device, cache, info)
+    info["engine"] = rc.engine
+    if rc.engine == "graphs":
+        from wattscope.bench.graphs import GraphsWorkload
+
+        return GraphsWorkload(model, ids, device, max_steps=sweep.protocol.decode_steps)
     return ModelWorkload(model, ids, device)
