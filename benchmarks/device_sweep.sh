@@ -30,5 +30,5 @@ case $cmd in
     setsid bash -c "python3 -m wattscope run '$config' --headless -o '$dir/$name.wattscope' > '$dir/$name.log' 2>&1; echo \$? > '$dir/$name.rc'" < /dev/null &
     follow "$name" "${4:-540}" ;;
   follow) follow "$2" "${3:-540}" ;;
-  collect) cp "$dir"/*.wattscope "$dir"/*.log "$OUT"/ 2>/dev/null; ls -la "$OUT" ;;
+  collect) cp "$dir"/*.wattscope* "$dir"/*.log "$OUT"/ 2>/dev/null; ls -la "$OUT" ;;
 esac
