@@ -278,6 +278,7 @@ def _drain(q, into: list, until) -> None:
                 return
 
 
+@pytest.mark.process
 def test_runner_process_end_to_end_on_the_simulated_gpu():
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -318,6 +319,7 @@ def test_runner_process_end_to_end_on_the_simulated_gpu():
     assert per_token("Qwen2-1.5B/b1/int8", "decode") > per_token("Qwen2-1.5B/b1/nf4", "decode") > per_token("Qwen2-1.5B/b1/fp16", "decode")
 
 
+@pytest.mark.process
 def test_runner_process_stops_promptly():
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -345,6 +347,7 @@ def test_runner_process_stops_promptly():
     assert fin[-1].ok or "stopped" in fin[-1].reason
 
 
+@pytest.mark.process
 def test_runner_process_restarts_from_an_index():
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
