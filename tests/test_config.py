@@ -123,6 +123,7 @@ def test_synthetic_config_json_resolved_next_to_the_config(tmp_path: Path) -> No
         config.parse(text.replace("tiny.json", "other.json"), str(tmp_path / "s.toml"))
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("bad", ["[protocol]\nrepeats = 0\n" + MINIMAL, None])
 def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path: Path, bad: str | None) -> None:
     cfg = tmp_path / "bad.toml"
@@ -139,6 +140,7 @@ def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path: Path, bad: str | No
     assert list(tmp_path.iterdir()) == ([cfg] if bad is not None else [])
 
 
+@pytest.mark.process
 def test_run_without_a_gpu_says_so_and_writes_nothing(tmp_path: Path) -> None:
     pytest.importorskip("pynvml")
     from wattscope.telemetry import NvmlUnavailable, SensorSpec, open_sensor

@@ -1,9 +1,8 @@
 """Drive the real CLI in tmux: `wattscope demo` (replay of the bundled recording) and
 `wattscope run --sim` (live), read the screen with capture-pane, quit with q.
 
-Skipped when tmux is missing, or when the command exits before drawing the app (the
-bundled recording or the simulated runner are not in this checkout yet); the skip
-reason quotes the command's last output line."""
+Skipped only when tmux is missing. A command that exits before drawing the app is a
+failure that quotes the command's last output lines."""
 
 from __future__ import annotations
 
@@ -19,7 +18,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+pytestmark = [
+    pytest.mark.process,
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
+]
 
 
 class Pane:
@@ -59,12 +61,12 @@ class Pane:
         subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
 
 
-def _started_or_skip(pane: Pane, text: str, what: str) -> None:
+def _started(pane: Pane, text: str, what: str) -> None:
     if "wattscope" in text and ("REPLAY" in text or "LIVE" in text):
         return
     if pane.dead():
         lines = [line for line in text.splitlines() if line.strip() and not line.startswith("Pane is dead")]
-        pytest.skip(f"{what} exited before drawing the app: {' '.join(lines[-3:]) or 'no output'}")
+        pytest.fail(f"{what} exited before drawing the app: {' '.join(lines[-3:]) or 'no output'}")
     pytest.fail(f"{what} is running but the app never appeared:\n{text}")
 
 
@@ -81,7 +83,7 @@ def test_demo_shows_power_phase_tdp_and_table_and_q_quits() -> None:
     pane = Pane(f"{shlex.quote(sys.executable)} -m wattscope demo", env={"NO_COLOR": "1"})
     try:
         text = pane.wait_for("TDP", "Phase", timeout=30)
-        _started_or_skip(pane, text, "wattscope demo")
+        _started(pane, text, "wattscope demo")
         assert "REPLAY" in text
         assert " W " in text and "% of " in text and "W TDP" in text  # power and %TDP
         assert "%TDP" in text
@@ -100,7 +102,7 @@ def test_live_sim_run_quit_asks_then_stops_and_keeps_the_recording(tmp_path: Pat
     pane = Pane(cmd, env={"TERM": os.environ.get("TERM", "xterm-256color")})
     try:
         text = pane.wait_for("TDP", "Phase", timeout=60)
-        _started_or_skip(pane, text, "wattscope run --sim")
+        _started(pane, text, "wattscope run --sim")
         assert "LIVE" in text and "W TDP" in text and "%TDP" in text
         pane.keys("q")
         text = pane.wait_for("Stop the runner", timeout=10)
@@ -127,7 +129,7 @@ def test_replay_of_a_recording_file_keys_and_no_color(tmp_path: Path) -> None:
                 width=80, height=24, env={"NO_COLOR": "1"})
     try:
         text = pane.wait_for("TDP", "Phase", timeout=30)
-        _started_or_skip(pane, text, "wattscope replay")
+        _started(pane, text, "wattscope replay")
         pane.keys("space", "g")  # pause at the start, then seek to the INT8 load
         pane.keys("Right", "Right", "Left")
         text = pane.wait_for("00:10/", "l load", timeout=10)

@@ -203,24 +203,28 @@ def test_read_does_not_wait_for_a_counter_read_in_progress(fake) -> None:  # noq
     """On an H100 the memory query waits for a concurrent counter read (~3-17 ms)."""
     gpu = FakeGPU()
     nv = fake(gpu)
-    s = open_sensor(("nvml", 0))
-    assert s.read()[5] == 512.0
-    entered, release = threading.Event(), threading.Event()
+    armed, entered, release = threading.Event(), threading.Event(), threading.Event()
     mem_calls = []
-    real_mem = nv.nvmlDeviceGetMemoryInfo
+    real_mem, real_counter = nv.nvmlDeviceGetMemoryInfo, nv.nvmlDeviceGetTotalEnergyConsumption
 
     def slow_counter(h: FakeGPU) -> int:
+        if not armed.is_set():
+            return real_counter(h)
         entered.set()
         release.wait(5)
         return 1_000_000
 
     def counting_mem(h: FakeGPU):  # noqa: ANN202
-        mem_calls.append(1)
+        if armed.is_set():
+            mem_calls.append(1)
         return real_mem(h)
 
+    # Replaced before open: the sensor looks its getters up once, when it opens.
     nv.nvmlDeviceGetTotalEnergyConsumption = slow_counter
     nv.nvmlDeviceGetMemoryInfo = counting_mem
-    s._get_mem = counting_mem  # the sensor looked its getters up once, at open
+    s = open_sensor(("nvml", 0))
+    assert s.read()[5] == 512.0
+    armed.set()
     gpu.mem_used = 1024 * 1024 * 1024
     reader = threading.Thread(target=s.energy_j)
     reader.start()

@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 
 from wattscope import config
+from wattscope.bench import protocol
 from wattscope.bench.protocol import agree, calls_for, run_protocol
 from wattscope.bench.workload import WorkloadError, describe_exception, prompt_digest, prompt_ids, short_reason
 from wattscope.events import ConfigFinished, ConfigStarted, PhaseStarted, RunWarning, Window
@@ -54,20 +55,53 @@ class Counter:
         return self.joules
 
 
+class FakeClock:
+    """The protocol's clock (ns), moved only by the fake calls and the idle wait, so the
+    window sizes follow from ``call_s`` alone, not from how busy the machine is."""
+
+    def __init__(self) -> None:
+        self.t = 1_000_000_000
+
+    def __call__(self) -> int:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += round(seconds * 1e9)
+
+
+class ClockedStop:
+    """A stop flag that is never set and whose waits pass on the fake clock."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+
+    def is_set(self) -> bool:
+        return False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.clock.advance(timeout or 0.0)
+        return False
+
+
 class FakeWorkload:
     """Each prefill adds prefill_j(n) joules and each decode run decode_j(n), where n
-    counts that kind of call so far; a call busy-waits ``call_s`` seconds."""
+    counts that kind of call so far; a call busy-waits ``call_s`` seconds, or moves a
+    ``clock`` on by ``call_s``."""
 
     def __init__(self, counter: Counter, batch: int = 2, prompt_len: int = 16, call_s: float = 0.001,
-                 prefill_j=lambda n: 2.0, decode_j=lambda n: 3.0) -> None:
+                 prefill_j=lambda n: 2.0, decode_j=lambda n: 3.0, clock: FakeClock | None = None) -> None:
         self.counter, self.batch, self.prompt_len, self.call_s = counter, batch, prompt_len, call_s
         self.prefill_j, self.decode_j = prefill_j, decode_j
+        self.clock = clock
         self.log: list[str] = []
         self.decode_steps: list[int] = []
         self.n_prefill = self.n_decode = 0
         self.closed = False
 
     def _busy(self) -> None:
+        if self.clock is not None:
+            self.clock.advance(self.call_s)
+            return
         from wattscope.events import now_ns
 
         end = now_ns() + int(self.call_s * 1e9)

@@ -178,18 +178,23 @@ WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.process
 def test_kill_9_loses_at_most_one_second(tmp_path: Path) -> None:
     path = tmp_path / "killed.wattscope"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    last = 0
+    # Timed from the first row written, not from the start of an interpreter that may
+    # take seconds to import on a loaded machine.
+    written = [int(proc.stdout.readline())]
     start = time.monotonic()
     while time.monotonic() - start < 2.5:
-        last = int(proc.stdout.readline())
+        written.append(int(proc.stdout.readline()))
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     rec = wattscope.load(path)
     assert not rec.complete and rec.meta["status"] == "running"
-    recorded_last = int(rec.samples["t_ns"].max())
-    assert last - recorded_last <= 1_000_000_000
-    assert len(rec.samples) > 100  # ~2 s at ~100 rows/s survived
+    last = written[-1]
+    older = {t for t in written if t <= last - 1_000_000_000}
+    assert len(older) >= 50  # 1.5 s of rows at up to 100 rows/s
+    assert older <= set(rec.samples["t_ns"])  # nothing written more than 1 s before the kill is lost
+    assert last - int(rec.samples["t_ns"].max()) <= 1_000_000_000

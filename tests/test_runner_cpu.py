@@ -284,6 +284,7 @@ def _drain(q, into: list, until) -> None:
                 return
 
 
+@pytest.mark.process
 def test_runner_process_end_to_end_on_the_simulated_gpu():
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -324,6 +325,7 @@ def test_runner_process_end_to_end_on_the_simulated_gpu():
     assert per_token("Qwen2-1.5B/b1/int8", "decode") > per_token("Qwen2-1.5B/b1/nf4", "decode") > per_token("Qwen2-1.5B/b1/fp16", "decode")
 
 
+@pytest.mark.process
 def test_runner_process_stops_promptly():
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -351,6 +353,7 @@ def test_runner_process_stops_promptly():
     assert all("stopped" in f.reason and not f.ok for f in fin)
 
 
+@pytest.mark.process
 def test_runner_process_restarts_from_an_index():
     ctx = mp.get_context("spawn")
     q = ctx.Queue()

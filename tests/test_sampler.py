@@ -97,6 +97,7 @@ def run_100hz() -> dict:
     }
 
 
+@pytest.mark.process
 def test_rows_come_at_the_target_rate(run_100hz: dict) -> None:
     rows = run_100hz["rows"]
     assert len(rows) > 100
@@ -105,6 +106,7 @@ def test_rows_come_at_the_target_rate(run_100hz: dict) -> None:
     assert rate == pytest.approx(100.0, rel=0.03)
 
 
+@pytest.mark.process
 def test_rows_are_on_the_monotonic_clock_and_well_formed(run_100hz: dict) -> None:
     rows = run_100hz["rows"]
     ts = [r[0] for r in rows]
@@ -120,6 +122,7 @@ def test_rows_are_on_the_monotonic_clock_and_well_formed(run_100hz: dict) -> Non
     assert all(abs(p - 500) < 15 for p in late) and all(abs(p - 72) < 15 for p in early)
 
 
+@pytest.mark.process
 def test_fresh_flags_count_the_100ms_refreshes(run_100hz: dict) -> None:
     rows = run_100hz["rows"]
     span_s = (rows[-1][0] - rows[0][0]) / 1e9
@@ -130,6 +133,7 @@ def test_fresh_flags_count_the_100ms_refreshes(run_100hz: dict) -> None:
         assert bool(b[COL["fresh"]] & FRESH_POWER) == (b[COL["power_w"]] != a[COL["power_w"]])
 
 
+@pytest.mark.process
 def test_energy_is_read_at_energy_hz(run_100hz: dict) -> None:
     rows = run_100hz["rows"]
     span_s = (rows[-1][0] - rows[0][0]) / 1e9
@@ -141,12 +145,14 @@ def test_energy_is_read_at_energy_hz(run_100hz: dict) -> None:
     assert all(not (r[COL["fresh"]] & FRESH_ENERGY) for r in rows if math.isnan(r[COL["energy_j"]]))
 
 
+@pytest.mark.process
 def test_rows_are_batched_about_every_100ms(run_100hz: dict) -> None:
     batches = [e for e in run_100hz["events"] if isinstance(e, Samples)]
     assert 14 <= len(batches) <= 20
     assert max(len(b.rows) for b in batches[:-1]) <= 12
 
 
+@pytest.mark.process
 def test_stats_report_rate_and_fresh_values(run_100hz: dict) -> None:
     stats = run_100hz["stats"]
     assert stats, "no SamplerStats within 1.7 s"
@@ -160,12 +166,14 @@ def test_stats_report_rate_and_fresh_values(run_100hz: dict) -> None:
     assert 0.0 < s.cpu_pct < 50.0
 
 
+@pytest.mark.process
 def test_a_clean_stop_is_not_a_failure(run_100hz: dict) -> None:
     assert run_100hz["exitcode"] == 0
     assert run_100hz["failure"] is None
     assert not [e for e in run_100hz["events"] if isinstance(e, RunWarning) and "slipping" not in e.message]
 
 
+@pytest.mark.process
 def test_stop_flushes_the_last_batch() -> None:
     with SimGPU.create(SimSpec()) as gpu:
         sp = SamplerProcess([SensorSpec.simulated(gpu)], rate_hz=100, batch_interval_s=10.0, stats_interval_s=10.0)
@@ -182,6 +190,7 @@ def test_stop_flushes_the_last_batch() -> None:
     assert sp.exitcode == 0 and not sp.is_alive()
 
 
+@pytest.mark.process
 def test_death_of_the_sampler_is_noticed() -> None:
     with SimGPU.create(SimSpec()) as gpu:
         sp = SamplerProcess([SensorSpec.simulated(gpu)], rate_hz=50)
@@ -198,6 +207,7 @@ def test_death_of_the_sampler_is_noticed() -> None:
         assert "killed by signal 9" in sp.failure()
 
 
+@pytest.mark.process
 def test_a_sensor_that_cannot_open_ends_the_sampler_with_a_warning() -> None:
     gpu = SimGPU.create(SimSpec())
     gpu.close()  # its segment is gone: the sampler cannot attach
@@ -226,6 +236,7 @@ _INTERMEDIATE = textwrap.dedent(
 )
 
 
+@pytest.mark.process
 def test_sampler_exits_when_its_parent_is_killed() -> None:
     parent = subprocess.Popen(
         [sys.executable, "-c", _INTERMEDIATE.format(root=str(ROOT))],
@@ -265,6 +276,7 @@ def test_bad_settings_are_refused(kwargs: dict, key: str) -> None:
         SamplerProcess([])
 
 
+@pytest.mark.process
 def test_sampler_module_does_not_import_pandas() -> None:
     code = "import sys, wattscope.telemetry.sampler; print(sorted(m for m in ('pandas', 'torch', 'textual', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -112,6 +112,7 @@ def _child_sets_and_reads(gpu: SimGPU, out: mp.Queue) -> None:
     gpu.close()
 
 
+@pytest.mark.process
 def test_state_is_shared_with_a_spawned_process() -> None:
     ctx = mp.get_context("spawn")
     with SimGPU.create(SimSpec(seed=4, noise_w=0.0)) as gpu:

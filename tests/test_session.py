@@ -4,6 +4,7 @@ faults: Ctrl-C, kill -9, and a sampler that dies."""
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import signal
 import subprocess
@@ -15,9 +16,12 @@ import pytest
 
 import wattscope
 from wattscope import config
+from wattscope.bench.runner import RunnerProcess
+from wattscope.events import now_ns
 from wattscope.session import Session
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.process
 
 TWO_ROWS = """
 name = "two"
@@ -35,6 +39,17 @@ precisions = ["fp16", "int8"]
 def _nan_as_none(figures: dict) -> dict:
     """A recording stores NaN as JSON null."""
     return {k: None if v is None or v != v else v for k, v in figures.items()}
+
+
+def _child(name: str, timeout: float = 10.0) -> mp.Process:
+    """This process's live child of that name (the session's sampler or runner)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [p for p in mp.active_children() if p.name == name]
+        if found or time.monotonic() > deadline:
+            assert len(found) == 1, [p.name for p in mp.active_children()]
+            return found[0]
+        time.sleep(0.05)
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
@@ -123,10 +138,7 @@ def test_a_dead_sampler_is_reported_and_the_sweep_goes_on(tmp_path: Path) -> Non
     sweep = config.parse(TWO_ROWS, str(tmp_path / "two.toml"))
     session = Session(sweep, tmp_path / "s.wattscope", sim=True)
     session.start()
-    deadline = time.monotonic() + 10
-    while not session._sampler.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(session._sampler.pid, signal.SIGKILL)
+    os.kill(_child("wattscope-sampler").pid, signal.SIGKILL)
     assert session.wait(120)
     rec = wattscope.load(tmp_path / "s.wattscope")
     assert rec.meta["status"] == "completed"
@@ -141,9 +153,9 @@ def test_a_runner_that_dies_becomes_a_failed_row_and_the_rest_runs(tmp_path: Pat
     session.start()
     # Once the first configuration is under way, kill the runner hard.
     deadline = time.monotonic() + 30
-    while not session._started and time.monotonic() < deadline:
+    while session.state.snapshot(now_ns()).config is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.kill(session._runner.pid, signal.SIGKILL)
+    os.kill(_child("wattscope-runner").pid, signal.SIGKILL)
     assert session.wait(120)
     rec = wattscope.load(tmp_path / "r.wattscope")
     res = rec.results.set_index("config_id")
@@ -159,11 +171,11 @@ def test_a_start_that_fails_leaves_no_file_and_no_child(tmp_path: Path, monkeypa
     out = tmp_path / "never.wattscope"
     session = Session(sweep, out, sim=True)
 
-    def broken(*args, **kw):
+    def broken(self):
         raise OSError("cannot start the runner")
 
-    monkeypatch.setattr(session, "_start_runner", broken)
+    monkeypatch.setattr(RunnerProcess, "start", broken)
     with pytest.raises(OSError, match="cannot start the runner"):
         session.start()
     assert not out.exists()
-    assert not session._sampler.is_alive()
+    assert not [p.name for p in mp.active_children() if p.name.startswith("wattscope-")]  # the sampler it started is gone

@@ -94,8 +94,6 @@ def test_ring_buffer_is_bounded_and_keeps_the_window() -> None:
     for b in range(100):
         rows = [_row(T0 + (b * 100 + k) * dt, float(b)) for k in range(100)]
         s.apply(ev.Samples(T0 + (b + 1) * 100 * dt, rows))
-    ring = s._gpus[0].ring
-    assert ring.capacity == int(2.0 * MAX_RATE_HZ) + MAX_RATE_HZ
     now = T0 + 10 * S
     g = s.snapshot(now).gpu
     assert len(g.t_s) == 2000  # the last 2 s at 1 kHz, nothing older
@@ -103,6 +101,12 @@ def test_ring_buffer_is_bounded_and_keeps_the_window() -> None:
     assert np.all(np.diff(g.t_s) > 0)
     assert g.power_w[-1] == 99.0 and g.power_w[0] == 80.0
     assert not g.power_w.flags.writeable
+    # Memory is bounded: the state keeps 1 s beyond the window at MAX_RATE_HZ (here the
+    # samples of 7.000-9.999 s), so a snapshot at 8 s finds only its window's last second.
+    assert MAX_RATE_HZ == 1000
+    earlier = s.snapshot(now - 2 * S).gpu
+    assert earlier.t_s[0] == pytest.approx(-1.0) and earlier.t_s[-1] == 0.0
+    assert len(earlier.t_s) == 1001 and earlier.power_w[0] == 70.0
 
 
 def test_eta_from_finished_configs() -> None:

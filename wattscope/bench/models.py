@@ -282,6 +282,14 @@ class ModelWorkload:
         self.model = None
 
 
+def single_cpu_thread() -> None:
+    """One CPU thread for torch: on a process pinned to one core, its thread pool would
+    only compete with the thread that launches the kernels."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def release_memory() -> None:
     """Give freed GPU memory back between configurations (after an OOM above all)."""
     gc.collect()

@@ -131,9 +131,9 @@ def _isolate(cpu: int | None, sim: bool) -> None:
 
     pin(0, cpu)
     if not sim:
-        import torch
+        from wattscope.bench import models
 
-        torch.set_num_threads(1)
+        models.single_cpu_thread()
 
 
 def _child_main(sweep: Sweep, sensor_spec: Any, queue: Any, sim: bool, device: str, start_index: int,
