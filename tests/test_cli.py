@@ -24,6 +24,7 @@ def _main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str
     return code, out, err
 
 
+@pytest.mark.process
 def test_export_traces_in_a_table_format_is_a_bad_input_not_a_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "wattscope", "export", str(SEED_REC), "--traces", "--format", "md",

@@ -63,6 +63,7 @@ def _close(a: list, b: list) -> bool:
     return len(a) == len(b) and all(torch.allclose(x, y, rtol=0, atol=1e-5) for x, y in zip(a, b))
 
 
+@pytest.mark.process
 def test_graphs_module_does_not_import_torch():
     code = (
         "import sys\n"

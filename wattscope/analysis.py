@@ -154,6 +154,9 @@ def _rows(src: Source, idle_subtracted: bool, warnings: list[str]) -> list[dict[
     if idle_subtracted and not has_idle:
         warnings.append(f"{src.label}: no idle baseline in this source; idle-subtracted energies are blank")
     source_tdp = _tdp_w(src)
+    # Each row's engine is in its result; recordings made before it was, keep it in the sweep.
+    configs = run_meta(src.meta).sweep.get("configs") or []
+    engine_of = {c.get("config_id"): c.get("engine") for c in configs if isinstance(c, dict)}
     rows = []
     for _, r in res.iterrows():
         ok = bool(r.get("ok", True))
@@ -165,6 +168,8 @@ def _rows(src: Source, idle_subtracted: bool, warnings: list[str]) -> list[dict[
             "batch": int(r["batch"]),
             "precision": precision_label(r["precision"]),
             "weights": _weights(r.get("synthetic")),
+            # Rows of an imported table or an older recording ran the eager stack.
+            "engine": next((e for e in (r.get("engine"), engine_of.get(r.get("config_id"))) if isinstance(e, str)), "eager"),
             "ok": ok,
             "reason": "" if ok else str(r.get("reason") or "failed"),
         }
@@ -199,9 +204,9 @@ def _rows(src: Source, idle_subtracted: bool, warnings: list[str]) -> list[dict[
 
 
 def _add_ratios(df: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
-    keys = ["source", "model_id", "batch"]
+    keys = ["source", "model_id", "batch", "engine"]
     fp16 = df["precision"].map(is_baseline).astype(bool)
-    for (source, _, batch), g in df.groupby(keys, sort=False):
+    for (source, _, batch, _engine), g in df.groupby(keys, sort=False):
         where = f"{source}: {g['model'].iloc[0]} batch {batch}"
         base = g[fp16[g.index]]
         if base.empty:
@@ -229,7 +234,7 @@ _PHASE_ORDER = [
     "source", "model", "batch", "precision", "weights", "ok", "reason",
     "prefill_energy_j", "decode_energy_j", "decode_tok_s", *RATIO_NAMES,
     "decode_energy_per_token_j", "decode_steps", "prefill_power_w", "decode_power_w", "tdp_w",
-    *CV_OF.values(), "model_id", *CI_COLUMNS, "rounds",
+    *CV_OF.values(), "model_id", *CI_COLUMNS, "rounds", "engine",
 ]
 _ROW_COLUMNS = [*_PHASE_ORDER, *(f"{n}_paired" for n in RATIO_NAMES)]
 
@@ -240,7 +245,7 @@ def _phases(srcs: list[Source], idle_subtracted: bool, warnings: list[str]) -> p
     models = list(dict.fromkeys(r["model_id"] for rows in per_source for r in rows))
     rows = [
         r for rows in per_source
-        for r in sorted_rows(rows, lambda r: (r["model_id"], r["batch"], r["precision"]), models)
+        for r in sorted_rows(rows, lambda r: (r["model_id"], r["batch"], r["precision"], r["engine"]), models)
     ]
     df = pd.DataFrame(rows, columns=_ROW_COLUMNS)
     if df.empty:

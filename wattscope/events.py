@@ -213,6 +213,7 @@ class ConfigResult(Event):
     ok: bool
     reason: str
     figures: dict[str, float]
+    engine: str = "eager"  # the decode engine the row ran on (config.ENGINES)
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,7 @@ def _phases_display(a: Analysis, per_token: bool, cv: bool) -> Grid:
         ResultLine(
             model=r["model"], batch=int(r["batch"]), precision=r["precision"], ok=bool(r["ok"]),
             figures={k: r[k] for k in FIGURES if k in r.index}, ratios={k: ratio_value(r, k) for k in RATIO_NAMES},
-            reason=r["reason"], source=r["source"], weights=r["weights"],
+            reason=r["reason"], source=r["source"], weights=r["weights"], engine=r["engine"],
         )
         for _, r in df.iterrows()
     ]

@@ -27,7 +27,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from wattscope.config import BASELINE_PRECISION, PRECISIONS
+from wattscope.config import BASELINE_PRECISION, ENGINES, PRECISIONS
 from wattscope.events import ConfigFinished, ConfigResult, ConfigStarted, RunWarning, Window
 from wattscope.stats import NO_ESTIMATE, RatioEstimate, paired_ratio
 
@@ -269,19 +269,29 @@ def is_baseline(precision: str) -> bool:
 _Row = TypeVar("_Row")
 
 
+def engine_rank(engine: str) -> int:
+    """An engine's place in the row order (config.ENGINES: eager first)."""
+    return ENGINES.index(engine) if engine in ENGINES else len(ENGINES)
+
+
 def sorted_rows(
     rows: Iterable[_Row],
-    key: Callable[[_Row], tuple[Hashable, int, str]],
+    key: Callable[[_Row], tuple[Hashable, int, str] | tuple[Hashable, int, str, str]],
     models: Iterable[Hashable] = (),
 ) -> list[_Row]:
     """Rows in the order every table lists them: by model (in the order of ``models``,
-    then of first appearance among the rows), batch, then precision (FP16, BF16, INT8,
-    NF4). ``key`` gives a row's (model, batch, precision)."""
+    then of first appearance among the rows), batch, engine (eager first), then precision
+    (FP16, BF16, INT8, NF4). ``key`` gives a row's (model, batch, precision[, engine])."""
     rows = list(rows)
     keys = [key(r) for r in rows]
     rank = {m: i for i, m in enumerate(dict.fromkeys([*models, *(k[0] for k in keys)]))}
-    order = sorted(range(len(rows)), key=lambda i: (rank[keys[i][0]], keys[i][1], precision_rank(keys[i][2])))
-    return [rows[i] for i in order]
+
+    def order_of(i: int) -> tuple[int, int, int, int]:
+        k = keys[i]
+        engine = k[3] if len(k) > 3 else "eager"
+        return rank[k[0]], k[1], engine_rank(str(engine)), precision_rank(k[2])
+
+    return [rows[i] for i in sorted(range(len(rows)), key=order_of)]
 
 
 # -------------------------------------------------------------------------- run meta
@@ -529,7 +539,7 @@ def config_result(
         return ConfigResult(
             t_ns=t, config_id=cid, model=started.model, batch=started.batch,
             precision=started.precision, synthetic=started.synthetic,
-            ok=ok, reason=reason, figures=figures,
+            ok=ok, reason=reason, figures=figures, engine=started.engine,
         )
 
     if not finished.ok:

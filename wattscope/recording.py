@@ -329,19 +329,20 @@ def _merge(ev_cur: Iterator[tuple[int, str]], s_cur: Iterator[tuple]) -> Iterato
     next_ev = next(ev_cur, None)
     next_s = next(s_cur, None)
     while next_ev is not None or next_s is not None:
-        if next_s is None or (next_ev is not None and next_ev[0] <= next_s[0]):
+        if next_ev is not None and (next_s is None or next_ev[0] <= next_s[0]):
             yield Event.from_dict(json.loads(next_ev[1]))
             next_ev = next(ev_cur, None)
             continue
+        assert next_s is not None
         batch_start = next_s[0]
         limit = batch_start + REPLAY_BATCH_NS
         if next_ev is not None:
             limit = min(limit, next_ev[0])
-        rows = []
+        rows: list[tuple] = []
         while next_s is not None and (next_s[0] < limit or not rows):
             rows.append(tuple(nan if v is None else v for v in next_s))
             next_s = next(s_cur, None)
-        yield Samples(t_ns=rows[-1][0], rows=rows)
+        yield Samples(t_ns=int(rows[-1][0]), rows=rows)
 
 
 def load(path: str | Path) -> Recording:

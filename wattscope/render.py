@@ -73,7 +73,10 @@ def fmt_ratio(v: RatioValue | float | None, missing: str = MISSING) -> str:
     if f is None:
         return missing
     hw = v.half_width if isinstance(v, RatioValue) else None
-    return ratio_text(f) if hw is None else f"{ratio_text(f)} ±{hw:.1%}"
+    if hw is None:
+        return ratio_text(f)
+    # Two significant places below 0.1%, so a tight interval never prints as ±0.0%.
+    return f"{ratio_text(f)} ±{hw:.{1 if hw >= 0.001 else 2}%}"
 
 
 def fmt_delta(v: object, missing: str = MISSING) -> str:
@@ -166,6 +169,7 @@ class ResultLine:
     source: str = ""
     weights: str = ""
     pct_tdp: tuple[float | None, float | None] = (None, None)  # prefill, decode
+    engine: str = "eager"
 
     @property
     def note(self) -> str:
@@ -185,7 +189,7 @@ def line_of(row: ResultRow) -> ResultLine:
     return ResultLine(
         model=row.model, batch=row.batch, precision=row.precision, ok=row.ok, figures=row.figures,
         ratios=row.ratios, reason=row.reason, flagged=row.flagged,
-        pct_tdp=(row.prefill_pct_tdp, row.decode_pct_tdp),
+        pct_tdp=(row.prefill_pct_tdp, row.decode_pct_tdp), engine=row.engine,
     )
 
 
@@ -241,6 +245,9 @@ def results_grid(
         ("Batch", "r", lambda ln: str(ln.batch)),
         ("Precision", "l", lambda ln: precision_label(ln.precision)),
     ]
+    if any(ln.engine != "eager" for ln in lines):
+        # The engine is part of what a row measured: shown wherever one is not the default.
+        cols.append(("Engine", "l", lambda ln: ln.engine))
     if weights:
         cols.append(("Weights", "l", lambda ln: ln.weights))
     first_figure = len(cols)

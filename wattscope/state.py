@@ -79,6 +79,7 @@ class ResultRow:
     prefill_pct_tdp: float | None
     decode_pct_tdp: float | None
     t_ns: int
+    engine: str = "eager"
 
 
 @dataclass(frozen=True)
@@ -372,10 +373,11 @@ class RunState:
     def _result_rows(self) -> tuple[ResultRow, ...]:
         if self._rows is not None:
             return self._rows
-        base: dict[tuple[str, int], Mapping[str, float]] = {}
+        # A row's baseline: the FP16 row of its model, batch and engine.
+        base: dict[tuple[str, int, str], Mapping[str, float]] = {}
         for r in self._results.values():
             if r.ok and is_baseline(r.precision):
-                base[(r.model, r.batch)] = r.figures
+                base[(r.model, r.batch, r.engine)] = r.figures
         tdp = self._run.tdp_w
         rows = []
         for r in self._results.values():
@@ -390,11 +392,12 @@ class RunState:
                     r.ok,
                     r.reason if not r.ok else "",
                     MappingProxyType(figs),
-                    MappingProxyType(ratios(figs, base.get((r.model, r.batch))) if r.ok else NO_RATIOS),
+                    MappingProxyType(ratios(figs, base.get((r.model, r.batch, r.engine))) if r.ok else NO_RATIOS),
                     cv_flags(figs),
                     percent_of_tdp(figs.get("prefill_power_w"), tdp),
                     percent_of_tdp(figs.get("decode_power_w"), tdp),
                     r.t_ns,
+                    r.engine,
                 )
             )
         # A failed configuration the session gave no result for still gets a row.
@@ -409,7 +412,7 @@ class RunState:
         full_model = {cid: info.model for cid, info in self._started_info.items()}
         full_model.update({cid: r.model for cid, r in self._results.items()})
         self._rows = tuple(sorted_rows(
-            rows, lambda r: (full_model.get(r.config_id, r.model), r.batch, r.precision), self._model_order
+            rows, lambda r: (full_model.get(r.config_id, r.model), r.batch, r.precision, r.engine), self._model_order
         ))
         return self._rows
 

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from wattscope.architectures import synthetic_config
 from wattscope.bench.workload import WorkloadError, prompt_digest, prompt_ids, short_reason
@@ -205,7 +205,8 @@ def load_model(rc: RunConfig, sweep: Sweep, device: str, cache: WeightCache, inf
     except (OSError, ValueError) as e:
         raise WorkloadError(short_reason(f"model {rc.model} failed to load: {e}")) from e
     if not _is_cuda(device):
-        model.to(device)
+        # transformers types .to() for a PreTrainedModel receiver its stubs cannot see here.
+        cast(Any, model).to(device)
     model.eval()
     if _is_cuda(device):
         torch.cuda.synchronize(device)
@@ -229,7 +230,7 @@ class ModelWorkload:
         self.device = device
         self.batch = len(ids)
         self.prompt_len = len(ids[0])
-        self.ids = torch.tensor(ids, dtype=torch.long, device=device)
+        self.ids: Any = torch.tensor(ids, dtype=torch.long, device=device)
         self._cache: Any = None
         self._first: Any = None
 

@@ -110,9 +110,12 @@ class SimGPU:
         self.spec = spec
         self._shm = shm
         self._owner = owner
-        self._ints = shm.buf[: 8 * _N_INT].cast("q")
-        self._dbls = shm.buf[8 * _N_INT : _SIZE].cast("d")
-        self._fd = shm._fd  # flock needs the segment's descriptor; SharedMemory keeps it here on POSIX
+        buf = shm.buf
+        assert buf is not None  # an open segment always has its buffer
+        self._ints = buf[: 8 * _N_INT].cast("q")
+        self._dbls = buf[8 * _N_INT : _SIZE].cast("d")
+        # flock needs the segment's descriptor; SharedMemory keeps it (privately) here on POSIX.
+        self._fd: int = getattr(shm, "_fd")
         self._tlock = threading.Lock()
         self._refresh_ns = round(spec.refresh_s * 1e9)
         self._closed = False
