@@ -17,7 +17,6 @@ are not counted, so drift falls on all three alike. The sampler does not run.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -36,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from wattscope import config, host  # noqa: E402
 from wattscope.bench import models  # noqa: E402
-from wattscope.bench.protocol import PhaseSpec, _timed_window, calls_for  # noqa: E402
+from wattscope.bench.protocol import PhaseSpec, _window, calls_for  # noqa: E402
 from wattscope.telemetry import SensorSpec, open_sensor  # noqa: E402
 
 SETTINGS = ("free", "pinned", "isolated")
@@ -66,14 +65,9 @@ def _apply(setting: str, all_cpus: set[int], core: int, default_threads: int) ->
         torch.set_num_threads(1)
 
 
-def _window(setting: str, spec: PhaseSpec, n: int, w: Any, sensor: Any, p: config.Protocol) -> Any:
-    w.synchronize()
-    if setting == "isolated":
-        gc.disable()
-    try:
-        return _timed_window(spec, n, "measure", 0, "bench", w, sensor, threading.Event(), p.min_window_s, None)
-    finally:
-        gc.enable()
+def _measure(setting: str, spec: PhaseSpec, n: int, w: Any, sensor: Any, p: config.Protocol) -> Any:
+    return _window(spec, n, "measure", 0, "bench", w, sensor, threading.Event(), p.min_window_s,
+                   gc_paused=setting == "isolated")
 
 
 def main() -> int:
@@ -114,7 +108,7 @@ def main() -> int:
             n = calls_for(time.perf_counter() - t0, p, spec.min_calls)
             for _ in range(args.warmup):
                 _apply("pinned", all_cpus, core, default_threads)
-                _window("isolated", spec, n, w, sensor, p)
+                _measure("isolated", spec, n, w, sensor, p)
             per_call: dict[str, list[float]] = {s: [] for s in SETTINGS}
             seconds_per_call: dict[str, list[float]] = {s: [] for s in SETTINGS}
             for _ in range(args.rounds):
@@ -122,7 +116,7 @@ def main() -> int:
                 rng.shuffle(order)
                 for s in order:
                     _apply(s, all_cpus, core, default_threads)
-                    win = _window(s, spec, n, w, sensor, p)
+                    win = _measure(s, spec, n, w, sensor, p)
                     per_call[s].append(win.energy_j / win.calls)
                     seconds_per_call[s].append(win.work_s / win.calls)
             _apply("free", all_cpus, core, default_threads)

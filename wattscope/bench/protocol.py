@@ -28,7 +28,8 @@ from __future__ import annotations
 import gc
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol as TypingProtocol
 
@@ -112,6 +113,21 @@ def _counter_edge(sensor: EnergySensor) -> tuple[int, float]:
             return t, e
 
 
+@contextmanager
+def _gc_paused(paused: bool) -> Iterator[None]:
+    """Python's garbage collector kept out of a window: a collection pauses the thread
+    that launches the kernels, and that pause would be measured as the workload's (the
+    collections put off run at the first allocation after the window)."""
+    if not paused:
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def _window(
     spec: PhaseSpec,
     n: int,
@@ -123,65 +139,46 @@ def _window(
     stop: StopFlag,
     min_window_s: float,
     group: str | None = None,
+    gc_paused: bool = True,
 ) -> Window:
     """``n`` calls queued back to back with no host sync between them; if the card ran
     them faster than the pace ``n`` was sized from, top the window up (one sync, then as
     many calls as the remaining time needs) so it never ends short of min_window_s.
-    Python's garbage collector stays out of the window: a collection pauses the thread
-    that launches the kernels, and that pause would be measured as the workload's (the
-    collections put off run at the first allocation after the window)."""
+    ``gc_paused=False`` lets the collector run inside (to measure what pausing it buys)."""
     workload.synchronize()
-    gc.disable()
-    try:
-        return _timed_window(spec, n, role, repeat, config_id, workload, sensor, stop, min_window_s, group)
-    finally:
-        gc.enable()
-
-
-def _timed_window(
-    spec: PhaseSpec,
-    n: int,
-    role: str,
-    repeat: int,
-    config_id: str,
-    workload: Workload,
-    sensor: EnergySensor,
-    stop: StopFlag,
-    min_window_s: float,
-    group: str | None,
-) -> Window:
-    start_ns, e0 = _counter_edge(sensor)
-    target_ns = start_ns + int(min_window_s * 1e9)
-    calls, batch = 0, n
-    while True:
-        for _ in range(batch):
-            _check(stop)
-            spec.call()
-        calls += batch
-        workload.synchronize()
-        work_end_ns = now_ns()
-        if work_end_ns >= target_ns:
-            break
-        per_call_ns = max((work_end_ns - start_ns) / calls, 1.0)
-        batch = max(1, math.ceil((target_ns - work_end_ns) / per_call_ns))
-    end_ns, e1 = _counter_edge(sensor)
-    return Window(
-        t_ns=end_ns,
-        config_id=config_id,
-        phase=spec.phase,
-        role=role,
-        repeat=repeat,
-        start_ns=start_ns,
-        end_ns=end_ns,
-        energy_start_j=e0,
-        energy_end_j=e1,
-        calls=calls,
-        steps=spec.steps,
-        tokens=spec.tokens_per_call * calls,
-        work_end_ns=work_end_ns,
-        round=repeat,
-        group=group,
-    )
+    with _gc_paused(gc_paused):
+        start_ns, e0 = _counter_edge(sensor)
+        target_ns = start_ns + int(min_window_s * 1e9)
+        calls, batch = 0, n
+        while True:
+            for _ in range(batch):
+                _check(stop)
+                spec.call()
+            calls += batch
+            workload.synchronize()
+            work_end_ns = now_ns()
+            if work_end_ns >= target_ns:
+                break
+            per_call_ns = max((work_end_ns - start_ns) / calls, 1.0)
+            batch = max(1, math.ceil((target_ns - work_end_ns) / per_call_ns))
+        end_ns, e1 = _counter_edge(sensor)
+        return Window(
+            t_ns=end_ns,
+            config_id=config_id,
+            phase=spec.phase,
+            role=role,
+            repeat=repeat,
+            start_ns=start_ns,
+            end_ns=end_ns,
+            energy_start_j=e0,
+            energy_end_j=e1,
+            calls=calls,
+            steps=spec.steps,
+            tokens=spec.tokens_per_call * calls,
+            work_end_ns=work_end_ns,
+            round=repeat,
+            group=group,
+        )
 
 
 def calls_for(seconds_per_call: float, p: Protocol, min_calls: int) -> int:
