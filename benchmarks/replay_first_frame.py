@@ -19,14 +19,17 @@ import time
 from pathlib import Path
 
 from wattscope.recording import Recorder, load
-from wattscope.replay import SEED_FIGURES, ReplayController, synthetic_run
+from wattscope.replay import ReplayController
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from synthetic_run import SEED_CALLS, event_stream  # noqa: E402  (test data, not part of the package)
 
 PHASE_S = 28.0  # 15 configs x 8.5 phases x 28 s + idle = one hour
 
 
 def build(path: Path) -> None:
     t = time.perf_counter()
-    events = synthetic_run(configs=list(SEED_FIGURES), phase_s=PHASE_S, rate_hz=100.0)
+    events = event_stream(configs=list(SEED_CALLS), phase_s=PHASE_S, rate_hz=100.0)
     rec = Recorder(path)
     for e in events:
         rec.write(e)

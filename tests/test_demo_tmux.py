@@ -117,11 +117,11 @@ def test_live_sim_run_quit_asks_then_stops_and_keeps_the_recording(tmp_path: Pat
 
 def test_replay_of_a_recording_file_keys_and_no_color(tmp_path: Path) -> None:
     from wattscope.recording import Recorder
-    from wattscope.replay import synthetic_run
+    from synthetic_run import event_stream
 
     path = tmp_path / "synthetic.wattscope"
     rec = Recorder(path)
-    for e in synthetic_run(configs=[("Qwen2-1.5B", 1, "fp16"), ("Qwen2-1.5B", 1, "int8"),
+    for e in event_stream(configs=[("Qwen2-1.5B", 1, "fp16"), ("Qwen2-1.5B", 1, "int8"),
                                     ("Qwen2-1.5B", 1, "nf4")]):
         rec.write(e)
     rec.close()

@@ -12,13 +12,14 @@ import pytest
 from wattscope import events as ev
 from wattscope.recording import Recorder
 from wattscope.render import fmt_duration
-from wattscope.replay import MemoryRecording, ReplayController, synthetic_run
+from wattscope.replay import MemoryRecording, ReplayController
 from wattscope.source import LiveSource
 from wattscope.state import RunState
 from wattscope.tui.app import REPLAY_ID, ConfirmQuit, HelpScreen, WattscopeApp, make_app
 from wattscope.tui.widgets import PowerGraph, _columns
 
 from mock_source import MockSource, snapshot_at
+from synthetic_run import event_stream
 
 S = 1_000_000_000
 CONFIGS = [("Qwen2-1.5B", 1, "fp16"), ("Qwen2-1.5B", 1, "int8"), ("Qwen2-1.5B", 1, "nf4"),
@@ -46,7 +47,7 @@ class Clock:
 
 @pytest.fixture(scope="module")
 def events() -> list[ev.Event]:
-    return synthetic_run(configs=CONFIGS, failures=FAIL)
+    return event_stream(configs=CONFIGS, failures=FAIL)
 
 
 def _state_at(events: list[ev.Event], t: int) -> RunState:
