@@ -137,7 +137,7 @@ def test_replay_of_a_recording_file_keys_and_no_color(tmp_path: Path) -> None:
         pane.keys("space", "g")  # pause at the start, then seek into the first round
         pane.keys("Right", "Right", "Left")
         text = pane.wait_for("00:10/", "Results 0/3", timeout=10)
-        assert "REPLAY ⏸" in text and "Qwen2-1.5B b1" in text, text
+        assert "00:10/" in text and "REPLAY ⏸" in text and "Qwen2-1.5B b1" in text, text
         assert fp16[0] not in text and int8[3] not in text, text  # no row yet
         # Without colour the phases stay apart by their marks under the graph.
         strip = next(line for line in text.splitlines() if "└" in line)
@@ -145,6 +145,7 @@ def test_replay_of_a_recording_file_keys_and_no_color(tmp_path: Path) -> None:
         pane.keys("G")
         text = pane.wait_for(fp16[0], int8[3], timeout=10)
         # 80x24 shows the first rows; the noisy NF4 row is named by the warning under them.
+        assert fp16[0] in text and int8[3] in text, text
         assert "completed" in text and "Results 3/3" in text and "Qwen2-1.5B/b1/nf4: decode speed" in text, text
         pane.keys("q")
         assert _wait_dead(pane), pane.text()
