@@ -2,8 +2,8 @@
 and the cost of seeking in it.
 
 The recording is built once with the real writer (recording.Recorder) from a synthetic
-run of the seed's 15 configurations stretched to an hour (360 000 sample rows) and kept
-at PATH. Then, in a fresh process state: load -> ReplayController -> first snapshot,
+run (tests/synthetic_run.py) of the seed's 15 configurations stretched to an hour
+(about 360 000 sample rows) and kept at PATH. Then, in a fresh process state: load -> ReplayController -> first snapshot,
 and the same through the Textual app (headless) until its first frame is drawn.
 
     python benchmarks/replay_first_frame.py [PATH]
@@ -24,7 +24,9 @@ from wattscope.replay import ReplayController
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from synthetic_run import SEED_CALLS, event_stream  # noqa: E402  (test data, not part of the package)
 
-PHASE_S = 28.0  # 15 configs x 8.5 phases x 28 s + idle = one hour
+# 5 groups x (3 loads, idle, warm-up, 3 rounds of 6 windows of >= PHASE_S, half a
+# cool-down), slow decode windows running longer: about one hour.
+PHASE_S = 30.4
 
 
 def build(path: Path) -> None:
