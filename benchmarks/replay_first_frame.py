@@ -2,8 +2,8 @@
 and the cost of seeking in it.
 
 The recording is built once with the real writer (recording.Recorder) from a synthetic
-run of the seed's 15 configurations stretched to an hour (360 000 sample rows) and kept
-at PATH. Then, in a fresh process state: load -> ReplayController -> first snapshot,
+run (tests/synthetic_run.py) of the seed's 15 configurations stretched to an hour
+(about 360 000 sample rows) and kept at PATH. Then, in a fresh process state: load -> ReplayController -> first snapshot,
 and the same through the Textual app (headless) until its first frame is drawn.
 
     python benchmarks/replay_first_frame.py [PATH]
@@ -19,14 +19,19 @@ import time
 from pathlib import Path
 
 from wattscope.recording import Recorder, load
-from wattscope.replay import SEED_FIGURES, ReplayController, synthetic_run
+from wattscope.replay import ReplayController
 
-PHASE_S = 28.0  # 15 configs x 8.5 phases x 28 s + idle = one hour
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from synthetic_run import SEED_CALLS, event_stream  # noqa: E402  (test data, not part of the package)
+
+# 5 groups x (3 loads, idle, warm-up, 3 rounds of 6 windows of >= PHASE_S, half a
+# cool-down), slow decode windows running longer: about one hour.
+PHASE_S = 30.4
 
 
 def build(path: Path) -> None:
     t = time.perf_counter()
-    events = synthetic_run(configs=list(SEED_FIGURES), phase_s=PHASE_S, rate_hz=100.0)
+    events = event_stream(configs=list(SEED_CALLS), phase_s=PHASE_S, rate_hz=100.0)
     rec = Recorder(path)
     for e in events:
         rec.write(e)

@@ -5,42 +5,50 @@ from __future__ import annotations
 import io
 import threading
 
+import pytest
 from rich.console import Console
 
 from wattscope import events as ev
+from wattscope import render
 from wattscope.headless import ProgressPrinter, live_panel, run_headless, run_live
 from wattscope.render import snapshot_markdown
-from wattscope.replay import MemoryRecording, ReplayController, synthetic_run
+from wattscope.replay import MemoryRecording, ReplayController
 from wattscope.state import RunState
+
+from synthetic_run import STREAM_IDLE_W, event_stream, result_cells, result_of
 
 CONFIGS = [("Qwen2-1.5B", 1, "fp16"), ("Qwen2-1.5B", 1, "int8"), ("Qwen2-1.5B", 8, "int8")]
 FAIL = {"Qwen2-1.5B/b8/int8": "CUDA out of memory"}
 
 
 def _events() -> list[ev.Event]:
-    return synthetic_run(configs=CONFIGS, failures=FAIL)
+    return event_stream(configs=CONFIGS, failures=FAIL)
 
 
 def test_replay_prints_one_line_per_phase_and_result_then_the_table() -> None:
+    events = _events()
     out = io.StringIO()
-    snap = run_headless(ReplayController(MemoryRecording(_events())), out, tty=False)
+    snap = run_headless(ReplayController(MemoryRecording(events)), out, tty=False)
     text = out.getvalue()
     lines = text.splitlines()
     phases = [line for line in lines if "] phase " in line]
-    # idle, then per finished config load, warm-up, 3 prefill, 3 decode, cool-down; the
-    # failed one only loads.
-    assert len(phases) == 1 + 2 * 9 + 1
+    assert len(phases) == sum(isinstance(e, ev.PhaseStarted) for e in events)
     assert "phase decode r2 Qwen2-1.5B/b1/int8" in text
-    assert ("result Qwen2-1.5B b1 INT8: prefill 4.736 J (5.13x), decode 135.724 J/32 tok (3.18x), "
-            "15.79 tok/s (0.15x)") in text
+    f = result_of(events, "Qwen2-1.5B/b1/int8").figures
+    prefill, decode, tok_s, *ratios = result_cells(events, "Qwen2-1.5B/b1/int8", "|").split("|")
+    assert (f"result Qwen2-1.5B b1 INT8: prefill {prefill} J ({ratios[0]}), decode {decode} J/32 tok ({ratios[1]}), "
+            f"{tok_s} tok/s ({ratios[2]})") in text
     assert "FAILED Qwen2-1.5B b8 INT8: CUDA out of memory" in text
     assert lines[0].endswith("run started: NVIDIA H100 80GB HBM3 (simulated), TDP 700 W, synthetic weights")
-    # The final Markdown table: seed columns, ratios, %TDP.
-    assert "| Qwen2-1.5B | 1 | INT8 | 4.736 | 135.724 | 15.79 | 5.13x | 3.18x | 0.15x | 10% | 10% |" in text
+    # The final Markdown table: seed columns, ratios, %TDP of the result's powers.
+    tdp = [render.fmt_percent(100 * f[n] / 700) for n in ("prefill_power_w", "decode_power_w")]
+    cells = result_cells(events, "Qwen2-1.5B/b1/int8", " | ")
+    assert f"| Qwen2-1.5B | 1 | INT8 | {cells} | {tdp[0]} | {tdp[1]} |" in text
     assert "failed Qwen2-1.5B b8 INT8: CUDA out of memory" in text
     assert snap.status == "completed"
-    # Time order: the INT8 result after its own decode phases.
-    assert text.index("phase cool-down Qwen2-1.5B/b1/int8") < text.index("result Qwen2-1.5B b1 INT8")
+    # Time order: the INT8 result after its group's last round and cool-down.
+    assert text.index("phase decode r3 Qwen2-1.5B/b1/int8") < text.index("phase cool-down") \
+        < text.index("result Qwen2-1.5B b1 INT8")
 
 
 def test_printer_prints_each_thing_once_across_polls() -> None:
@@ -92,13 +100,16 @@ def test_live_session_progress_and_status() -> None:
     status = run_live(FakeSession(), out)
     assert status == "completed"
     assert "result Qwen2-1.5B b1 INT8" in out.getvalue()
-    assert "| Qwen2-1.5B | 1 | FP16 | 0.924 |" in out.getvalue()
+    assert f"| Qwen2-1.5B | 1 | FP16 | {result_cells(events, 'Qwen2-1.5B/b1/fp16', ' | ')} |" in out.getvalue()
 
 
 def test_live_panel_shows_power_tdp_phase_and_table() -> None:
     events = _events()
     state = RunState()
-    t = events[0].t_ns + 15_200_000_000  # inside the INT8 decode, first repeat
+    # 0.7 s into the INT8 decode window of the first round
+    decode = next(e for e in events if isinstance(e, ev.Window) and e.config_id == "Qwen2-1.5B/b1/int8"
+                  and e.phase == "decode" and e.round == 1)
+    t = decode.start_ns + 700_000_000
     state.apply_all(e for e in events if e.t_ns <= t)
     snap = state.snapshot(t)
     console = Console(width=100, record=True, file=io.StringIO(), color_system=None)
@@ -107,13 +118,21 @@ def test_live_panel_shows_power_tdp_phase_and_table() -> None:
     assert "NVIDIA H100 80GB HBM3" in text
     assert "config 2/3: Qwen2-1.5B b1 INT8 (synthetic)   phase decode round 1 (0.7 s)" in text
     watts = snap.gpu.latest_w
-    assert 65 < watts < 69  # the synthetic INT8 decode draws 67 W (+-2 % ripple)
+    drawn = (decode.energy_j - STREAM_IDLE_W * decode.tail_s) / decode.work_s  # the window's work power
+    assert watts == pytest.approx(drawn, rel=0.021)  # the samples ripple by +-2 %
     assert f"GPU0 {watts:4.0f} W" in text and f"{100 * watts / 700:.0f}% TDP" in text
-    assert any("Qwen2-1.5B 1 FP16 0.924 42.737 105.26 1.00x" in " ".join(line.split()) for line in text.splitlines())
+    # A group's rows come when its rounds are over: none yet, the FP16 row once it finished.
+    fp16 = f"Qwen2-1.5B 1 FP16 {result_cells(events, 'Qwen2-1.5B/b1/fp16')}"
+    assert not any("Qwen2-1.5B 1 FP16" in " ".join(line.split()) for line in text.splitlines())
+    done = result_of(events, "Qwen2-1.5B/b1/fp16").t_ns
+    state.apply_all(e for e in events if t < e.t_ns <= done)
+    console = Console(width=100, record=True, file=io.StringIO(), color_system=None)
+    console.print(live_panel(state.snapshot(done), 100))
+    assert any(fp16 in " ".join(line.split()) for line in console.export_text().splitlines())
 
 
 def test_progress_line_names_the_decode_steps_of_the_row() -> None:
-    events = synthetic_run(configs=[("Qwen2-1.5B", 1, "fp16")])
+    events = event_stream(configs=[("Qwen2-1.5B", 1, "fp16")])
     events = [e if not isinstance(e, ev.ConfigResult)
               else ev.ConfigResult(e.t_ns, e.config_id, e.model, e.batch, e.precision, e.synthetic, e.ok, e.reason,
                                    {**e.figures, "decode_steps": 64.0})
@@ -122,5 +141,6 @@ def test_progress_line_names_the_decode_steps_of_the_row() -> None:
     state.apply_all(events)
     out = io.StringIO()
     ProgressPrinter(out).update(state.snapshot(events[-1].t_ns))
-    assert "decode 42.737 J/64 tok (1.00x)" in out.getvalue()
+    decode = render.fmt_figure("decode_energy_j", result_of(events, "Qwen2-1.5B/b1/fp16").figures["decode_energy_j"])
+    assert f"decode {decode} J/64 tok (1.00x)" in out.getvalue()
     assert "| Decode Energy / 64 tok (J) |" in snapshot_markdown(state.snapshot(events[-1].t_ns))

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from wattscope import events as ev
-from wattscope.replay import synthetic_run
 from wattscope.metrics import NO_RATIOS, RatioValue
 from wattscope.source import LiveSource
 from wattscope.state import MAX_RATE_HZ, RunState
+
+from synthetic_run import event_stream
 
 T0 = 1_000_000_000_000
 S = 1_000_000_000
@@ -141,7 +142,7 @@ def test_status_sampler_and_warnings() -> None:
 
 
 def test_snapshot_is_deterministic_for_a_frozen_clock() -> None:
-    events = synthetic_run()
+    events = event_stream()
     a, b = RunState(), RunState()
     a.apply_all(events)
     b.apply_all(events)
@@ -152,7 +153,7 @@ def test_snapshot_is_deterministic_for_a_frozen_clock() -> None:
 
 
 def test_apply_from_another_thread_while_snapshotting() -> None:
-    events = synthetic_run(phase_s=0.5)
+    events = event_stream(phase_s=0.5)
     s = RunState()
     feeder = threading.Thread(target=s.apply_all, args=(events,))
     feeder.start()

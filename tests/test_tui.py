@@ -10,15 +10,17 @@ from pathlib import Path
 import pytest
 
 from wattscope import events as ev
+from wattscope import render
 from wattscope.recording import Recorder
 from wattscope.render import fmt_duration
-from wattscope.replay import MemoryRecording, ReplayController, synthetic_run
+from wattscope.replay import MemoryRecording, ReplayController
 from wattscope.source import LiveSource
 from wattscope.state import RunState
 from wattscope.tui.app import REPLAY_ID, ConfirmQuit, HelpScreen, WattscopeApp, make_app
 from wattscope.tui.widgets import PowerGraph, _columns
 
 from mock_source import MockSource, snapshot_at
+from synthetic_run import event_stream, result_cells, result_of
 
 S = 1_000_000_000
 CONFIGS = [("Qwen2-1.5B", 1, "fp16"), ("Qwen2-1.5B", 1, "int8"), ("Qwen2-1.5B", 1, "nf4"),
@@ -46,7 +48,7 @@ class Clock:
 
 @pytest.fixture(scope="module")
 def events() -> list[ev.Event]:
-    return synthetic_run(configs=CONFIGS, failures=FAIL)
+    return event_stream(configs=CONFIGS, failures=FAIL)
 
 
 def _state_at(events: list[ev.Event], t: int) -> RunState:
@@ -85,19 +87,28 @@ class FakeSession:
 
 @sync
 async def test_live_screen_shows_power_phase_tdp_and_table(events) -> None:
-    t = events[0].t_ns + 33 * S + S // 3
+    # A third into the b8 FP16 decode window of round 2, the b1 group's results in.
+    decode = next(e for e in events if isinstance(e, ev.Window) and e.config_id == "Qwen2-1.5B/b8/fp16"
+                  and e.phase == "decode" and e.round == 2)
+    t = decode.start_ns + (decode.end_ns - decode.start_ns) // 3
     app = make_app(_frozen(events, t))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         text = _screen_text(app)
         snap = app.snap
-        assert snap.phase == "decode" and snap.config.config_id == "Qwen2-1.5B/b8/fp16"
+        assert snap.phase == "decode" and snap.config.batch == 8
         assert f"GPU0 {snap.gpu.latest_w:.0f} W  {snap.gpu.pct_tdp:.0f}% of 700 W TDP" in text
-        assert "D decode round 2" in text and "4/5 Qwen2-1.5B b8 FP16" in text
-        assert _shows_row(text, "Qwen2-1.5B 1 INT8 4.736 135.724 15.79 5.13x 3.18x 0.15x")
-        assert "41.10*" in text  # the noisy NF4 row is flagged, and the note under the table says why
+        assert "D decode round 2" in text and "Qwen2-1.5B b8" in text
+        # The INT8 row as its result holds it, the ratios' intervals wrapped under them.
+        cells = result_cells(events, "Qwen2-1.5B/b1/int8").split()
+        assert _shows_row(text, " ".join(["Qwen2-1.5B 1 INT8", *cells[:3], *cells[3::2]]))
+        assert _shows_row(text, " ".join(cells[4::2]))
         app.query_one("#results").scroll_end(animate=False)
         await pilot.pause()
+        # The noisy NF4 row's tok/s is flagged, and the note under the table says why.
+        nf4 = result_of(events, "Qwen2-1.5B/b1/nf4").figures
+        tok_s = render.fmt_figure("decode_tok_s", nf4["decode_tok_s"])
+        assert nf4["decode_tok_s_cv"] > 0.03 and f"{tok_s}*" in _screen_text(app)
         assert "CV > 3%" in _screen_text(app)
         assert "Results 3/5" in text
         assert "100/100 Hz" in text and "power_w (refresh 100 ms)" in text
@@ -110,7 +121,7 @@ async def test_failed_row_and_run_failure_are_shown(events) -> None:
     for run, expect in ((events, "failed Qwen2-1.5B b8 INT8: CUDA out of memory"),
                         (crash, "run failed: runner process died (exit code -11)")):
         app = make_app(_frozen(run))
-        async with app.run_test(size=(100, 30)) as pilot:
+        async with app.run_test(size=(100, 36)) as pilot:  # room for the note under the five rows
             await pilot.pause()
             assert expect in _screen_text(app)
 
@@ -127,12 +138,13 @@ async def test_pause_display_freezes_frames_while_the_run_goes_on(events) -> Non
         await pilot.pause()
         assert app.display_paused and "DISPLAY PAUSED" in _screen_text(app)
         taken = source.snapshots_taken
-        source.show(snapshot_at(events, t + 10 * S))
+        later = result_of(events, "Qwen2-1.5B/b1/fp16").t_ns  # the b1 group's three rows finished
+        source.show(snapshot_at(events, later))
         await pilot.pause(0.2)
         assert app.snap.now_ns == t and source.snapshots_taken == taken
         await pilot.press("p")
         await pilot.pause(0.1)
-        assert app.snap.now_ns == t + 10 * S and app.snap.configs_done == 1
+        assert app.snap.now_ns == later and app.snap.configs_done == 3
 
 
 @sync
@@ -199,7 +211,8 @@ async def test_replay_keys(events) -> None:
         assert not rc.playing and "REPLAY ⏸" in _screen_text(app)
         await pilot.press("right", "right")
         assert rc.position_ns == t0 + 20 * S
-        assert app.snap.now_ns == t0 + 20 * S and app.snap.configs_done == 2
+        done = sum(isinstance(e, ev.ConfigFinished) and e.t_ns <= t0 + 20 * S for e in events)
+        assert app.snap.now_ns == t0 + 20 * S and app.snap.configs_done == done
         await pilot.press("left")
         assert rc.position_ns == t0 + 10 * S
         await pilot.press("plus", "plus", "minus")

@@ -7,10 +7,12 @@ from __future__ import annotations
 import pytest
 
 from wattscope import events as ev
-from wattscope.replay import MemoryRecording, ReplayController, synthetic_run
+from wattscope.replay import MemoryRecording, ReplayController
 from wattscope.source import LiveSource
 from wattscope.state import RunState
 from wattscope.tui.app import make_app
+
+from synthetic_run import event_stream
 
 S = 1_000_000_000
 CONFIGS = [("Qwen2-1.5B", 1, "fp16"), ("Qwen2-1.5B", 1, "int8"), ("Qwen2-1.5B", 1, "nf4"),
@@ -20,7 +22,7 @@ FAIL = {"Qwen2-1.5B/b8/int8": "CUDA out of memory"}
 
 @pytest.fixture(scope="module")
 def events() -> list[ev.Event]:
-    return synthetic_run(configs=CONFIGS, failures=FAIL)
+    return event_stream(configs=CONFIGS, failures=FAIL)
 
 
 def _live(events: list[ev.Event], at_s: float):
