@@ -346,7 +346,7 @@ def table_note(snap: Snapshot) -> str:
     if any(v is not None and v.half_width is not None for r in snap.results for v in r.ratios.values()):
         notes.append("± half-width of the 95% interval over paired rounds")
     if any(r.flagged for r in snap.results):
-        notes.append(f"{CV_MARK} CV > {CV_LIMIT:.0%} across repeats")
+        notes.append(f"{CV_MARK} window-to-window CV > {CV_LIMIT:.0%}")
     return "\n".join(["; ".join(notes), *failure_lines(snap.results)])
 
 

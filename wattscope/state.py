@@ -327,6 +327,10 @@ class RunState:
         self._phase = e.phase
         self._phase_since = e.t_ns
         self._repeat = e.repeat
+        # The rows of a group are all started before its rounds rotate between them: the
+        # row shown is the one the phase names.
+        if e.config_id is not None and e.config_id in self._started_info:
+            self._config = self._started_info[e.config_id]
         self._phase_seq += 1
         self._timeline.append(PhaseMark(self._phase_seq, e.t_ns, e.phase, e.config_id, e.repeat))
         # Samples stamped after the phase began may already be here (they travel on

@@ -21,6 +21,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
 
+from wattscope.metrics import CV_LIMIT
 from wattscope.render import fmt_duration
 from wattscope.replay import SEEK_S, SPEEDS, ReplayController
 from wattscope.source import LiveSession, LiveSource, RunSource
@@ -66,8 +67,9 @@ class HelpScreen(ModalScreen[None]):
             text.append(what + "\n")
         text.append("\nGraph: power on a fixed 0..TDP scale; phase marks beneath:\n")
         text.append_text(phase_legend())
-        text.append("\n\nTable: ratios to FP16 of the same model and batch;\n"
-                    "* marks a CV above 3 % across repeats.")
+        text.append("\n\nTable: ratios to FP16 of the same model, batch and engine,\n"
+                    "± the half-width of their 95% interval over paired rounds;\n"
+                    f"* marks a window-to-window CV above {CV_LIMIT:.0%}.")
         with Vertical(id="help"):
             yield Static(text)
 
