@@ -130,7 +130,7 @@ def test_synthetic_phases_table(synth, run):
 def test_synthetic_findings(synth):
     f = synth.findings
     assert f["quantised_rows"] == 3  # the failed NF4 and the orphan INT8 have no ratios
-    assert f["crossovers"] == [{"source": "synthetic_run", "model": "Qwen2-1.5B", "batch": 1, "precision": "NF4",
+    assert f["crossovers"] == [{"source": "synthetic_run", "model": "Qwen2-1.5B", "batch": 1, "precision": "NF4", "engine": "eager",
                                 "phase": "decode", "ratio": pytest.approx(0.9)}]
     exc = f["prefill_exceeds_decode"]
     assert exc["all"] is False and [(e["batch"], e["precision"]) for e in exc["exceptions"]] == [(8, "INT8")]

@@ -19,6 +19,14 @@ def test_auto_gives_the_highest_cores_to_runner_and_sampler() -> None:
     assert meta["torch_threads"] == 1 and "disabled inside" in meta["gc"]
 
 
+def test_auto_takes_a_core_an_explicit_choice_left_free() -> None:
+    plan = host.plan(config.Host(runner_cpu=7, sampler_cpu="auto"), set(range(8)))
+    assert (plan.runner_cpu, plan.sampler_cpu) == (7, 6)
+    small = host.plan(config.Host(runner_cpu=1, sampler_cpu="auto"), {0, 1})
+    assert (small.runner_cpu, small.sampler_cpu) == (1, None)
+    assert small.note.startswith("runner pinned") and "only 2 usable cores" in small.note
+
+
 def test_auto_on_a_small_machine_pins_nothing_and_says_why() -> None:
     plan = host.plan(config.Host(), {0, 1})
     assert plan.runner_cpu is None and plan.sampler_cpu is None and plan.parent_cpus is None

@@ -38,9 +38,9 @@ from wattscope.metrics import (
     percent_of_tdp,
     precision_label,
     precision_rank,
-    ratio,
     ratio_text,
     ratio_value,
+    ratios,
     run_meta,
     separated,
     sorted_rows,
@@ -216,17 +216,24 @@ def _add_ratios(df: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
         elif g.loc[g["ok"], "decode_steps"].dropna().nunique() > 1:
             steps = sorted(int(x) for x in g.loc[g["ok"], "decode_steps"].dropna().unique())
             warnings.append(f"{where}: decode runs have different step counts {steps}; compare decode energy per token instead")
+    # The ratio rule is metrics.ratios, row by row: the row's paired ratio and interval
+    # where it has them, else value / base, nothing where the baseline is unusable.
     cols = [r.figure for r in RATIOS]
     base = df.loc[fp16 & df["ok"], keys + cols].drop_duplicates(keys)
-    b = df[keys + cols].merge(base, on=keys, how="left", suffixes=("", "_base"))
+    b = df[keys].merge(base, on=keys, how="left")
+    paired = {f"{r.name}_paired": r.name for r in RATIOS}
+    values = []
+    for i in range(len(df)):
+        row = df.iloc[i]
+        figures = {c: row[c] for c in cols} | {name: row[col] for col, name in paired.items()}
+        figures |= {c: row[c] for c in CI_COLUMNS}
+        values.append(ratios(figures, {c: b.iloc[i][c] for c in cols}))
+    df = df.drop(columns=list(paired))
     for r in RATIOS:
-        values = [ratio(v, v_base) for v, v_base in zip(b[r.figure], b[f"{r.figure}_base"])]
-        paired = df.pop(f"{r.name}_paired").to_numpy()
-        # A paired estimate stands where the source has one and its baseline row is usable.
-        use = [v is not None and math.isfinite(p) for v, p in zip(values, paired)]
-        df[r.name] = [p if u else (math.nan if v is None else v) for u, v, p in zip(use, values, paired)]
-        for end in ("low", "high"):
-            df[f"{r.name}_{end}"] = [x if u else math.nan for u, x in zip(use, df[f"{r.name}_{end}"])]
+        got = [v[r.name] for v in values]
+        df[r.name] = [math.nan if v is None else v.value for v in got]
+        df[f"{r.name}_low"] = [math.nan if v is None or v.low is None else v.low for v in got]
+        df[f"{r.name}_high"] = [math.nan if v is None or v.high is None else v.high for v in got]
     return df
 
 
@@ -327,6 +334,8 @@ def _spread(lo: float, hi: float) -> str:
 
 def _where(r: pd.Series, multi: bool) -> str:
     s = f"{r['model']} batch {r['batch']} {r['precision']}"
+    if r.get("engine", "eager") != "eager":
+        s += f" ({r['engine']} engine)"
     return f"{s} [{r['source']}]" if multi else s
 
 
@@ -339,7 +348,7 @@ def _ci_text(c: dict[str, Any]) -> str:
 
 def _with_ci(q: pd.DataFrame, e: dict[str, Any], phase: str) -> str:
     row = q[(q["source"] == e["source"]) & (q["model"] == e["model"]) & (q["batch"] == e["batch"])
-            & (q["precision"] == e["precision"])].iloc[0]
+            & (q["precision"] == e["precision"]) & (q["engine"] == e["engine"])].iloc[0]
     v = ratio_value(row, f"{phase}_energy_ratio")
     assert v is not None
     return _ci_text({"ratio": v.value, "ci": [v.low, v.high]})
@@ -392,8 +401,10 @@ def findings(
         pv, dv = ratio_value(r, "prefill_energy_ratio"), ratio_value(r, "decode_energy_ratio")
         assert pv is not None and dv is not None
         entry = {"source": r["source"], "model": r["model"], "batch": int(r["batch"]), "precision": r["precision"],
-                 "prefill_energy_ratio": pv.value, "decode_energy_ratio": dv.value}
+                 "engine": r["engine"], "prefill_energy_ratio": pv.value, "decode_energy_ratio": dv.value}
         sep = separated(pv, dv)
+        if sep is None and has_ci:
+            sep = 0  # among rows with intervals, one without cannot be counted as decided
         if sep == 0:
             undecided.append(entry | {"prefill_ci": [pv.low, pv.high], "decode_ci": [dv.low, dv.high]})
         elif sep == -1 or (sep is None and not pv.value > dv.value):
@@ -441,7 +452,7 @@ def findings(
             v = ratio_value(r, f"{phase}_energy_ratio")
             assert v is not None
             c = {"source": r["source"], "model": r["model"], "batch": int(r["batch"]), "precision": r["precision"],
-                 "phase": phase, "ratio": v.value}
+                 "engine": r["engine"], "phase": phase, "ratio": v.value}
             if v.high is not None:
                 c["ci"] = [v.low, v.high]
                 if v.high < 1:
@@ -760,17 +771,17 @@ def _summary(f: dict[str, Any]) -> dict[str, Any]:
     def rng(r: list[float] | None) -> list[float] | None:
         return None if r is None else [round(r[0], 2), round(r[1], 2)]
 
+    def label(e: dict[str, Any]) -> str:
+        engine = e.get("engine", "eager")
+        return f"{e['model']} b{e['batch']} {e['precision']}" + ("" if engine == "eager" else f" {engine}")
+
     return {
         "prefill_ratio_range": rng(f["prefill_ratio_range"]),
         "decode_ratio_range": rng(f["decode_ratio_range"]),
         "prefill_exceeds_decode": f["prefill_exceeds_decode"]["all"],
-        "prefill_exceeds_decode_exceptions": sorted(
-            f"{e['model']} b{e['batch']} {e['precision']}" for e in f["prefill_exceeds_decode"]["exceptions"]
-        ),
-        "prefill_exceeds_decode_undecided": sorted(
-            f"{e['model']} b{e['batch']} {e['precision']}" for e in f["prefill_exceeds_decode"].get("undecided", [])
-        ),
-        "crossovers": sorted(f"{c['model']} b{c['batch']} {c['precision']} {c['phase']}" for c in f["crossovers"]),
+        "prefill_exceeds_decode_exceptions": sorted(label(e) for e in f["prefill_exceeds_decode"]["exceptions"]),
+        "prefill_exceeds_decode_undecided": sorted(label(e) for e in f["prefill_exceeds_decode"].get("undecided", [])),
+        "crossovers": sorted(f"{label(c)} {c['phase']}" for c in f["crossovers"]),
         "decode_speed_ratio_range": {p: rng(r) for p, r in f["decode_speed_ratio_range"].items()},
         "low_power": sorted(e["precision"] for e in f["low_power"]),
     }
@@ -796,7 +807,7 @@ def compare(a: Any, b: Any, *, idle_subtracted: bool = False) -> Comparison:
     la, lb = ", ".join(aa.sources) or "A", ", ".join(bb.sources) or "B"
     if la == lb:
         la, lb = f"{la} (A)", f"{lb} (B)"
-    key = ["model", "batch", "precision"]
+    key = ["model", "batch", "precision", "engine"]
     cols = key + list(RATIO_NAMES) + list(CI_COLUMNS)
     left = aa.phases[cols] if not aa.phases.empty else pd.DataFrame(columns=cols)
     right = bb.phases[cols] if not bb.phases.empty else pd.DataFrame(columns=cols)
@@ -809,7 +820,7 @@ def compare(a: Any, b: Any, *, idle_subtracted: bool = False) -> Comparison:
     order = key + [f"{r}_{s}" for r in RATIO_NAMES for s in ("a", "b", "delta", "beyond_ci")] + ["present"]
     order += [f"{c}_{s}" for c in CI_COLUMNS for s in ("a", "b")]
     t = t[order]
-    rows = sorted_rows(t.index, lambda i: (t.at[i, "model"], t.at[i, "batch"], t.at[i, "precision"]),
+    rows = sorted_rows(t.index, lambda i: (t.at[i, "model"], t.at[i, "batch"], t.at[i, "precision"], t.at[i, "engine"]),
                        [*left["model"], *right["model"]])
     t = t.loc[rows].reset_index(drop=True)
     sa, sb = _summary(aa.findings), _summary(bb.findings)

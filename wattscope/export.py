@@ -433,7 +433,8 @@ def _cmp_display(c: Comparison) -> Grid:
         headers += [f"{ratio.short} A", f"{ratio.short} B", f"{ratio.short} B-A"]
     rows = []
     for _, r in c.table.iterrows():
-        row = [r["model"], str(int(r["batch"])), r["precision"]]
+        engine = "" if r["engine"] == "eager" else f" ({r['engine']})"
+        row = [r["model"], str(int(r["batch"])), r["precision"] + engine]
         for name in RATIO_NAMES:
             a, b = (ratio_value({name: r[f"{name}_{s}"], f"{name}_low": r[f"{name}_low_{s}"],
                                  f"{name}_high": r[f"{name}_high_{s}"]}, name) for s in ("a", "b"))

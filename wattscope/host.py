@@ -2,10 +2,12 @@
 
 Why: at small batch the GPU waits on the Python thread that launches its kernels, so the
 scheduler moving that thread between cores, or another process sharing its core, shows
-up as time and energy per call. On a lent H100 host, pinning the process that runs the
-model to one core cut the window-to-window CV of FP16 batch-8 decode energy from 12% to
-1.8% (shared/notes/repeatability-probe.md). So the runner gets a core of its own, the
-sampler another, and the parent (recorder, display) keeps the rest.
+up as time and energy per call. On a lent H200, pinning the process that runs the model
+cut the window-to-window CV of FP16 batch-8 decode energy from 12% to 1.8%; on a lent H100
+pinning plus the garbage collector kept out of windows cut it from 24% to 12%, while
+batch-1 decode stayed at 18% (benchmarks/results/h100-host-isolation-2026-11-27.json).
+So the runner gets a core of its own, the sampler another, and the parent (recorder,
+display) keeps the rest.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class HostPlan:
 
     def to_meta(self) -> dict[str, Any]:
         d = asdict(self)
-        d["gc"] = "collected before each window, disabled inside it"
+        d["gc"] = "disabled inside each window"
         d["torch_threads"] = 1 if self.runner_cpu is not None else "torch default"
         return d
 
@@ -57,21 +59,28 @@ def plan(host: Host, cpus: set[int], source: str = "config") -> HostPlan:
     """Resolve the [host] table against the CPUs this process may use."""
     ordered = tuple(sorted(cpus))
     auto = len(ordered) >= AUTO_MIN_CPUS
-    # "auto" takes the highest cores: core 0 usually serves most device interrupts.
-    runner = ordered[-1] if host.runner_cpu == "auto" and auto else _explicit("runner_cpu", host.runner_cpu, cpus, source)
-    sampler = ordered[-2] if host.sampler_cpu == "auto" and auto else _explicit("sampler_cpu", host.sampler_cpu, cpus, source)
-    if runner is not None and runner == sampler:
-        raise HostError(f"{source}: 'host.runner_cpu' and 'host.sampler_cpu' are both CPU {runner}; expected two different cores")
+    # Explicit choices first; "auto" then takes the highest core left (core 0 usually
+    # serves most device interrupts).
+    chosen = {
+        key: _explicit(key, value, cpus, source)
+        for key, value in (("runner_cpu", host.runner_cpu), ("sampler_cpu", host.sampler_cpu)) if value != "auto"
+    }
+    if chosen.get("runner_cpu") is not None and chosen.get("runner_cpu") == chosen.get("sampler_cpu"):
+        raise HostError(f"{source}: 'host.runner_cpu' and 'host.sampler_cpu' are both CPU {chosen['runner_cpu']}; "
+                        "expected two different cores")
+    for key in ("runner_cpu", "sampler_cpu"):
+        if key not in chosen:
+            free = [c for c in ordered if c not in chosen.values()]
+            chosen[key] = free[-1] if auto and free else None
+    runner, sampler = chosen["runner_cpu"], chosen["sampler_cpu"]
     dedicated = {c for c in (runner, sampler) if c is not None}
-    parent = tuple(c for c in ordered if c not in dedicated) or None
-    if not dedicated:
-        parent = None
+    parent = tuple(c for c in ordered if c not in dedicated) or None if dedicated else None
+    pinned = [name for name, c in (("runner", runner), ("sampler", sampler)) if c is not None]
+    note = (" and ".join(pinned) + " pinned to cores of their own; the parent keeps the rest") if pinned else "not pinned"
     if "auto" in (host.runner_cpu, host.sampler_cpu) and not auto:
-        note = f"only {len(ordered)} usable cores (auto isolation needs {AUTO_MIN_CPUS}): processes not pinned"
-    elif dedicated:
-        note = "runner and sampler pinned to their own cores; the parent keeps the rest"
-    else:
-        note = "not pinned (host.runner_cpu and host.sampler_cpu are off)"
+        note += f" (only {len(ordered)} usable cores: auto isolation needs {AUTO_MIN_CPUS})"
+    elif not pinned:
+        note += " (host.runner_cpu and host.sampler_cpu are off)"
     return HostPlan(runner, sampler, parent, ordered, note)
 
 

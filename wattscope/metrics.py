@@ -3,10 +3,12 @@ called, its unit, title and printed digits, which figures carry a CV, the ratio 
 the precisions' labels and the row order, and how a run's metadata is read. The
 displays, the analysis and the exports ask this module; none of them restates a rule.
 
-One pure function, ``config_result``, turns a configuration's windows into its figures.
-The live session calls it on ``ConfigFinished`` and records the result; a replay plays
-the recorded result back (plain-Python arithmetic in a fixed order, so the same windows
-always give the same figures).
+One pure function, ``config_result``, turns a configuration's windows into its figures,
+and ``group_result`` picks its inputs from a run (the windows of the row's group, its idle
+baseline, its FP16 row). The live session calls ``group_result`` on ``ConfigFinished`` and
+records the result; a replay plays the recorded result back (plain-Python arithmetic in a
+fixed order, so the same windows always give the same figures). Ratios come from the
+rounds a row shares with its FP16 row (``paired_ratios``, ``wattscope.stats``).
 
 Energy comes from the energy counter read at the window edges (``Window.energy_j``); a
 window holds ``calls`` repeated prefill calls or ``calls`` decode runs of ``steps`` steps
@@ -14,7 +16,7 @@ each, so per-call figures divide by ``calls``. Each figure is the median over th
 measured windows (role 'measure'); warm-up and idle windows never enter a figure.
 
 CV is the *sample* coefficient of variation, stdev (n-1 denominator) / mean, over the
-per-window values: the windows are a small sample (typically 3 repeats) of the card's
+per-window values: the windows are a small sample (a few rounds) of the card's
 steady state, and the population formula would understate their spread. With a single
 window the CV is NaN (undefined), never 0.
 """
@@ -29,7 +31,7 @@ from typing import Any, TypeVar
 
 from wattscope.config import BASELINE_PRECISION, ENGINES, PRECISIONS
 from wattscope.events import ConfigFinished, ConfigResult, ConfigStarted, RunWarning, Window
-from wattscope.stats import NO_ESTIMATE, RatioEstimate, paired_ratio
+from wattscope.stats import NO_ESTIMATE, RatioEstimate, paired_ratio, relative_half_width
 
 NAN = float("nan")
 
@@ -157,9 +159,8 @@ class RatioValue:
     @property
     def half_width(self) -> float | None:
         """Relative half-width of the interval; None without one."""
-        if self.low is None or self.high is None or self.value <= 0:
-            return None
-        return (self.high - self.low) / 2 / self.value
+        hw = relative_half_width(self.value, self.low, self.high)
+        return None if math.isnan(hw) else hw
 
 
 def ratio(value: float | None, base: float | None) -> float | None:
@@ -182,12 +183,14 @@ def ratios(figures: Mapping[str, float], baseline: Mapping[str, float] | None) -
     b = baseline or {}
     out: dict[str, RatioValue | None] = {}
     for r in RATIOS:
-        paired = _finite(figures.get(r.name))
-        if paired is not None and _finite(b.get(r.figure)) is not None:
-            out[r.name] = RatioValue(paired, _finite(figures.get(f"{r.name}_low")), _finite(figures.get(f"{r.name}_high")))
-            continue
         v = ratio(figures.get(r.figure), b.get(r.figure))
-        out[r.name] = None if v is None else RatioValue(v)
+        paired = _finite(figures.get(r.name))
+        if v is None:
+            out[r.name] = None  # no usable baseline row or value: no ratio, paired or not
+        elif paired is not None:
+            out[r.name] = RatioValue(paired, _finite(figures.get(f"{r.name}_low")), _finite(figures.get(f"{r.name}_high")))
+        else:
+            out[r.name] = RatioValue(v)
     return out
 
 
@@ -477,10 +480,13 @@ def _usable(w: Window, config_id: str) -> bool:
     )
 
 
-def _rounds(windows: Iterable[Window], config_id: str, phase: str) -> dict[int, Window]:
+def _rounds(windows: Iterable[Window], config_id: str, phase: str, needs_energy: bool = True) -> dict[int, Window]:
+    """A row's measured windows of one phase by round (a window whose counter read failed
+    gives no energy, but still times its calls)."""
     return {
         w.round: w for w in windows
-        if _usable(w, config_id) and w.phase == phase and w.round is not None and math.isfinite(w.energy_j)
+        if _usable(w, config_id) and w.phase == phase and w.round is not None
+        and (math.isfinite(w.energy_j) or not needs_energy)
     }
 
 
@@ -490,7 +496,8 @@ def round_ratios(
     """Per measured round, the row's window value over the baseline's of the same round."""
     ws = list(windows)
     phase = figure.split("_", 1)[0]
-    mine, base = _rounds(ws, config_id, phase), _rounds(ws, base_id, phase)
+    energy = figure != "decode_tok_s"
+    mine, base = _rounds(ws, config_id, phase, energy), _rounds(ws, base_id, phase, energy)
     out = []
     for r in sorted(mine.keys() & base.keys()):
         den = window_value(base[r], figure, idle_w)
@@ -603,7 +610,7 @@ def group_result(
     peers = [s for s in all_started if started.group is not None and s.group == started.group]
     ids = {s.config_id for s in peers} | {started.config_id}
     windows = [w for w in all_windows if w.config_id in ids or w.config_id is None]
-    base = [s.config_id for s in peers if s.precision == BASELINE_PRECISION]
+    base = [s.config_id for s in peers if is_baseline(s.precision)]
     return config_result(
         started, finished, windows, idle_power_w(windows, started.group), base[0] if base else None, ci_target
     )

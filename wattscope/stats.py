@@ -86,6 +86,13 @@ def t_quantile(p: float, df: float) -> float:
     return (lo + hi) / 2.0
 
 
+def relative_half_width(value: float, low: float | None, high: float | None) -> float:
+    """(high - low) / 2 / value: how every surface sizes an interval; NaN without one."""
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)) or not value > 0:
+        return math.nan
+    return (high - low) / 2.0 / value
+
+
 @dataclass(frozen=True)
 class RatioEstimate:
     """A ratio from ``n`` paired rounds: geometric-mean estimate and its 95% interval.
@@ -98,10 +105,8 @@ class RatioEstimate:
 
     @property
     def half_width(self) -> float:
-        """Relative half-width of the interval, (high - low) / 2 / value; NaN without one."""
-        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.value <= 0:
-            return math.nan
-        return (self.high - self.low) / 2.0 / self.value
+        """Relative half-width of the interval; NaN without one."""
+        return relative_half_width(self.value, self.low, self.high)
 
 
 NO_ESTIMATE = RatioEstimate(math.nan, math.nan, math.nan, 0)

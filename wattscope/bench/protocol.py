@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol as TypingProtocol
 
 from wattscope import metrics
-from wattscope.config import BASELINE_PRECISION, Protocol, RunConfig, Sweep
+from wattscope.config import Protocol, RunConfig, Sweep
 from wattscope.events import (
     ConfigFinished,
     ConfigStarted,
@@ -332,6 +332,8 @@ def _precondition(
     previous = math.nan
     spread = math.nan
     for k in range(1, p.max_warmup_rounds + 1):
+        if not any(r.ok for r in rows):
+            return  # every row failed: their reasons say why, steadiness means nothing here
         power = _round_power(_round(rows, k, "warmup", rng, p, group, sensor, emit, stop))
         if not math.isnan(previous):
             spread = abs(power - previous) / max(abs(previous), 1e-12)
@@ -347,7 +349,7 @@ def _precondition(
 def widest_interval(windows: list[Window], rows: list[_Row], idle_w: float | None) -> float:
     """The largest relative half-width among the rows' ratios to the group's baseline
     (inf while any ratio has no interval yet; 0 when there is nothing to compare)."""
-    base = next((r for r in rows if r.rc.precision == BASELINE_PRECISION and r.ok), None)
+    base = next((r for r in rows if metrics.is_baseline(r.rc.precision) and r.ok), None)
     others = [r for r in rows if r.ok and r is not base]
     if base is None or not others:
         return 0.0
@@ -412,7 +414,7 @@ def run_group(
         emit(PhaseStarted(now_ns(), None, "cooldown"))
         stopped = stop.wait(p.cooldown_s)
     # The baseline first, so that a consumer computing ratios has it when the others come.
-    for row in sorted(rows, key=lambda r: r.rc.precision != BASELINE_PRECISION):
+    for row in sorted(rows, key=lambda r: not metrics.is_baseline(r.rc.precision)):
         reason = row.reason or ("" if measured else "stopped before the configuration finished")
         emit(ConfigFinished(now_ns(), row.rc.config_id, not reason, reason, row.info))
     if stopped:
@@ -423,12 +425,14 @@ def _measure_rounds(
     rows: list[_Row], p: Protocol, group: str, rng: random.Random, idle_w: float | None,
     sensor: EnergySensor, emit: Emit, stop: StopFlag,
 ) -> None:
-    """Measured rounds: at least min_rounds, then until every ratio's 95% interval is
-    within ci_target, max_rounds are done, or max_row_s has passed since the group's
-    first warm-up round... counted from here, the measured rounds' own budget."""
+    """Measured rounds: min_rounds always run; after them, rounds go on until every
+    ratio's 95% interval is within ci_target, max_rounds are done, or max_row_s has passed
+    since the first measured round (checked only once min_rounds are done)."""
     start = now_ns()
     windows: list[Window] = []
     for k in range(1, p.max_rounds + 1):
+        if not any(r.ok for r in rows):
+            return
         windows += _round(rows, k, "measure", rng, p, group, sensor, emit, stop)
         if k < p.min_rounds:
             continue
