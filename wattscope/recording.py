@@ -21,14 +21,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from wattscope import metrics
 from wattscope.errors import WattscopeError
 from wattscope.events import (
     SAMPLE_COLUMNS,
     SCHEMA_VERSION,
+    ConfigFinished,
+    ConfigResult,
+    ConfigStarted,
     Event,
     RunEnded,
     RunStarted,
+    RunWarning,
     Samples,
+    Window,
     now_ns,
 )
 
@@ -273,9 +279,37 @@ class Recording:
         )
 
     @cached_property
+    def _recomputed(self) -> dict[str, tuple[ConfigResult, RunWarning]]:
+        """Results of configurations that finished but whose result was never stored (the
+        run ended between the two), derived from the recorded windows exactly as the live
+        session derives them, each with a warning that says so."""
+        have = {d["config_id"] for d in self._event_dicts("config_result")}
+        missing = [e for e in map(Event.from_dict, self._event_dicts("config_finished"))
+                   if isinstance(e, ConfigFinished) and e.config_id not in have]
+        if not missing:
+            return {}
+        started = [e for e in map(Event.from_dict, self._event_dicts("config_started")) if isinstance(e, ConfigStarted)]
+        windows = [e for e in map(Event.from_dict, self._event_dicts("window")) if isinstance(e, Window)]
+        by_id = {s.config_id: s for s in started}
+        ci_target = metrics.run_meta(self.meta).sweep.get("protocol", {}).get("ci_target")
+        out = {}
+        for f in missing:
+            if f.config_id not in by_id:
+                continue
+            result, _ = metrics.group_result(by_id[f.config_id], f, started, windows, ci_target)
+            note = RunWarning(f.t_ns, "recording", f"{f.config_id}: result recomputed from its recorded windows "
+                              "(the run ended before the result was stored)", f.config_id)
+            out[f.config_id] = (result, note)
+        return out
+
+    def _result_dicts(self) -> list[dict[str, Any]]:
+        stored = self._event_dicts("config_result")
+        return stored + [r.to_dict() for r, _ in self._recomputed.values()]
+
+    @cached_property
     def results(self) -> pd.DataFrame:
         rows = []
-        for d in self._event_dicts("config_result"):
+        for d in self._result_dicts():
             figures = d.pop("figures") or {}
             for k in ("kind", "t_ns"):
                 d.pop(k)
@@ -286,7 +320,8 @@ class Recording:
     @cached_property
     def warnings(self) -> pd.DataFrame:
         cols = ["t_ns", "source", "config_id", "message"]
-        return pd.DataFrame(self._event_dicts("warning"), columns=cols)
+        notes = [w.to_dict() for _, w in self._recomputed.values()]
+        return pd.DataFrame(self._event_dicts("warning") + notes, columns=cols)
 
     def time_range(self) -> tuple[int, int]:
         """First and last timestamp of anything recorded (ns)."""
@@ -318,7 +353,11 @@ class Recording:
             else iter(())
         )
         try:
-            yield from _merge(ev_cur, s_cur)
+            recomputed = self._recomputed
+            for event in _merge(ev_cur, s_cur):
+                yield event
+                if isinstance(event, ConfigFinished) and event.config_id in recomputed:
+                    yield from recomputed[event.config_id]
         finally:
             if sdb:
                 sdb.close()
