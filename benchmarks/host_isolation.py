@@ -33,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from wattscope import config, host  # noqa: E402
+from wattscope import config  # noqa: E402
 from wattscope.bench import models  # noqa: E402
 from wattscope.bench.protocol import PhaseSpec, _window, calls_for  # noqa: E402
 from wattscope.telemetry import SensorSpec, open_sensor  # noqa: E402

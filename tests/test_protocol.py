@@ -165,9 +165,14 @@ def windows(events, config_id=None, phase=None, role=None) -> list[Window]:
     ]
 
 
-def test_rounds_rotate_every_precision_and_phase_with_exact_energy():
-    sw = _sweep(max_rounds=3)
-    done, events, workloads, _ = _run(sw)
+def test_rounds_rotate_every_precision_and_phase_with_exact_energy(monkeypatch):
+    # On the fake clock every call takes exactly call_s (1 ms) whatever the machine is
+    # doing, so window sizes are exact and, the speed ratios being exact too, the
+    # intervals close at min_rounds.
+    clock = FakeClock()
+    monkeypatch.setattr(protocol, "now_ns", clock)
+    sw = _sweep()
+    done, events, workloads, _ = _run(sw, lambda c: FakeWorkload(c, clock=clock), ClockedStop(clock))
     assert done
     group = sw.configs[0].group
     idle = windows(events, phase="idle")
@@ -193,6 +198,14 @@ def test_rounds_rotate_every_precision_and_phase_with_exact_energy():
                 assert w.steps == steps
                 assert w.t_ns == w.end_ns > w.start_ns
         assert all(w.calls >= sw.protocol.min_calls for w in windows(events, rc.config_id, "prefill"))
+        for phase in ("prefill", "decode"):
+            # Every window holds the calls that make 1 ms calls last min_window_s: none is topped up.
+            min_calls = sw.protocol.min_calls if phase == "prefill" else 1
+            meas = windows(events, rc.config_id, phase, "measure")
+            assert [w.calls for w in meas] == [calls_for(0.001, sw.protocol, min_calls)] * 3
+            for w in meas:
+                assert w.work_s == pytest.approx(w.calls * 0.001)
+                assert w.work_s >= sw.protocol.min_window_s
     for w in workloads:
         assert set(w.decode_steps) == {4}
         assert w.log.count("prepare_decode") == 1
