@@ -1,5 +1,5 @@
-"""The graphs decode engine. Without a GPU: its refusal off CUDA, and the static-cache
-decode it captures, run eagerly on the CPU with a tiny synthetic model (the same
+"""The graphs engine. Without a GPU: its refusal off CUDA, and the static-cache prefill
+and decode it captures, run eagerly on the CPU with a tiny synthetic model (the same
 transformers StaticCache code paths). With a GPU: capture, replay and restart."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from wattscope import config
 from wattscope.bench import models
-from wattscope.bench.graphs import GraphsWorkload, StaticDecode, _counters, _first_error
+from wattscope.bench.graphs import GraphsWorkload, StaticDecode, StaticPrefill, _check_logits, _counters, _first_error
 from wattscope.bench.workload import WorkloadError
 
 torch = pytest.importorskip("torch")
@@ -98,6 +98,36 @@ def test_static_decode_gives_the_eager_engines_logits_on_every_run(tmp_path):
     assert torch.equal(d.token, eager[-1].argmax(-1, keepdim=True))
 
 
+def test_static_prefill_gives_the_eager_prefills_logits_on_every_run(tmp_path):
+    w = _eager(tmp_path)
+    eager = w._forward(input_ids=w.ids, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+    p = StaticPrefill(w._forward, w.model.config, w.ids)
+    assert p.positions() == []  # the layers make their counters at their first write
+    runs = []
+    for _ in range(4):  # the cache holds one prompt: each run must start from position 0
+        p.run()
+        runs.append(p.logits.float().clone())
+        assert p.positions() == [PROMPT, PROMPT]
+    for r in runs:
+        assert torch.allclose(r, eager, rtol=0, atol=1e-5)
+    _check_logits("prefill", eager, runs[-1])
+    # What the prompt left in the cache is the eager prefill's own keys and values.
+    w.prepare_decode()
+    for mine, theirs in zip(p.cache.layers, w._cache.layers):
+        assert torch.allclose(mine.keys, theirs.keys, atol=1e-5)
+
+
+def test_a_replay_that_disagrees_with_eager_is_refused():
+    eager = torch.tensor([[0.0, 1.0, 5.0]])
+    _check_logits("prefill", eager, eager + 0.01)  # within fp16 rounding of the scale
+    with pytest.raises(WorkloadError, match="^graph replay disagrees with eager prefill: max"):
+        _check_logits("prefill", eager, eager + 1.0)
+    with pytest.raises(WorkloadError, match="disagrees"):
+        _check_logits("prefill", eager, eager * float("nan"))
+    with pytest.raises(WorkloadError, match="^graph replay picks other tokens than eager decode at step 2$"):
+        _check_logits("decode at step 2", torch.tensor([[0.0, 4.995, 5.0]]), torch.tensor([[0.0, 5.0, 4.995]]))
+
+
 def test_keys_left_by_an_earlier_run_are_masked(tmp_path):
     w = _eager(tmp_path)
     d = _static(w)
@@ -167,6 +197,8 @@ def test_a_failed_capture_is_reported_by_its_first_error():
 def test_replayed_decode_matches_eager_and_restarts(tmp_path):
     eager = _eager(tmp_path, "cuda")
     g = GraphsWorkload(eager.model, eager.ids.tolist(), "cuda", max_steps=STEPS)
+    g.prefill()  # captures the prefill and checks two replays against the eager prefill
+    assert g._prefill is not None and g._prefill.positions() == [PROMPT] * 2
     g.prefill()
     g.prepare_decode()
     first, second = g.trace(STEPS), g.trace(STEPS)

@@ -1,6 +1,11 @@
-"""The "graphs" decode engine: greedy decode on a static KV cache, one step captured in
-a CUDA graph and replayed, so the host launches one graph per token instead of hundreds
-of kernels and batch-1 decode is no longer paced by the Python process.
+"""The "graphs" engine: prefill and greedy decode on static KV caches, each captured in
+a CUDA graph and replayed, so the host launches one graph per call or token instead of
+hundreds of kernels, and batch-1 work is no longer paced by the Python process.
+
+Measured on an H100 (benchmarks/switch_probe.py, 2026-11-27): with the eager engine,
+windows of batch-1 prefill and decode varied 9-14% from round to round even with the
+process pinned, and the first window after a switch was not the cause (it was within 1-6%
+of the later ones); the host launching kernels was. Batch-8 prefill varied 1-2%.
 
 Why an earlier attempt failed (``index_copy_(): index out of bounds`` on replay 27 of 32):
 in transformers 5.x each StaticCache layer writes at its own device counter
@@ -123,11 +128,69 @@ class StaticDecode:
         return out
 
 
+def _check_logits(what: str, eager: Any, replayed: Any) -> None:
+    """A replay must compute what the eager call computes, up to fp16 rounding, and pick
+    the same tokens."""
+    import torch
+
+    scale = float(eager.abs().max()) or 1.0
+    err = float((eager - replayed).abs().max())
+    if not err <= CHECK_RTOL * scale:  # also catches NaN
+        raise WorkloadError(f"graph replay disagrees with eager {what}: max |logit diff| {err:.3g} (scale {scale:.3g})")
+    if not torch.equal(eager.argmax(-1), replayed.argmax(-1)):
+        raise WorkloadError(f"graph replay picks other tokens than eager {what}")
+
+
+class StaticPrefill:
+    """One prefill of the whole batch into a StaticCache of exactly the prompt's length,
+    its position counters rewound to 0 first, so the same call can be captured once and
+    replayed. The eager engine's prefill writes the prompt's keys and values too (into a
+    new dynamic cache per call); attention covers the prompt in both. Works the same on
+    the CPU (eagerly), which is how it is tested without a GPU."""
+
+    def __init__(self, forward: Callable[..., Any], config: Any, ids: Any) -> None:
+        from transformers import StaticCache
+
+        self._forward = forward
+        self.ids = ids
+        self.cache = StaticCache(config=config, max_cache_len=int(ids.shape[1]))
+        # The layers make their counters at their first write (lazy initialisation).
+        self._counters: list[Any] | None = None
+        self.logits: Any = None
+
+    def run(self) -> None:
+        import torch
+
+        if self._counters is not None:
+            with torch.inference_mode():
+                for c in self._counters:
+                    c.zero_()
+        out = self._forward(input_ids=self.ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.logits = out.logits[:, -1]
+        if self._counters is None:
+            self._counters = _counters(self.cache)
+
+    def positions(self) -> list[int]:
+        """Each layer's next write position (reads back; for checks)."""
+        return [int(c) for c in (self._counters or [])]
+
+
+def _capture_reason(model: Any, e: BaseException) -> str:
+    reason = describe_exception(_first_error(e))
+    if getattr(model, "is_loaded_in_8bit", False):
+        # Measured on the H100: LLM.int8's outlier decomposition (threshold > 0)
+        # synchronises with the host inside a step; threshold 0.0 captures.
+        reason += " (LLM.int8 with llm_int8_threshold > 0 cannot be captured; 0.0 can)"
+    return reason
+
+
 class GraphsWorkload(ModelWorkload):
-    """The Workload protocol with decode replayed from CUDA graphs. prefill() is the eager
-    engine's; prepare_decode() prefills as the eager engine does, moves that cache into a
-    StaticCache, captures one step and checks replays against eager steps. A model whose
-    step cannot be captured, or whose replay disagrees, fails there with a WorkloadError."""
+    """The Workload protocol with both phases replayed from CUDA graphs. The first
+    prefill() captures the prefill (StaticPrefill) and checks its replay against the eager
+    prefill's logits; prepare_decode() prefills as the eager engine does, moves that cache
+    into a StaticCache, captures one step and checks replays against eager steps. A model
+    whose call cannot be captured, or whose replay disagrees, fails there with a
+    WorkloadError."""
 
     def __init__(self, model: Any, ids: list[list[int]], device: str, max_steps: int | None = None) -> None:
         import torch
@@ -141,6 +204,39 @@ class GraphsWorkload(ModelWorkload):
         self._reset_graph: Any = None
         self._logits: Any = None  # the step graph's output, rewritten by every replay
         self._capture_s = 0.0
+        self._prefill_graph: Any = None
+        self._prefill: StaticPrefill | None = None
+
+    def prefill(self) -> None:
+        if self._prefill_graph is None:
+            self._capture_prefill()
+        self._prefill_graph.replay()
+
+    def _capture_prefill(self) -> None:
+        import torch
+
+        t0 = time.perf_counter()
+        eager = self._forward(input_ids=self.ids, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        static = StaticPrefill(self._forward, self.model.config, self.ids)
+        try:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_STEPS):
+                    static.run()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.inference_mode():
+                with torch.cuda.graph(graph):
+                    static.run()
+        except Exception as e:  # capture refuses host syncs, pageable copies, ...
+            raise WorkloadError(f"prefill cannot be captured in a CUDA graph: {_capture_reason(self.model, e)}") from e
+        for _ in range(2):  # twice: a replay must not depend on what the one before left
+            graph.replay()
+            torch.cuda.synchronize(self.device)
+            _check_logits("prefill", eager, static.logits.float())
+        self._prefill, self._prefill_graph = static, graph
+        self._capture_s += time.perf_counter() - t0
 
     def prepare_decode(self) -> None:
         import torch
@@ -152,16 +248,11 @@ class GraphsWorkload(ModelWorkload):
         try:
             self._step_graph, self._reset_graph, self._logits = self._capture(decode)
         except Exception as e:  # capture refuses host syncs, pageable copies, ...
-            reason = describe_exception(_first_error(e))
-            if getattr(self.model, "is_loaded_in_8bit", False):
-                # Measured on the H100: LLM.int8's outlier decomposition (threshold > 0)
-                # synchronises with the host inside a step; threshold 0.0 captures.
-                reason += " (LLM.int8 with llm_int8_threshold > 0 cannot be captured; 0.0 can)"
-            raise WorkloadError(f"decode step cannot be captured in a CUDA graph: {reason}") from e
+            raise WorkloadError(f"decode step cannot be captured in a CUDA graph: {_capture_reason(self.model, e)}") from e
         self._decode = decode
         self._check_replay(decode)
         torch.cuda.synchronize(self.device)
-        self._capture_s = time.perf_counter() - t0
+        self._capture_s += time.perf_counter() - t0
 
     def _capture(self, decode: StaticDecode) -> tuple[Any, Any, Any]:
         import torch
@@ -183,20 +274,11 @@ class GraphsWorkload(ModelWorkload):
 
     def _check_replay(self, decode: StaticDecode) -> None:
         """Replays must compute what eager steps compute, and advance the counters."""
-        import torch
-
         steps = min(CHECK_STEPS, self.max_steps)
         eager = decode.trace(steps)
         replayed = self.trace(steps)
         for i, (e, r) in enumerate(zip(eager, replayed)):
-            scale = float(e.abs().max()) or 1.0
-            err = float((e - r).abs().max())
-            if not err <= CHECK_RTOL * scale:  # also catches NaN
-                raise WorkloadError(
-                    f"graph replay disagrees with eager decode at step {i + 1}: max |logit diff| {err:.3g} (scale {scale:.3g})"
-                )
-            if not torch.equal(e.argmax(-1), r.argmax(-1)):
-                raise WorkloadError(f"graph replay picks other tokens than eager decode at step {i + 1}")
+            _check_logits(f"decode at step {i + 1}", e, r)
         expected = [decode.prompt_len + steps] * len(decode.positions())
         if decode.positions() != expected:
             raise WorkloadError(f"graph replay left cache positions at {sorted(set(decode.positions()))}, expected {expected[0]}")
@@ -232,4 +314,5 @@ class GraphsWorkload(ModelWorkload):
 
     def close(self) -> None:
         self._step_graph = self._reset_graph = self._logits = self._decode = None
+        self._prefill_graph = self._prefill = None
         super().close()
