@@ -128,17 +128,28 @@ class StaticDecode:
         return out
 
 
-def _check_logits(what: str, eager: Any, replayed: Any) -> None:
+def _check_logits(what: str, eager: Any, replayed: Any) -> bool:
     """A replay must compute what the eager call computes, up to fp16 rounding, and pick
-    the same tokens."""
+    the same tokens, except at a near tie: where the eager logits of the two picks are
+    within that rounding of each other the computations agree, but the greedy paths part
+    there. Returns False at such a tie (later steps then follow different tokens and
+    cannot be compared). Random (synthetic) weights make near ties common."""
     import torch
 
     scale = float(eager.abs().max()) or 1.0
+    tolerance = CHECK_RTOL * scale
     err = float((eager - replayed).abs().max())
-    if not err <= CHECK_RTOL * scale:  # also catches NaN
+    if not err <= tolerance:  # also catches NaN
         raise WorkloadError(f"graph replay disagrees with eager {what}: max |logit diff| {err:.3g} (scale {scale:.3g})")
-    if not torch.equal(eager.argmax(-1), replayed.argmax(-1)):
-        raise WorkloadError(f"graph replay picks other tokens than eager {what}")
+    mine, theirs = eager.argmax(-1, keepdim=True), replayed.argmax(-1, keepdim=True)
+    if torch.equal(mine, theirs):
+        return True
+    gap = float((eager.gather(-1, mine) - eager.gather(-1, theirs)).max())
+    if gap > tolerance:
+        raise WorkloadError(
+            f"graph replay picks other tokens than eager {what} (eager logits {gap:.3g} apart, more than the tolerance {tolerance:.3g})"
+        )
+    return False
 
 
 class StaticPrefill:
@@ -206,6 +217,7 @@ class GraphsWorkload(ModelWorkload):
         self._capture_s = 0.0
         self._prefill_graph: Any = None
         self._prefill: StaticPrefill | None = None
+        self._checked_steps = 0  # replayed decode steps compared with eager ones
 
     def prefill(self) -> None:
         if self._prefill_graph is None:
@@ -277,8 +289,11 @@ class GraphsWorkload(ModelWorkload):
         steps = min(CHECK_STEPS, self.max_steps)
         eager = decode.trace(steps)
         replayed = self.trace(steps)
+        self._checked_steps = 0
         for i, (e, r) in enumerate(zip(eager, replayed)):
-            _check_logits(f"decode at step {i + 1}", e, r)
+            self._checked_steps = i + 1
+            if not _check_logits(f"decode at step {i + 1}", e, r):
+                break  # a near tie: the two greedy paths part here
         expected = [decode.prompt_len + steps] * len(decode.positions())
         if decode.positions() != expected:
             raise WorkloadError(f"graph replay left cache positions at {sorted(set(decode.positions()))}, expected {expected[0]}")
@@ -310,6 +325,7 @@ class GraphsWorkload(ModelWorkload):
         if self._decode is not None:
             info["static_cache_len"] = self._decode.prompt_len + self._decode.max_steps
             info["graph_capture_s"] = round(self._capture_s, 3)
+            info["graph_checked_steps"] = self._checked_steps
         return info
 
     def close(self) -> None:
