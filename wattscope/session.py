@@ -19,6 +19,7 @@ import threading
 from collections import defaultdict
 from contextlib import contextmanager
 from datetime import datetime
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -166,6 +167,10 @@ class Session:
         """Prepare everything that can fail fast (sensor, output file, children) in the
         caller's thread, then hand the event loop to a background thread."""
         try:
+            with _children_ignore_stop_signals():
+                # The tracker of shared memory and semaphores is a child too; made here,
+                # before anything needs it, it outlives a hangup and cleans up after us.
+                resource_tracker.ensure_running()
             self._host = host.plan(self.sweep.host, host.available_cpus(), self.sweep.source)
             specs = self._specs = self._sensor_specs()
             meta = self._describe(specs)
