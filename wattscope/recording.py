@@ -413,24 +413,45 @@ class Recording:
         df["work_s"] = (df["work_end_ns"].fillna(df["end_ns"]) - df["start_ns"]) / 1e9
         df["power_w"] = df["energy_j"] / df["duration_s"]
         df["integrated_j"] = self._integrated(df)
+        df["sampler_stall"] = pd.Series(self._stalls(df), index=df.index, dtype=object)
         return df
 
-    def _integrated(self, windows: pd.DataFrame) -> np.ndarray:
-        if windows.empty:
-            return np.array([], dtype=float)
+    @cached_property
+    def _power_samples(self) -> np.ndarray:
+        """(t_ns, power_w) rows of the run's GPU, in time order."""
         gpu = self.meta.get("gpu", {}).get("index", 0)
         # Two columns straight from SQLite: the cross-check must not cost loading every
         # sample column of an hour-long recording.
         rows = self._db.execute(
             "SELECT t_ns, power_w FROM samples WHERE gpu = ? ORDER BY t_ns", (gpu,)
         ).fetchall()
-        tp = np.array(rows, dtype=float).reshape(-1, 2)
+        return np.array(rows, dtype=float).reshape(-1, 2)
+
+    def _integrated(self, windows: pd.DataFrame) -> np.ndarray:
+        if windows.empty:
+            return np.array([], dtype=float)
+        tp = self._power_samples
         return _integrate(
             tp[:, 0],
             tp[:, 1],
             windows["start_ns"].to_numpy(float),
             windows["end_ns"].to_numpy(float),
         )
+
+    def _stalls(self, windows: pd.DataFrame) -> list[str | None]:
+        """Per measured window, why the sampler did not cover it (metrics.sampler_stall)."""
+        rate = self.meta.get("sampler", {}).get("rate_hz")
+        times = self._power_samples[:, 0].astype(np.int64)
+        out: list[str | None] = []
+        for role, start, end in zip(windows["role"], windows["start_ns"], windows["end_ns"]):
+            if role != "measure":
+                out.append(None)
+                continue
+            # The window's samples and one neighbour each side, as the rule reads them.
+            lo, hi = np.searchsorted(times, start, "left"), np.searchsorted(times, end, "right")
+            near = times[max(lo - 1, 0): hi + 1].tolist()
+            out.append(metrics.sampler_stall(near, int(start), int(end), rate))
+        return out
 
     @cached_property
     def _recomputed(self) -> dict[str, tuple[ConfigResult, RunWarning]]:

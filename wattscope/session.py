@@ -16,6 +16,7 @@ import queue
 import signal
 import sys
 import threading
+from bisect import bisect_left
 from collections import defaultdict
 from contextlib import contextmanager
 from datetime import datetime
@@ -31,9 +32,11 @@ from wattscope.events import (
     ConfigFinished,
     ConfigStarted,
     Event,
+    PhaseStarted,
     RunEnded,
     RunStarted,
     RunWarning,
+    Samples,
     Window,
     now_ns,
 )
@@ -160,6 +163,11 @@ class Session:
         self._started: dict[str, ConfigStarted] = {}
         self._finished: set[str] = set()
         self._sampler_dead_reported = False
+        # Sampler health: one GPU's sample times since the oldest measured window not yet
+        # checked against them (metrics.sampler_stall), and those windows.
+        self._health_gpu: int | None = None
+        self._sample_times: list[int] = []
+        self._unchecked: list[Window] = []
 
     # -- control ---------------------------------------------------------------------
 
@@ -174,6 +182,7 @@ class Session:
             self._host = host.plan(self.sweep.host, host.available_cpus(), self.sweep.source)
             specs = self._specs = self._sensor_specs()
             meta = self._describe(specs)
+            self._health_gpu = meta["gpu"]["index"]
             self._recorder = Recorder(self.output)
             started = RunStarted(now_ns(), meta)
             self._recorder.write(started)  # a write error here ends the start: nothing is kept
@@ -359,6 +368,14 @@ class Session:
             self._started[ev.config_id] = ev
         elif isinstance(ev, Window):
             self._windows[ev.config_id].append(ev)
+            if ev.role == "measure":
+                self._unchecked.append(ev)
+        elif isinstance(ev, Samples):
+            self._sample_times.extend(int(r[0]) for r in ev.rows if r[1] == self._health_gpu)
+            self._check_windows()
+        elif isinstance(ev, PhaseStarted) and not self._unchecked:
+            # No window that starts before this phase is left to check.
+            del self._sample_times[: max(0, bisect_left(self._sample_times, ev.t_ns) - 1)]
         elif isinstance(ev, ConfigFinished):
             self._finished.add(ev.config_id)
             started = self._started.get(ev.config_id)
@@ -370,6 +387,22 @@ class Session:
                 for w in warnings:
                     self._emit(w)
 
+    def _check_windows(self, final: bool = False) -> None:
+        """Check each measured window against the samples once samples past its end
+        have arrived (``final``: with whatever arrived); a stall is a warning on its row."""
+        times = self._sample_times
+        while self._unchecked:
+            w = self._unchecked[0]
+            if not final and (not times or times[-1] < w.end_ns):
+                return
+            self._unchecked.pop(0)
+            why = metrics.sampler_stall(times, w.start_ns, w.end_ns, self.sweep.sampler.rate_hz)
+            if why is not None:
+                self._emit(RunWarning(now_ns(), "sampler", f"{w.config_id}: {why} in a measured {w.phase} "
+                                      "window; the row's cross-check is flagged", w.config_id))
+            # Keep the last sample before the window's end: the next window's leading edge.
+            del times[: max(0, bisect_left(times, w.end_ns) - 1)]
+
     def _shutdown(self, status: str, reason: str) -> None:
         """Stop both children, take what they sent, and finalise the recording; whatever
         fails on the way, the session ends (``done``) and says how."""
@@ -378,6 +411,7 @@ class Session:
             for child in (self._runner, self._sampler):
                 child.stop()
             self._drain(0)
+            self._check_windows(final=True)
         except Exception as e:
             if status == "completed":
                 status, reason = "failed", f"{type(e).__name__}: {e}"
