@@ -478,3 +478,114 @@ def test_an_exception_inside_the_app_stops_the_run(tmp_path: Path) -> None:
         while time.monotonic() < deadline:
             os.killpg(proc.pid, 0)
             time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- sampler health
+
+
+def test_the_stall_rule_reads_holes_and_rate_drops() -> None:
+    from wattscope.metrics import sampler_stall
+
+    ms = 1_000_000
+    steady = list(range(0, 2000 * ms, 10 * ms))  # 100 Hz over 2 s
+    assert sampler_stall(steady, 500 * ms, 1500 * ms, 100.0) is None
+    holed = [t for t in steady if not 800 * ms < t < 1200 * ms]  # 0.4 s without a sample
+    assert sampler_stall(holed, 500 * ms, 1500 * ms, 100.0) == \
+        "the sampler stalled: no sample for 0.40 s (more than 0.25 s)"
+    # The hole is counted to the window's edge when no sample follows it (a dead sampler).
+    assert sampler_stall(steady[:100], 500 * ms, 1500 * ms, 100.0) == \
+        "the sampler stalled: no sample for 0.51 s (more than 0.25 s)"
+    # Half the rate, no hole above the limit: a rate drop.
+    assert sampler_stall(steady[::2], 500 * ms, 1500 * ms, 100.0) == \
+        "the sampler slowed: 51 samples/s of 100 (below 80%)"  # 51 in [0.5, 1.5] s
+    # A slow sampler's period is no stall; a window too short to judge a rate is not either.
+    assert sampler_stall(list(range(0, 20_000 * ms, 1000 * ms)), 3000 * ms, 9000 * ms, 1.0) is None
+    assert sampler_stall(steady[::2], 500 * ms, 550 * ms, 100.0) is None
+
+
+def _stream_with_a_hole(path: Path) -> tuple[Session, list[Any]]:
+    """A live session fed a synthetic stream (no processes): one row, two measured
+    decode windows; the sampler is silent for 0.6 s inside the second."""
+    from wattscope.events import ConfigFinished, ConfigStarted, PhaseStarted, Window
+
+    sweep = config.load(ROOT / "configs" / "quick.toml")
+    session = Session(sweep, path, sim=True)
+    session._recorder = Recorder(path)
+    session._health_gpu = 0
+    ms = 1_000_000
+    t0 = now_ns()
+    meta = {"gpu": {"index": 0}, "sampler": {"rate_hz": 100.0, "gpus": [0]}, "sweep": sweep.to_dict()}
+    times = [t0 + i * 10 * ms for i in range(300) if not 1700 <= i * 10 < 2300]
+    cid = "Qwen2-1.5B/b1/fp16"
+
+    def window(r: int, start: int, end: int) -> Window:
+        return Window(end, cid, "decode", "measure", r, start, end, 0.0, 100.0, 4, 32, 128,
+                      work_end_ns=end, round=r, group="g")
+
+    stream = [
+        RunStarted(t0, meta),
+        ConfigStarted(t0, cid, 0, 1, "Qwen2-1.5B", 1, "fp16", True, 2, group="g"),
+        PhaseStarted(t0 + 100 * ms, cid, "decode", 1),
+        window(1, t0 + 200 * ms, t0 + 1000 * ms),
+        window(2, t0 + 1200 * ms, t0 + 2600 * ms),
+        ConfigFinished(t0 + 2600 * ms, cid, ok=True),
+    ]
+    # Samples arrive in batches of 100 ms, after the windows they cover (as live).
+    batches = [Samples(t0 + b * 100 * ms,
+                       [(t, 0, 200.0, 200.0, float("nan"), 1000.0, 50.0, 40.0, 1.0, 1)
+                        for t in times if t0 + (b - 1) * 100 * ms <= t < t0 + b * 100 * ms])
+               for b in range(1, 31)]
+    return session, [*stream, *batches]
+
+
+def test_a_hole_in_the_samples_of_a_measured_window_is_a_warning_on_its_row(tmp_path: Path) -> None:
+    from wattscope import analysis, export
+
+    path = tmp_path / "r.wattscope"
+    session, stream = _stream_with_a_hole(path)
+    for ev in stream:
+        session._emit(ev)
+    session._check_windows(final=True)
+    session._finalise("completed", "")
+    warnings = [w for w in session.state.snapshot(now_ns()).warnings if w.source == "sampler"]
+    assert [w.message for w in warnings] == [
+        "Qwen2-1.5B/b1/fp16: the sampler stalled: no sample for 0.61 s (more than 0.25 s) in a measured "
+        "decode window; the row's cross-check is flagged"
+    ]
+    rec = wattscope.load(path)
+    assert list(rec.warnings["config_id"][rec.warnings["source"] == "sampler"]) == ["Qwen2-1.5B/b1/fp16"]
+    assert rec.windows["sampler_stall"].notna().tolist() == [False, True]  # the recording's own verdict
+    cross = analysis.crosscheck_table([rec])
+    assert cross[["phase", "windows", "stalled_windows"]].values.tolist() == [["decode", 2, 1]]
+    assert "(sampler stalled in 1)" in export.export([rec], "md", "crosscheck")
+
+
+@pytest.mark.process
+def test_a_sigstopped_sampler_is_reported_on_the_rows_it_blinded(tmp_path: Path) -> None:
+    from wattscope import analysis
+    from wattscope.headless import run_live
+
+    out = tmp_path / "r.wattscope"
+    cfg = _write_config(tmp_path, FAST.replace("rate_hz = 1000", "rate_hz = 100"))
+    session = Session(config.load(cfg), out, sim=True)
+    result: list[str] = []
+    runner = threading.Thread(target=lambda: result.append(run_live(session, io.StringIO())))
+    runner.start()
+    deadline = time.monotonic() + 90
+    while not any(w.role == "measure" for ws in list(session._windows.values()) for w in ws):
+        assert time.monotonic() < deadline and runner.is_alive()
+        time.sleep(0.02)
+    sampler = next(p for p in mp.active_children() if p.name == "wattscope-sampler")
+    assert sampler.pid is not None
+    os.kill(sampler.pid, signal.SIGSTOP)
+    time.sleep(1.5)
+    os.kill(sampler.pid, signal.SIGCONT)
+    runner.join(120)
+    assert result == ["completed"]
+    rec = wattscope.load(out)
+    stalls = rec.warnings[rec.warnings["source"] == "sampler"]
+    assert len(stalls) >= 1 and stalls["config_id"].notna().all()
+    assert stalls["message"].str.contains("the sampler stalled: no sample for 1.").any()
+    cross = analysis.crosscheck_table([rec])
+    flagged = set(cross.loc[cross["stalled_windows"] > 0, "config_id"])
+    assert flagged == set(stalls["config_id"])  # the live warning and the recording agree
