@@ -58,9 +58,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         status = run_live(session) if headless else run_app(session)
     except NvmlUnavailable as e:
         raise NvmlUnavailable(f"{e}; `wattscope run {args.config} --sim` runs the pipeline on a simulated GPU") from None
-    reason = getattr(session, "reason", "")
-    if status in RUN_FAULTS and reason:
-        _say(f"wattscope: error: {reason}; the run was stopped, the recording keeps what was measured")
+    if status in RUN_FAULTS and session.reason:
+        _say(f"wattscope: error: {session.reason}; the run was stopped, the recording keeps what was measured")
     _say(f"recording: {output} ({status})")
     return RUN_EXIT_CODES.get(status, EXIT_FAILED)
 

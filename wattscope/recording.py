@@ -261,26 +261,33 @@ class Recorder:
             self.db.close()
 
     def _store_write_error(self) -> None:
-        """After a write error: give the reserve back, drop the failed transaction, fold
-        what was committed into the file (which empties the WAL: a file-size limit may be
-        what the WAL hit) and store the run's ending as 'write-error'."""
+        """After a write error: give the reserve back, commit what the failed transaction
+        still holds (else drop it), fold what was committed into the file (which empties
+        the WAL: a file-size limit may be what the WAL hit) and store the run's ending as
+        'write-error'. Each step as far as the filesystem allows."""
         self._release_reserve()
-        db = self.db
         t = self._ending.t_ns if self._ending is not None else now_ns()
-        for step in ("ROLLBACK", "PRAGMA wal_checkpoint(TRUNCATE)", "BEGIN", "ending", "COMMIT"):
+        self._try("COMMIT")
+        self._try("ROLLBACK")
+        self._try("PRAGMA wal_checkpoint(TRUNCATE)")
+        if self._try("BEGIN"):
             try:
-                if step == "ending":
-                    self._insert(RunEnded(t, "write-error", self.error or ""))
-                elif step != "ROLLBACK" or db.in_transaction:
-                    db.execute(step)
-            except _WRITE_ERRORS:
-                if step in ("ending", "COMMIT"):
-                    break  # the ending cannot be stored; what was committed stays
-        if db.in_transaction:
-            try:
-                db.execute("ROLLBACK")
+                self._insert(RunEnded(t, "write-error", self.error or ""))
             except _WRITE_ERRORS:
                 pass
+            self._try("COMMIT")
+            self._try("ROLLBACK")  # if the ending could not be committed
+
+    def _try(self, statement: str) -> bool:
+        """Run ``statement`` (a COMMIT or ROLLBACK only inside a transaction); whether it ran."""
+        db = self.db
+        if statement in ("COMMIT", "ROLLBACK") and not db.in_transaction:
+            return False
+        try:
+            db.execute(statement)
+            return True
+        except _WRITE_ERRORS:
+            return False
 
     def _fold_wal(self) -> None:
         """Fold the WAL into the file; on a full disk, once more with the reserve given

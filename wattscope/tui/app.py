@@ -221,7 +221,7 @@ class WattscopeApp(App[None]):
         self._status()
         self._results.border_title = f"Results {len(snap.results)}/{snap.configs_total or '?'}"
         error = self._error
-        if snap.status == "failed":
+        if snap.status in ("failed", "write-error"):
             error.update(Text(f"run failed: {snap.error or 'no reason given'} — the recording "
                               "keeps everything measured up to here", style="bold"))
             error.display = True
