@@ -653,23 +653,28 @@ def _stack(srcs: list[Source]) -> str:
 
 _CROSS_ORDER = [
     "source", "config_id", "model", "batch", "precision", "phase", "windows",
-    "counter_j", "integrated_j", "difference_pct",
+    "counter_j", "integrated_j", "difference_pct", "stalled_windows",
 ]
 
 
 def crosscheck_table(sources: Any) -> pd.DataFrame:
     """Counter energy vs integrated instant power, per configuration and phase over the
     measured windows. ``difference_pct`` = (integrated / counter - 1) x 100; instant
-    samples under-count bursty loads, so a negative difference is expected."""
+    samples under-count bursty loads, so a negative difference is expected.
+    ``stalled_windows`` counts the windows the sampler did not cover (a hole or a rate
+    drop, ``metrics.sampler_stall``): there the integral interpolates and is unreliable."""
     frames = []
     for src in open_sources(sources):
         w = src.windows
         if w.empty or "integrated_j" not in w:
             continue
         m = w[w["role"] == "measure"]
+        if "sampler_stall" not in m:  # windows from elsewhere than a recording: no verdict
+            m = m.assign(sampler_stall=None)
         g = m.groupby(["config_id", "phase"], sort=False).agg(
             windows=("energy_j", "size"), counter_j=("energy_j", "sum"),
             integrated_j=("integrated_j", "sum"), covered=("integrated_j", "count"),
+            stalled_windows=("sampler_stall", "count"),  # windows metrics.sampler_stall flags
         ).reset_index()
         # A window the instant samples did not cover leaves its group's sum unknown.
         g["integrated_j"] = g["integrated_j"].where(g.pop("covered") == g["windows"])

@@ -1,14 +1,19 @@
 """Command line: devices, run, replay, demo, export, compare.
 
-Exit codes: 0 done; 1 the run failed; 2 bad input (config, recording, table) with a
-message naming the file and key; 130 stopped with Ctrl-C (recording finalised). Every
-error meant for the user is a ``WattscopeError``; ``main`` alone turns one into its message
-and exit code.
+Exit codes: 0 done; 1 the run failed (the runner failed, the recording could not be
+written, or the display failed; the recording's status says which); 2 bad input (config,
+recording, table) with a message naming the file and key; and for a run stopped by a
+signal or a closed output, 128 + the signal's number: 129 SIGHUP, 130 Ctrl-C (SIGINT),
+141 a broken pipe (SIGPIPE: the reader of the output left), 143 SIGTERM. A run that
+stopped, for whatever reason, leaves its recording finalised with a status that says how
+it ended. Every error meant for the user is a ``WattscopeError``; ``main`` alone turns one
+into its message and exit code.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -41,23 +46,43 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"{output}: already exists; choose another file with -o")
     from wattscope.telemetry import NvmlUnavailable
 
-    session = Session(sweep, output, sim=args.sim)
-    try:
-        # Started here, before any display, so a missing GPU is a plain message with
-        # nothing written rather than a traceback inside the app.
-        session.start()
-    except NvmlUnavailable as e:
-        raise NvmlUnavailable(f"{e}; `wattscope run {args.config} --sim` runs the pipeline on a simulated GPU") from None
-    if _headless(args):
+    headless = _headless(args)
+    if headless:
         from wattscope.headless import run_live
-
-        status = run_live(session)
     else:
         from wattscope.tui.app import run_app
+    session = Session(sweep, output, sim=args.sim)
+    try:
+        # The display starts the session before it shows anything, so a missing GPU is a
+        # plain message with nothing written rather than a traceback inside the app.
+        status = run_live(session) if headless else run_app(session)
+    except NvmlUnavailable as e:
+        raise NvmlUnavailable(f"{e}; `wattscope run {args.config} --sim` runs the pipeline on a simulated GPU") from None
+    if status in RUN_FAULTS and session.reason:
+        _say(f"wattscope: error: {session.reason}; the run was stopped, the recording keeps what was measured")
+    _say(f"recording: {output} ({status})")
+    return RUN_EXIT_CODES.get(status, EXIT_FAILED)
 
-        status = run_app(session)
-    print(f"recording: {output}", file=sys.stderr)
-    return {"completed": 0, "interrupted": EXIT_INTERRUPTED}.get(status, EXIT_FAILED)
+
+# `wattscope run`'s exit code for each way a run ends (events.RUN_ENDINGS); a stop by a
+# signal exits as the shell's 128 + signum, a broken pipe as SIGPIPE's.
+RUN_EXIT_CODES = {
+    "completed": 0,
+    "interrupted": EXIT_INTERRUPTED,
+    "hangup": 128 + signal.SIGHUP,
+    "output-closed": 128 + signal.SIGPIPE,
+    "terminated": 128 + signal.SIGTERM,
+}
+# Endings that are faults: `run` prints their reason as an error.
+RUN_FAULTS = ("failed", "write-error", "display-failed", "output-closed")
+
+
+def _say(line: str) -> None:
+    """A line on stderr, which may be closed too (``2>&1 | head``)."""
+    try:
+        print(line, file=sys.stderr)
+    except OSError:
+        pass
 
 
 def _replay(path: str | Path, args: argparse.Namespace) -> int:

@@ -227,5 +227,20 @@ class RunWarning(Event):
 @dataclass(frozen=True)
 class RunEnded(Event):
     kind: ClassVar[str] = "run_ended"
-    status: str  # "completed" | "interrupted" | "failed"
+    status: str  # one of RUN_ENDINGS
     reason: str = ""
+
+
+# How a run can end: RunEnded.status, a finished recording's status, and (in cli.py) the
+# exit code of `wattscope run`. A stop asked for by a signal or forced by a fault says
+# which, so a recording tells a completed sweep from one cut short, and why.
+RUN_ENDINGS = (
+    "completed",  # every configuration ran
+    "interrupted",  # Ctrl-C (SIGINT) or the app's quit
+    "terminated",  # SIGTERM (kill, timeout)
+    "hangup",  # SIGHUP (the terminal or SSH session went away)
+    "output-closed",  # the display's output closed (a broken pipe)
+    "display-failed",  # the display raised an error
+    "write-error",  # the recording could not be written (disk full, I/O error)
+    "failed",  # the runner failed
+)

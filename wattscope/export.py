@@ -192,7 +192,8 @@ def _crosscheck_display(a: Analysis) -> Grid:
             "" if pd.isna(r["precision"]) else r["precision"],
             r["phase"], str(int(r["windows"])),
             fmt_fixed(r["counter_j"], 3, ""), fmt_fixed(r["integrated_j"], 3, ""),
-            "" if pd.isna(r["difference_pct"]) else f"{r['difference_pct']:+.1f}%",
+            ("" if pd.isna(r["difference_pct"]) else f"{r['difference_pct']:+.1f}%")
+            + (f" (sampler stalled in {int(r['stalled_windows'])})" if r["stalled_windows"] > 0 else ""),
         ]
         for _, r in df.iterrows()
     ]

@@ -209,12 +209,15 @@ def _live(source: RunSource, out: IO[str], tty: bool, poll_s: float) -> Snapshot
 
 
 def run_live(session: Any, out: IO[str] | None = None) -> str:
-    """``wattscope run --headless``: start the session, show it, return its status."""
+    """``wattscope run --headless``: start the session, show it, return its status. A
+    start that fails raises (nothing is written); after it, the run never outlives this display (``session.watched``): a closed output, a failure
+    of the printer, SIGTERM or SIGHUP stop it, and its recording is final on return."""
+    from wattscope.session import watched
+
     source = LiveSource(session)
-    if session is not None and getattr(session, "status", "") == "starting":
+    with watched(session):
         session.start()
-    run_headless(source, out)
-    source.wait()
+        run_headless(source, out)
     return source.status
 
 

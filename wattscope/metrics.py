@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -393,6 +394,45 @@ def run_meta(meta: Mapping[str, Any]) -> RunMeta:
         sweep=sweep,
         packages=_mapping(meta.get("packages")),
     )
+
+
+# -------------------------------------------------------------------- sampler health
+
+# A measured window is flagged when its instant-power samples have a hole longer than
+# STALL_GAP_S (or STALL_PERIODS sample periods, for slow rates), or hold fewer than
+# MIN_RATE_FRACTION of the samples the sampler's rate promises (judged from
+# MIN_EXPECTED_SAMPLES on): the cross-check integral then interpolates across the hole,
+# and the live graph was blind for it. A sensor refreshes every ~100 ms, so a 250 ms hole
+# has lost at least one fresh value; a healthy sampler's worst lateness is ~1 ms.
+STALL_GAP_S = 0.25
+STALL_PERIODS = 5
+MIN_RATE_FRACTION = 0.8
+MIN_EXPECTED_SAMPLES = 10
+
+
+def stall_gap_limit_s(rate_hz: float | None) -> float:
+    """The longest hole in the samples that is not a stall, at ``rate_hz``."""
+    return max(STALL_GAP_S, STALL_PERIODS / rate_hz) if rate_hz else STALL_GAP_S
+
+
+def sampler_stall(times_ns: Sequence[int], start_ns: int, end_ns: int, rate_hz: float | None) -> str | None:
+    """Why the sample times ``times_ns`` (sorted; one GPU's) do not cover the window
+    [start_ns, end_ns] as a healthy sampler at ``rate_hz`` would, or None. The hole is
+    measured from the last sample before the window to the first after it, as the
+    cross-check interpolates; a missing one counts from the window's edge."""
+    i, j = bisect_left(times_ns, start_ns), bisect_right(times_ns, end_ns)
+    edges = [int(times_ns[i - 1]) if i > 0 else start_ns, *map(int, times_ns[i:j]),
+             int(times_ns[j]) if j < len(times_ns) else end_ns]
+    gap_s = max(b - a for a, b in zip(edges, edges[1:])) / 1e9
+    limit = stall_gap_limit_s(rate_hz)
+    if gap_s > limit:
+        return f"the sampler stalled: no sample for {gap_s:.2f} s (more than {limit:.2f} s)"
+    duration_s = (end_ns - start_ns) / 1e9
+    expected = duration_s * rate_hz if rate_hz else 0.0
+    if expected >= MIN_EXPECTED_SAMPLES and j - i < MIN_RATE_FRACTION * expected:
+        return (f"the sampler slowed: {(j - i) / duration_s:.0f} samples/s of {rate_hz:g} "
+                f"(below {MIN_RATE_FRACTION:.0%})")
+    return None
 
 
 # ------------------------------------------------------------------------- windows

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -22,8 +23,9 @@ import numpy as np
 import pandas as pd
 
 from wattscope import metrics
-from wattscope.errors import WattscopeError
+from wattscope.errors import EXIT_FAILED, WattscopeError
 from wattscope.events import (
+    RUN_ENDINGS,
     SAMPLE_COLUMNS,
     SCHEMA_VERSION,
     ConfigFinished,
@@ -99,69 +101,228 @@ def _nan_to_none(o: Any) -> Any:
     return o
 
 
+class RecordingWriteError(RecordingError):
+    """The recording could not be written (disk full, file too large, I/O error): the
+    run is stopped, and exits with EXIT_FAILED, since the machine failed, not the input."""
+
+    exit_code = EXIT_FAILED
+
+
+# Held back from the output's filesystem for the whole run and given back after a write
+# error, so that even a full disk leaves room to store how the run ended and fold the WAL.
+RESERVE_BYTES = 1 << 20
+_WRITE_ERRORS = (sqlite3.Error, OSError)
+
+
+def _why(e: BaseException) -> str:
+    """The cause of a write error in a few words (SQLite's message or the OS's)."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__
+
+
+def _hold_reserve(folder: Path, size: int) -> int:
+    """A descriptor of a nameless file holding ``size`` bytes of ``folder``'s filesystem.
+    Closing it gives the space back; a crash gives it back too, and no file is left."""
+    try:
+        fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o600)
+    except (OSError, AttributeError):  # a filesystem without O_TMPFILE
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".wattscope-reserve-")
+        os.unlink(name)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class Recorder:
     """Writes one run's events to a new SQLite file. Not thread-safe: one thread (the
     session's reader) owns it. Commits at most COMMIT_INTERVAL_NS apart; call
-    ``maybe_commit`` when idle so a quiet stream still reaches the disk."""
+    ``maybe_commit`` when idle so a quiet stream still reaches the disk.
+
+    A write error (disk full, I/O error) raises ``RecordingWriteError`` once; from then on
+    the recorder only remembers it (``error``) and drops what it is given, and ``close``
+    gives back the reserved space, drops the failed transaction and stores the ending as
+    status 'write-error' as far as the filesystem allows. What was committed before the
+    error stays loadable. A recorder that cannot start removes what it made."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if self.path.exists():
             raise RecordingError(f"{self.path}: already exists; choose another output file")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL is durable against a process crash in WAL mode (only an OS crash or power
-        # loss can drop the last commits), and keeps commits cheap.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._db.execute("BEGIN")
-        self._set_meta({"schema_version": SCHEMA_VERSION, "status": "running"})
-        self._commit()
+        self.error: str | None = None
         self._closed = False
+        self._reserve: int | None = None
+        self._db: sqlite3.Connection | None = None
+        self._ending: RunEnded | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RecordingError(f"{self.path.parent}: cannot make the output folder ({_why(e)})") from None
+        if not os.access(self.path.parent, os.W_OK):
+            raise RecordingError(f"{self.path.parent}: the output folder is not writable; choose another with -o")
+        try:
+            self._reserve = _hold_reserve(self.path.parent, RESERVE_BYTES)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL is durable against a process crash in WAL mode (only an OS crash or power
+            # loss can drop the last commits), and keeps commits cheap.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute("BEGIN")
+            self._set_meta({"schema_version": SCHEMA_VERSION, "status": "running"})
+            self._commit()
+        except _WRITE_ERRORS as e:
+            self.discard()
+            raise RecordingWriteError(f"{self.path}: cannot start the recording ({_why(e)}); nothing was written") from None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        assert self._db is not None, "the recorder is not open"
+        return self._db
 
     def _commit(self) -> None:
-        self._db.execute("COMMIT")
-        self._db.execute("BEGIN")
+        self.db.execute("COMMIT")
+        self.db.execute("BEGIN")
         self._last_commit = now_ns()
 
     def _set_meta(self, items: dict[str, Any]) -> None:
-        self._db.executemany(
+        self.db.executemany(
             "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
             [(k, _dumps(v)) for k, v in items.items()],
         )
 
+    def _failed(self, e: BaseException) -> RecordingWriteError:
+        self.error = f"{self.path}: the recording could not be written ({_why(e)})"
+        return RecordingWriteError(self.error)
+
     def write(self, event: Event) -> None:
+        """Add ``event`` (committed within COMMIT_INTERVAL_NS). Raises RecordingWriteError
+        on the first write error; after it, does nothing but keep a RunEnded for ``close``."""
+        if isinstance(event, RunEnded):
+            self._ending = event
+        if self.error is not None:
+            return
+        try:
+            self._insert(event)
+            self._maybe_commit()
+        except _WRITE_ERRORS as e:
+            raise self._failed(e) from None
+
+    def _insert(self, event: Event) -> None:
         if isinstance(event, Samples):
-            self._db.executemany(
+            self.db.executemany(
                 f"INSERT INTO samples VALUES ({','.join('?' * len(SAMPLE_COLUMNS))})", event.rows
             )
-        else:
-            d = event.to_dict()
-            self._db.execute(
-                "INSERT INTO events(t_ns, kind, json) VALUES (?, ?, ?)",
-                (event.t_ns, event.kind, _dumps(d)),
-            )
-            if isinstance(event, RunStarted):
-                self._set_meta({"run": event.meta})
-            elif isinstance(event, RunEnded):
-                self._set_meta({"status": event.status, "end_reason": event.reason})
-        self.maybe_commit()
+            return
+        self.db.execute(
+            "INSERT INTO events(t_ns, kind, json) VALUES (?, ?, ?)",
+            (event.t_ns, event.kind, _dumps(event.to_dict())),
+        )
+        if isinstance(event, RunStarted):
+            self._set_meta({"run": event.meta})
+        elif isinstance(event, RunEnded):
+            self._set_meta({"status": event.status, "end_reason": event.reason})
 
     def maybe_commit(self) -> None:
+        """Commit if the last commit is COMMIT_INTERVAL_NS old (see ``write`` for errors)."""
+        if self.error is not None:
+            return
+        try:
+            self._maybe_commit()
+        except _WRITE_ERRORS as e:
+            raise self._failed(e) from None
+
+    def _maybe_commit(self) -> None:
         if now_ns() - self._last_commit >= COMMIT_INTERVAL_NS:
             self._commit()
 
     def close(self) -> None:
         """Commit and fold the WAL back into the file, so a finished recording is one
-        self-contained file that can be copied anywhere."""
-        if self._closed:
+        self-contained file that can be copied anywhere. Never raises: a write error
+        here (or before) leaves ``error`` set and the ending stored as 'write-error' as
+        far as the filesystem allows."""
+        if self._closed or self._db is None:
             return
         self._closed = True
-        self._db.execute("COMMIT")
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._db.execute("PRAGMA journal_mode=DELETE")
-        self._db.close()
+        try:
+            if self.error is None:
+                try:
+                    self.db.execute("COMMIT")
+                except _WRITE_ERRORS as e:
+                    self._failed(e)
+            if self.error is not None:
+                self._store_write_error()
+            self._fold_wal()
+        finally:
+            self._release_reserve()
+            self.db.close()
+
+    def _store_write_error(self) -> None:
+        """After a write error: give the reserve back, commit what the failed transaction
+        still holds (else drop it), fold what was committed into the file (which empties
+        the WAL: a file-size limit may be what the WAL hit) and store the run's ending as
+        'write-error'. Each step as far as the filesystem allows."""
+        self._release_reserve()
+        t = self._ending.t_ns if self._ending is not None else now_ns()
+        self._try("COMMIT")
+        self._try("ROLLBACK")
+        self._try("PRAGMA wal_checkpoint(TRUNCATE)")
+        if self._try("BEGIN"):
+            try:
+                self._insert(RunEnded(t, "write-error", self.error or ""))
+            except _WRITE_ERRORS:
+                pass
+            self._try("COMMIT")
+            self._try("ROLLBACK")  # if the ending could not be committed
+
+    def _try(self, statement: str) -> bool:
+        """Run ``statement`` (a COMMIT or ROLLBACK only inside a transaction); whether it ran."""
+        db = self.db
+        if statement in ("COMMIT", "ROLLBACK") and not db.in_transaction:
+            return False
+        try:
+            db.execute(statement)
+            return True
+        except _WRITE_ERRORS:
+            return False
+
+    def _fold_wal(self) -> None:
+        """Fold the WAL into the file; on a full disk, once more with the reserve given
+        back. If that fails too the WAL stays beside the file (a reader replays it) and
+        the run counts as a write error."""
+        while True:
+            try:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self.db.execute("PRAGMA journal_mode=DELETE")
+                return
+            except _WRITE_ERRORS as e:
+                if self._reserve is not None:
+                    self._release_reserve()
+                    continue
+                if self.error is None:
+                    self._failed(e)
+                    self._store_write_error()
+                return
+
+    def _release_reserve(self) -> None:
+        if self._reserve is not None:
+            os.close(self._reserve)
+            self._reserve = None
+
+    def discard(self) -> None:
+        """Close and remove the file and its WAL: for a run that never started."""
+        self._closed = True
+        self._release_reserve()
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -227,7 +388,7 @@ class Recording:
 
     @property
     def complete(self) -> bool:
-        return self.status in ("completed", "interrupted", "failed")
+        return self.status in RUN_ENDINGS
 
     def close(self) -> None:
         self._db.close()
@@ -259,24 +420,45 @@ class Recording:
         df["work_s"] = (df["work_end_ns"].fillna(df["end_ns"]) - df["start_ns"]) / 1e9
         df["power_w"] = df["energy_j"] / df["duration_s"]
         df["integrated_j"] = self._integrated(df)
+        df["sampler_stall"] = pd.Series(self._stalls(df), index=df.index, dtype=object)
         return df
 
-    def _integrated(self, windows: pd.DataFrame) -> np.ndarray:
-        if windows.empty:
-            return np.array([], dtype=float)
+    @cached_property
+    def _power_samples(self) -> np.ndarray:
+        """(t_ns, power_w) rows of the run's GPU, in time order."""
         gpu = self.meta.get("gpu", {}).get("index", 0)
         # Two columns straight from SQLite: the cross-check must not cost loading every
         # sample column of an hour-long recording.
         rows = self._db.execute(
             "SELECT t_ns, power_w FROM samples WHERE gpu = ? ORDER BY t_ns", (gpu,)
         ).fetchall()
-        tp = np.array(rows, dtype=float).reshape(-1, 2)
+        return np.array(rows, dtype=float).reshape(-1, 2)
+
+    def _integrated(self, windows: pd.DataFrame) -> np.ndarray:
+        if windows.empty:
+            return np.array([], dtype=float)
+        tp = self._power_samples
         return _integrate(
             tp[:, 0],
             tp[:, 1],
             windows["start_ns"].to_numpy(float),
             windows["end_ns"].to_numpy(float),
         )
+
+    def _stalls(self, windows: pd.DataFrame) -> list[str | None]:
+        """Per measured window, why the sampler did not cover it (metrics.sampler_stall)."""
+        rate = self.meta.get("sampler", {}).get("rate_hz")
+        times = self._power_samples[:, 0].astype(np.int64)
+        out: list[str | None] = []
+        for role, start, end in zip(windows["role"], windows["start_ns"], windows["end_ns"]):
+            if role != "measure":
+                out.append(None)
+                continue
+            # The window's samples and one neighbour each side, as the rule reads them.
+            lo, hi = np.searchsorted(times, start, "left"), np.searchsorted(times, end, "right")
+            near = times[max(lo - 1, 0): hi + 1].tolist()
+            out.append(metrics.sampler_stall(near, int(start), int(end), rate))
+        return out
 
     @cached_property
     def _recomputed(self) -> dict[str, tuple[ConfigResult, RunWarning]]:

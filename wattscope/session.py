@@ -9,30 +9,38 @@ reproduces the live numbers exactly.
 
 from __future__ import annotations
 
+import errno
 import multiprocessing as mp
+import os
 import queue
 import signal
+import sys
 import threading
+from bisect import bisect_left
 from collections import defaultdict
 from contextlib import contextmanager
 from datetime import datetime
+from multiprocessing import resource_tracker
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from wattscope import host, metrics, provenance
 from wattscope.config import Sweep
 from wattscope.events import (
+    RUN_ENDINGS,
     SCHEMA_VERSION,
     ConfigFinished,
     ConfigStarted,
     Event,
+    PhaseStarted,
     RunEnded,
     RunStarted,
     RunWarning,
+    Samples,
     Window,
     now_ns,
 )
-from wattscope.recording import Recorder
+from wattscope.recording import Recorder, RecordingWriteError
 from wattscope.state import RunState
 from wattscope.telemetry import SensorSpec, measure_refresh_periods, open_sensor
 
@@ -49,19 +57,89 @@ def default_output(sweep: Sweep, sim: bool, directory: Path = Path("recordings")
     return directory / f"{sweep.name}-{stamp}{'-sim' if sim else ''}.wattscope"
 
 
+# The signals that stop a run, and the ending each gives it (events.RUN_ENDINGS). A
+# terminal's Ctrl-C or hangup reaches the whole process group; the children ignore them
+# all, and the parent stops them in order and finalises the recording.
+STOP_SIGNALS: dict[int, tuple[str, str]] = {
+    signal.SIGINT: ("interrupted", "stopped by the user"),
+    signal.SIGTERM: ("terminated", "stopped by SIGTERM"),
+    signal.SIGHUP: ("hangup", "stopped by SIGHUP (the terminal went away)"),
+}
+
+
 @contextmanager
-def _children_ignore_sigint() -> Iterator[None]:
-    """Children started inside inherit SIG_IGN for SIGINT (it survives exec), so a Ctrl-C
-    in the terminal reaches only the parent, which stops them in order and finalises
-    the recording."""
+def _children_ignore_stop_signals() -> Iterator[None]:
+    """Children started inside inherit SIG_IGN for the STOP_SIGNALS (it survives exec)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def display_ending(error: BaseException) -> tuple[str, str]:
+    """The ending (status, reason) of a run whose display stopped with ``error``."""
+    if isinstance(error, KeyboardInterrupt):
+        return STOP_SIGNALS[signal.SIGINT]
+    if isinstance(error, OSError) and error.errno in (errno.EPIPE, errno.EIO):
+        # A pipe's reader left (`| head`), or the terminal went away.
+        return "output-closed", f"the output closed ({error.strerror or error})"
+    return "display-failed", f"the display failed ({type(error).__name__}: {error})"
+
+
+def _silence_stdout() -> None:
+    """Point a closed stdout at /dev/null so the interpreter's last flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is no file (a test's buffer)
+        pass
+
+
+@contextmanager
+def watched(session: Session, on_signal: Callable[[], None] | None = None) -> Iterator[None]:
+    """Around a live run's display, so the measurement never outlives it: SIGTERM and
+    SIGHUP stop the run as Ctrl-C does (the status names the signal) and call
+    ``on_signal`` (an app leaves); a display that raises stops the run as
+    'output-closed' (a broken pipe, a lost terminal) or 'display-failed', and the error
+    goes no further (``session.reason`` says it). On leaving, a run still going is
+    stopped ('interrupted') and its recording finalised before this returns. The
+    session may be started inside: an error while it starts goes on to the caller (the
+    start undid itself), and a signal during the start stops the run as soon as it runs."""
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: object) -> None:
+        session.stop(*STOP_SIGNALS[signum])
+        if on_signal is not None:
+            on_signal()
+
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS if sig != signal.SIGINT}
+    try:
+        yield
+    except BaseException as e:
+        if session.status == "starting":
+            raise
+        status, reason = display_ending(e)
+        session.stop(status, reason)
+        if status == "output-closed":
+            _silence_stdout()
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        if session.status != "starting":
+            session.stop()
+            while True:
+                try:  # a second Ctrl-C must not leave the recording half-finalised
+                    if session.done.wait(1.0):
+                        break
+                except KeyboardInterrupt:
+                    continue
 
 
 class Session:
@@ -71,7 +149,9 @@ class Session:
         self.sim = sim
         self.state = state if state is not None else RunState()
         self.status = "starting"
-        self.error: str | None = None
+        self.error: str | None = None  # an error inside the session itself
+        self.reason = ""  # how the run ended, in words (RunEnded.reason)
+        self._stop_request: tuple[str, str] | None = None
         self.done = threading.Event()
         self._stop = threading.Event()
         self._ctx = mp.get_context("spawn")
@@ -83,6 +163,11 @@ class Session:
         self._started: dict[str, ConfigStarted] = {}
         self._finished: set[str] = set()
         self._sampler_dead_reported = False
+        # Sampler health: one GPU's sample times since the oldest measured window not yet
+        # checked against them (metrics.sampler_stall), and those windows.
+        self._health_gpu: int | None = None
+        self._sample_times: list[int] = []
+        self._unchecked: list[Window] = []
 
     # -- control ---------------------------------------------------------------------
 
@@ -90,13 +175,20 @@ class Session:
         """Prepare everything that can fail fast (sensor, output file, children) in the
         caller's thread, then hand the event loop to a background thread."""
         try:
+            with _children_ignore_stop_signals():
+                # The tracker of shared memory and semaphores is a child too; made here,
+                # before anything needs it, it outlives a hangup and cleans up after us.
+                resource_tracker.ensure_running()
             self._host = host.plan(self.sweep.host, host.available_cpus(), self.sweep.source)
             specs = self._specs = self._sensor_specs()
             meta = self._describe(specs)
+            self._health_gpu = meta["gpu"]["index"]
             self._recorder = Recorder(self.output)
-            self._emit(RunStarted(now_ns(), meta))
+            started = RunStarted(now_ns(), meta)
+            self._recorder.write(started)  # a write error here ends the start: nothing is kept
+            self.state.apply(started)
             self._queue = self._ctx.Queue()
-            with _children_ignore_sigint():
+            with _children_ignore_stop_signals():
                 self._sampler = self._start_sampler(specs)
                 self._runner = self._start_runner(specs[0], start_index=0)
             if self._host.parent_cpus is not None:
@@ -116,14 +208,16 @@ class Session:
             if child is not None:
                 child.stop()
         if self._recorder is not None:
-            self._recorder.close()
-            self.output.unlink(missing_ok=True)
+            self._recorder.discard()
         if self._sim_gpu is not None:
             self._sim_gpu.close()
 
-    def stop(self) -> None:
+    def stop(self, status: str = "interrupted", reason: str = "stopped by the user") -> None:
         """Ask for a clean stop: the runner ends at its next window edge, the recording
-        is finalised with status 'interrupted'."""
+        is finalised with ``status`` (events.RUN_ENDINGS) and ``reason``. The first
+        request wins; safe to call from a signal handler or any thread."""
+        if self._stop_request is None:
+            self._stop_request = (status, reason)
         self._stop.set()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -204,7 +298,7 @@ class Session:
                     stopping = True
                     self._runner.stop()
                     self._drain(0)
-                    status, reason = "interrupted", "stopped by the user"
+                    status, reason = self._stop_request or STOP_SIGNALS[signal.SIGINT]
                 if not self._sampler.is_alive() and not self._sampler_dead_reported:
                     self._sampler_dead_reported = True
                     self._emit(RunWarning(now_ns(), "session",
@@ -224,7 +318,7 @@ class Session:
                     status, reason = "failed", f"runner process died {restarts} times"
                     break
                 self._emit(RunWarning(now_ns(), "session", f"restarting the runner at configuration {next_index + 1}"))
-                with _children_ignore_sigint():
+                with _children_ignore_stop_signals():
                     self._runner = self._start_runner(self._specs[0], next_index)
         except Exception as e:  # the recording must still be finalised
             status, reason = "failed", f"{type(e).__name__}: {e}"
@@ -241,7 +335,10 @@ class Session:
         except queue.Empty:
             pass
         if self._recorder is not None:
-            self._recorder.maybe_commit()
+            try:
+                self._recorder.maybe_commit()
+            except RecordingWriteError as e:
+                self.stop("write-error", e.message)
 
     def _fail_current(self, reason: str) -> int:
         """Mark the configurations in progress (the group the runner was measuring)
@@ -261,12 +358,24 @@ class Session:
 
     def _emit(self, ev: Event) -> None:
         assert self._recorder is not None
-        self._recorder.write(ev)
+        try:
+            self._recorder.write(ev)
+        except RecordingWriteError as e:
+            # Nothing more can be kept: stop the run; the display still sees the events.
+            self.stop("write-error", e.message)
         self.state.apply(ev)
         if isinstance(ev, ConfigStarted):
             self._started[ev.config_id] = ev
         elif isinstance(ev, Window):
             self._windows[ev.config_id].append(ev)
+            if ev.role == "measure":
+                self._unchecked.append(ev)
+        elif isinstance(ev, Samples):
+            self._sample_times.extend(int(r[0]) for r in ev.rows if r[1] == self._health_gpu)
+            self._check_windows()
+        elif isinstance(ev, PhaseStarted) and not self._unchecked:
+            # No window that starts before this phase is left to check.
+            del self._sample_times[: max(0, bisect_left(self._sample_times, ev.t_ns) - 1)]
         elif isinstance(ev, ConfigFinished):
             self._finished.add(ev.config_id)
             started = self._started.get(ev.config_id)
@@ -278,17 +387,54 @@ class Session:
                 for w in warnings:
                     self._emit(w)
 
+    def _check_windows(self, final: bool = False) -> None:
+        """Check each measured window against the samples once samples past its end
+        have arrived (``final``: with whatever arrived); a stall is a warning on its row."""
+        times = self._sample_times
+        while self._unchecked:
+            w = self._unchecked[0]
+            if not final and (not times or times[-1] < w.end_ns):
+                return
+            self._unchecked.pop(0)
+            why = metrics.sampler_stall(times, w.start_ns, w.end_ns, self.sweep.sampler.rate_hz)
+            if why is not None:
+                self._emit(RunWarning(now_ns(), "sampler", f"{w.config_id}: {why} in a measured {w.phase} "
+                                      "window; the row's cross-check is flagged", w.config_id))
+            # Keep the last sample before the window's end: the next window's leading edge.
+            del times[: max(0, bisect_left(times, w.end_ns) - 1)]
+
     def _shutdown(self, status: str, reason: str) -> None:
+        """Stop both children, take what they sent, and finalise the recording; whatever
+        fails on the way, the session ends (``done``) and says how."""
         try:
             # _loop only runs after start() made both children.
-            self._runner.stop()
-            self._sampler.stop()
+            for child in (self._runner, self._sampler):
+                child.stop()
             self._drain(0)
-            self._emit(RunEnded(now_ns(), status, reason))
+            self._check_windows(final=True)
+        except Exception as e:
+            if status == "completed":
+                status, reason = "failed", f"{type(e).__name__}: {e}"
         finally:
-            if self._recorder is not None:
-                self._recorder.close()
+            self._finalise(status, reason)
+
+    def _finalise(self, status: str, reason: str) -> None:
+        try:
+            ended = RunEnded(now_ns(), status, reason)
+            recorder = self._recorder
+            if recorder is not None:
+                try:
+                    recorder.write(ended)
+                except RecordingWriteError:
+                    pass  # close() stores the ending as a write error
+                recorder.close()
+                if recorder.error is not None:
+                    ended = RunEnded(ended.t_ns, "write-error", recorder.error)
+            self.state.apply(ended)
+            self.status, self.reason = ended.status, ended.reason
+        finally:
             if self._sim_gpu is not None:
                 self._sim_gpu.close()
-            self.status = status
+            if self.status not in RUN_ENDINGS:
+                self.status = "failed"
             self.done.set()

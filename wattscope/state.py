@@ -36,8 +36,8 @@ from wattscope.metrics import (
 )
 
 MAX_RATE_HZ = 1000  # the sampler's ceiling (config.Sampler.rate_hz <= 1000)
-STATUSES = ("waiting", "running", "completed", "interrupted", "failed")
-ENDED = ("completed", "interrupted", "failed")
+STATUSES = ("waiting", "running", *ev.RUN_ENDINGS)
+ENDED = ev.RUN_ENDINGS
 # Phase codes in traces: index into PHASES; -1 before the first PhaseStarted.
 NO_PHASE = -1
 _PHASE_CODE = {p: i for i, p in enumerate(ev.PHASES)}

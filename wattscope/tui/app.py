@@ -7,9 +7,10 @@ posted per sample, so a 1 kHz stream costs the UI four snapshots a second.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
 from rich.text import Text
 from textual import work
@@ -24,7 +25,7 @@ from textual.worker import get_current_worker
 from wattscope.metrics import CV_LIMIT
 from wattscope.render import fmt_duration
 from wattscope.replay import SEEK_S, SPEEDS, ReplayController
-from wattscope.source import LiveSession, LiveSource, RunSource
+from wattscope.source import LiveSource, RunSource
 from wattscope.state import Snapshot
 from wattscope.tui.widgets import (
     PhasePanel,
@@ -34,6 +35,9 @@ from wattscope.tui.widgets import (
     WarningLog,
     phase_legend,
 )
+
+if TYPE_CHECKING:
+    from wattscope.session import Session
 
 FRAME_S = 0.25  # ~4 Hz
 DRIVE_S = 0.05  # how often the worker advances a replay
@@ -125,8 +129,14 @@ class WattscopeApp(App[None]):
         Binding("G", "to_end", "End", show=False, id="replay.end", tooltip="end of the recording"),
     ]
 
-    def __init__(self, source: RunSource, frame_s: float = FRAME_S) -> None:
+    def __init__(self, source: RunSource, frame_s: float = FRAME_S, quiet_failure: bool = False) -> None:
         super().__init__()
+        # An error inside the app ends it; with quiet_failure it is kept in ``failure``
+        # for the caller (who stops the run and says it in one line) instead of being
+        # printed as a traceback.
+        self.quiet_failure = quiet_failure
+        self.failure: BaseException | None = None
+        self._leave = threading.Event()
         self.source = source
         self.controls = source.controls
         self.replay = self.controls is not None
@@ -136,6 +146,18 @@ class WattscopeApp(App[None]):
         self.export_message = ""
         self.snap: Snapshot | None = None
         self._last_status: Text | None = None
+
+    def _handle_exception(self, error: Exception) -> None:
+        if not self.quiet_failure:
+            super()._handle_exception(error)
+            return
+        if self.failure is None:
+            self.failure = error
+        self.exit(return_code=1)
+
+    def exit_soon(self) -> None:
+        """Leave the app at its next frame; safe from any thread and a signal handler."""
+        self._leave.set()
 
     # ------------------------------------------------------------------ layout
 
@@ -186,6 +208,9 @@ class WattscopeApp(App[None]):
 
     def frame(self) -> None:
         """Pull one snapshot and show it (skipped while the display is paused)."""
+        if self._leave.is_set():
+            self.exit()
+            return
         if self.display_paused:
             self._status()
             return
@@ -196,7 +221,7 @@ class WattscopeApp(App[None]):
         self._status()
         self._results.border_title = f"Results {len(snap.results)}/{snap.configs_total or '?'}"
         error = self._error
-        if snap.status == "failed":
+        if snap.status in ("failed", "write-error"):
             error.update(Text(f"run failed: {snap.error or 'no reason given'} — the recording "
                               "keeps everything measured up to here", style="bold"))
             error.display = True
@@ -360,31 +385,27 @@ class WattscopeApp(App[None]):
             yield SystemCommand("Replay: go to end", "Seek to the last event", self.action_to_end)
 
 
-def make_app(source: RunSource, frame_s: float = FRAME_S) -> WattscopeApp:
+def make_app(source: RunSource, frame_s: float = FRAME_S, quiet_failure: bool = False) -> WattscopeApp:
     """The app for a source (a ``LiveSource``, a ``ReplayController``, or a test's
-    source of frozen snapshots); what ``run`` and ``replay`` show, and what tests drive."""
-    return WattscopeApp(source, frame_s=frame_s)
+    source of frozen snapshots); what ``run`` and ``replay`` show, and what tests drive.
+    ``quiet_failure``: see ``WattscopeApp``."""
+    return WattscopeApp(source, frame_s=frame_s, quiet_failure=quiet_failure)
 
 
-class StartableSession(LiveSession, Protocol):
-    @property
-    def output(self) -> Path: ...
-
-    def start(self) -> None: ...
-
-
-def run_app(session: StartableSession) -> str:
+def run_app(session: Session) -> str:
     """``wattscope run``: start the session, show it until the user quits, wait for the
-    recording to be finalised, return the run's status."""
-    if session.status == "starting":
-        session.start()
+    recording to be finalised, return the run's status. The run never outlives the app
+    (``session.watched``): an error inside the app, SIGTERM or SIGHUP close the app and
+    stop the run, which is finalised before this returns."""
+    from wattscope.session import watched
+
     source = LiveSource(session, path=str(session.output))
-    make_app(source).run()
-    if not source.done:
-        # Quit after the sweep ended needs no wait; quit mid-sweep was confirmed and
-        # already stopped it. Either way the recording must be closed before we return.
-        source.stop()
-    source.wait()
+    app = make_app(source, quiet_failure=True)
+    with watched(session, on_signal=app.exit_soon):
+        session.start()
+        app.run()
+        if app.failure is not None:
+            raise app.failure
     return source.status
 
 
