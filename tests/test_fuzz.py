@@ -12,6 +12,7 @@ runner is stopped at the session (the fast layer starts no process), and
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import sqlite3
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from wattscope import cli
@@ -180,14 +181,16 @@ def test_random_tables_export_or_fail_cleanly(text: str, fmt: str, table: str) -
 # ------------------------------------------------------------------------- recordings
 
 
-@pytest.fixture(scope="module")
-def recording_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    path = tmp_path_factory.mktemp("fuzz") / "r.wattscope"
-    rec = Recorder(path)
-    for e in event_stream(phase_s=0.2, repeats=2, rate_hz=20.0):
-        rec.write(e)
-    rec.close()
-    return path.read_bytes()
+@functools.cache
+def _good_recording() -> bytes:
+    """The undamaged recording the damage starts from (held as bytes: a fixture argument
+    would be printed whole with every example hypothesis reports)."""
+    with _workdir() as d:
+        rec = Recorder(d / "r.wattscope")
+        for e in event_stream(phase_s=0.2, repeats=2, rate_hz=20.0):
+            rec.write(e)
+        rec.close()
+        return (d / "r.wattscope").read_bytes()
 
 
 def _foreign_sqlite(path: Path, meta_value: str) -> None:
@@ -230,9 +233,11 @@ def _damaged(d: Path, data: bytes, how: tuple[str, object]) -> Path:
 
 @FUZZ
 @given(how=damage)
-def test_damaged_recordings_replay_export_and_compare_cleanly(recording_bytes: bytes, how: tuple[str, object]) -> None:
+@example(how=("foreign", "{"))  # a schema version that is not JSON (found by this test)
+@example(how=("truncate", 0.5))
+def test_damaged_recordings_replay_export_and_compare_cleanly(how: tuple[str, object]) -> None:
     with _workdir() as d:
-        path = _damaged(d, recording_bytes, how)
+        path = _damaged(d, _good_recording(), how)
         _check(*_main("replay", str(path), "--headless"), {0, EXIT_BAD_INPUT})
         out = d / "o" / "r.md"
         out.parent.mkdir()
@@ -244,11 +249,11 @@ def test_damaged_recordings_replay_export_and_compare_cleanly(recording_bytes: b
         _check(*_main("compare", str(path), str(SEED_CSV)), {0, EXIT_BAD_INPUT})
 
 
-def test_the_undamaged_recording_replays(recording_bytes: bytes) -> None:
+def test_the_undamaged_recording_replays() -> None:
     """The fuzz's starting point is a good recording: damage, not the base, is what fails."""
     with _workdir() as d:
         path = d / "r.wattscope"
-        path.write_bytes(recording_bytes)
+        path.write_bytes(_good_recording())
         code, out, err = _main("replay", str(path), "--headless")
         assert code == 0 and "FP16" in out, err
 

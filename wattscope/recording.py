@@ -183,7 +183,10 @@ def _connect(path: Path) -> sqlite3.Connection:
     except sqlite3.DatabaseError as e:
         db.close()
         raise RecordingError(f"{path}: not a wattscope recording ({e})") from None
-    version = json.loads(rows.get("schema_version", "null"))
+    try:
+        version = json.loads(rows.get("schema_version", "null"))
+    except (TypeError, ValueError):
+        version = None
     if not isinstance(version, int):
         db.close()
         raise RecordingError(f"{path}: not a wattscope recording (no schema version)")
