@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from wattscope.config import QUANTISED, RunConfig
+from wattscope.config import QUANTISED, model_labels
 from wattscope.errors import WattscopeError
 from wattscope.metrics import (
     CI_COLUMNS,
@@ -157,6 +157,9 @@ def _rows(src: Source, idle_subtracted: bool, warnings: list[str]) -> list[dict[
     # Each row's engine is in its result; recordings made before it was, keep it in the sweep.
     configs = run_meta(src.meta).sweep.get("configs") or []
     engine_of = {c.get("config_id"): c.get("engine") for c in configs if isinstance(c, dict)}
+    # Rows are keyed by the full model id; the Model column names it short where that
+    # is unambiguous in this source.
+    labels = model_labels(str(m) for m in res["model"])
     rows = []
     for _, r in res.iterrows():
         ok = bool(r.get("ok", True))
@@ -164,7 +167,7 @@ def _rows(src: Source, idle_subtracted: bool, warnings: list[str]) -> list[dict[
         row: dict[str, Any] = {
             "source": src.label,
             "model_id": model,
-            "model": RunConfig("", model, 1, "").model_label,
+            "model": labels[model],
             "batch": int(r["batch"]),
             "precision": precision_label(r["precision"]),
             "weights": _weights(r.get("synthetic")),
@@ -682,7 +685,8 @@ def crosscheck_table(sources: Any) -> pd.DataFrame:
         res = src.results
         if not res.empty and "config_id" in res:
             info = res[["config_id", "model", "batch", "precision"]].copy()
-            info["model"] = [RunConfig("", str(x), 1, "").model_label for x in info["model"]]
+            labels = model_labels(str(x) for x in info["model"])
+            info["model"] = [labels[str(x)] for x in info["model"]]
             info["precision"] = [precision_label(p) for p in info["precision"]]
             g = g.merge(info, on="config_id", how="left")
         g["source"] = src.label
@@ -806,7 +810,8 @@ def _beyond(row: pd.Series, name: str) -> str:
 
 def compare(a: Any, b: Any, *, idle_subtracted: bool = False) -> Comparison:
     """Two sources (or lists of sources, or Analyses) side by side, matched by model
-    display name, batch and precision."""
+    display name (short where it is unambiguous in its source, so a table's 'Qwen2-1.5B'
+    meets a recording's 'Qwen/Qwen2-1.5B'), batch, precision and engine."""
     aa = a if isinstance(a, Analysis) else analyze(a, idle_subtracted=idle_subtracted)
     bb = b if isinstance(b, Analysis) else analyze(b, idle_subtracted=idle_subtracted)
     la, lb = ", ".join(aa.sources) or "A", ", ".join(bb.sources) or "B"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from wattscope import __version__
 from wattscope.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, UsageError, WattscopeError
+from wattscope.safe_text import printable
 
 BUNDLED_RECORDING = Path(__file__).resolve().parent.parent / "recordings" / "h100-seed.wattscope"
 
@@ -207,13 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args)
         return code
     except WattscopeError as e:
-        print(f"wattscope: error: {e.message}", file=sys.stderr)
+        print(f"wattscope: error: {printable(e.message)}", file=sys.stderr)
         return e.exit_code
     except OSError as e:
         # A file the user named cannot be read or written (a directory in the way, no
         # permission, disk full): bad input, said in one line rather than a traceback.
         where = f"{e.filename}: " if e.filename else ""
-        print(f"wattscope: error: {where}{e.strerror or e}", file=sys.stderr)
+        print(printable(f"wattscope: error: {where}{e.strerror or e}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

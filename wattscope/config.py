@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 import tomllib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -113,9 +114,10 @@ class RunConfig:
     @property
     def group(self) -> str:
         """The rows measured together in interleaved rounds and compared with each other:
-        one model, batch and engine."""
-        label = f"{self.model_label}/b{self.batch}"
-        return label if self.engine == "eager" else f"{label}/{self.engine}"
+        one model, batch and engine; the configuration id without its precision."""
+        if self.config_id:
+            return self.config_id.rsplit("/", 1)[0]
+        return group_id(self.model_label, self.batch, self.engine)
 
     @property
     def synthetic(self) -> bool:
@@ -123,11 +125,35 @@ class RunConfig:
 
     @property
     def model_label(self) -> str:
-        """Short display name: 'synthetic:Qwen2-1.5B' -> 'Qwen2-1.5B', 'Qwen/Qwen2-1.5B' ->
-        'Qwen2-1.5B', a path -> its last part."""
-        name = self.model.removeprefix("synthetic:").rstrip("/")
-        name = name.rsplit("/", 1)[-1]
-        return name.removesuffix(".json")
+        """The model's short name (``short_model_name``); where two models of a table share
+        one, ``model_labels`` gives their full ids instead."""
+        return short_model_name(self.model)
+
+
+def short_model_name(model: str) -> str:
+    """Short display name: 'synthetic:Qwen2-1.5B' -> 'Qwen2-1.5B', 'Qwen/Qwen2-1.5B' ->
+    'Qwen2-1.5B', a path -> its last part."""
+    name = model.removeprefix("synthetic:").rstrip("/")
+    name = name.rsplit("/", 1)[-1]
+    return name.removesuffix(".json") or model
+
+
+def model_labels(models: Iterable[str]) -> dict[str, str]:
+    """Each model id -> how a table of these models names it: its short name where no
+    other id has the same one, else the full id ('synthetic:Qwen2-1.5B' and
+    'Qwen/Qwen2-1.5B' are two models and stay two names). Keys are always full ids."""
+    ids = list(dict.fromkeys(models))
+    count: dict[str, int] = {}
+    for m in ids:
+        count[short_model_name(m)] = count.get(short_model_name(m), 0) + 1
+    return {m: short_model_name(m) if count[short_model_name(m)] == 1 else m for m in ids}
+
+
+def group_id(label: str, batch: int, engine: str) -> str:
+    """A group's id from its model's label: 'Qwen2-1.5B/b8', with the engine where it is
+    not the default."""
+    gid = f"{label}/b{batch}"
+    return gid if engine == "eager" else f"{gid}/{engine}"
 
 
 @dataclass(frozen=True)
@@ -335,7 +361,7 @@ def parse(text: str, path: str = "<string>") -> Sweep:
     base = Path(path).parent
     rng = random.Random(protocol.seed)
     configs: list[RunConfig] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, int, str, str]] = set()
     for i, m in enumerate(matrix):
         where = f"matrix[{i}]"
         if not isinstance(m, dict):
@@ -367,11 +393,14 @@ def parse(text: str, path: str = "<string>") -> Sweep:
             for batch in batches:
                 for precision in _order(precisions, protocol.precision_order, rng):
                     rc = RunConfig("", model, batch, precision, engine)
-                    cid = f"{rc.group}/{precision}"
-                    if cid in seen:
-                        raise ConfigError(f"{path}: '{where}' repeats the configuration {cid}")
-                    seen.add(cid)
-                    configs.append(replace(rc, config_id=cid))
+                    # Keyed by the full model id: two models with one short name are two.
+                    ident = (model, batch, engine, precision)
+                    if ident in seen:
+                        raise ConfigError(f"{path}: '{where}' repeats the configuration {rc.group}/{precision}")
+                    seen.add(ident)
+                    configs.append(rc)
+    labels = model_labels(c.model for c in configs)
+    configs = [replace(c, config_id=f"{group_id(labels[c.model], c.batch, c.engine)}/{c.precision}") for c in configs]
     sweep = Sweep(name, path, text, protocol, sampler, bnb, sim, tuple(configs), host)
     _check_budget(path, sweep)
     return sweep

@@ -35,14 +35,18 @@ from wattscope.metrics import CI_COLUMNS, FIGURES, RATIO_NAMES, RATIOS, ratio_va
 from wattscope.render import (
     Grid,
     ResultLine,
+    csv_cell,
     fmt_delta,
     fmt_fixed,
     fmt_ratio,
     fmt_span,
     markdown_table,
+    md_text,
     results_grid,
+    tex_text,
     text_table,
 )
+from wattscope.safe_text import printable
 
 FORMATS = ("md", "csv", "json", "parquet", "latex")
 TABLES = ("phases", "power", "findings", "crosscheck", "all")
@@ -223,11 +227,11 @@ def _display(a: Analysis, table: str, per_token: bool, cv: bool) -> Grid | None:
 def _md_notes(a: Analysis) -> str:
     out = ["## Method notes"]
     for label, items in a.notes.items():
-        out.append(f"\n### {'Analysis' if label == 'analysis' else label}\n")
-        out += [f"- **{k}**: {v}" for k, v in items.items()]
+        out.append(f"\n### {'Analysis' if label == 'analysis' else md_text(label)}\n")
+        out += [f"- **{md_text(k)}**: {md_text(v)}" for k, v in items.items()]
     if a.warnings:
         out.append("\n## Warnings\n")
-        out += [f"- {w}" for w in a.warnings]
+        out += [f"- {md_text(w)}" for w in a.warnings]
     return "\n".join(out)
 
 
@@ -235,7 +239,7 @@ def _to_md(a: Analysis, tables: list[str], per_token: bool, cv: bool) -> str:
     parts = []
     for t in tables:
         if t == "findings":
-            body = "\n".join(f"- {s}" for s in a.findings["statements"].values())
+            body = "\n".join(f"- {md_text(s)}" for s in a.findings["statements"].values())
         else:
             d = _display(a, t, per_token, cv)
             body = markdown_table(d) if d else f"_{_EMPTY[t]}_"
@@ -246,14 +250,8 @@ def _to_md(a: Analysis, tables: list[str], per_token: bool, cv: bool) -> str:
 
 # ---------------------------------------------------------------------------- latex
 
-_LATEX_ESCAPES = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-}
-
-
 def _tex(s: str) -> str:
-    s = "".join(_LATEX_ESCAPES.get(c, c) for c in s)
+    s = tex_text(s)
     # A ratio like 5.12x prints with a real times sign.
     return s[:-1] + r"$\times$" if s[:-1].replace(".", "", 1).isdigit() and s.endswith("x") else s
 
@@ -295,14 +293,26 @@ def _to_latex(a: Analysis, tables: list[str], per_token: bool, cv: bool) -> str:
 
 
 def _comment_lines(a: Analysis) -> list[str]:
-    lines = [f"# notes: {label}: {k}: {v}" for label, items in a.notes.items() for k, v in items.items()]
-    return lines + [f"# warning: {w}" for w in a.warnings]
+    # One line each, so no text can end the comment and start a row of the table.
+    lines = [printable(f"# notes: {label}: {k}: {v}") for label, items in a.notes.items() for k, v in items.items()]
+    return lines + [printable(f"# warning: {w}") for w in a.warnings]
+
+
+def _csv_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """The frame with every text cell made a safe CSV cell (``render.csv_cell``)."""
+    text = [c for c in df.columns if df[c].dtype == object or pd.api.types.is_string_dtype(df[c].dtype)]
+    if not text:
+        return df
+    df = df.copy()
+    for c in text:
+        df[c] = df[c].map(csv_cell)
+    return df
 
 
 def _to_csv(a: Analysis, tables: list[str]) -> str:
     parts = []
     for t in tables:
-        text = _frame(a, t).to_csv(index=False, lineterminator="\n")
+        text = _csv_safe(_frame(a, t)).to_csv(index=False, lineterminator="\n")
         parts.append(text if len(tables) == 1 else f"# table: {t}\n{text}")
     return "\n".join(parts) + "\n".join(_comment_lines(a)) + "\n"
 
@@ -387,7 +397,8 @@ def export_traces(recording: Any, fmt: str, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     paths = []
     for name in ("samples", "windows"):
-        t = pa.Table.from_pandas(getattr(recording, name), preserve_index=False)
+        frame = getattr(recording, name)
+        t = pa.Table.from_pandas(_csv_safe(frame) if fmt == "csv" else frame, preserve_index=False)
         writer = _csv_writer(t) if fmt == "csv" else _parquet_writer(t)
         paths.append(write_atomic(out / f"{name}.{fmt}", writer))
     return paths
@@ -476,18 +487,21 @@ def format_compare(a: Any, b: Any = None, fmt: str = "md") -> str:
         ) + "\n"
     d = _cmp_display(c)
     table = markdown_table(d) if fmt == "md" else text_table(d)
+    # Labels, names and notes come from the sources: shown through the format's escape.
+    say = md_text if fmt == "md" else printable
     if c.differences:
-        diffs = [f"- {x['finding']}: A {_cmp_value(x['a'])}; B {_cmp_value(x['b'])}" for x in c.differences]
+        diffs = [f"- {say(x['finding'])}: A {say(_cmp_value(x['a']))}; B {say(_cmp_value(x['b']))}" for x in c.differences]
     else:
         diffs = ["- none: the findings agree (ranges at two decimals)"]
     only = c.table[c.table["present"] != "both"]
-    missing = [f"- {r['model']} batch {r['batch']} {r['precision']}: {r['present']}" for _, r in only.iterrows()]
+    missing = [f"- {say(r['model'])} batch {r['batch']} {say(r['precision'])}: {r['present']}" for _, r in only.iterrows()]
     h2 = "## " if fmt == "md" else ""
     intro = "Ratios to FP16 of the same model and batch within each source; B-A is B minus A."
-    parts = [f"{h2}Compare: A = {la}, B = {lb}", intro, table, f"{h2}Findings that differ", "\n".join(diffs)]
+    parts = [f"{h2}Compare: A = {say(la)}, B = {say(lb)}", intro, table, f"{h2}Findings that differ", "\n".join(diffs)]
     if missing:
         parts += [f"{h2}Rows in one source only", "\n".join(missing)]
     for label, an in ((la, c.a), (lb, c.b)):
-        parts.append(f"{h2}Method notes: {label}")
-        parts.append("\n".join(f"- {k}: {v}" for src, items in an.notes.items() if src != "analysis" for k, v in items.items()))
+        parts.append(f"{h2}Method notes: {say(label)}")
+        parts.append("\n".join(f"- {say(k)}: {say(v)}" for src, items in an.notes.items() if src != "analysis"
+                               for k, v in items.items()))
     return "\n\n".join(parts) + "\n"

@@ -27,10 +27,12 @@ from wattscope.render import (
     fmt_ratio,
     fmt_watts,
     phase_line,
+    plain_text,
     results_table,
     snapshot_markdown,
     table_note,
 )
+from wattscope.safe_text import printable
 from wattscope.source import LiveSource, ReplayControls, RunSource
 from wattscope.state import ENDED, ResultRow, RunState, Snapshot
 
@@ -65,7 +67,8 @@ class ProgressPrinter:
 
     def _line(self, snap: Snapshot, t_ns: int, text: str) -> None:
         rel = (t_ns - snap.started_ns) / 1e9 if snap.started_ns is not None else 0.0
-        self.out.write(f"[{rel:8.1f}s] {text}\n")
+        # Names, reasons and warnings come from the run: one line each, no control sequences.
+        self.out.write(f"[{rel:8.1f}s] {printable(text)}\n")
 
     def update(self, snap: Snapshot) -> None:
         if snap.status == "waiting":
@@ -110,7 +113,7 @@ class ProgressPrinter:
 def live_panel(snap: Snapshot, width: int = 100) -> RenderableType:
     """What the terminal shows while a run goes on (rich only, no Textual)."""
     lines: list[RenderableType] = []
-    head = Text(f"wattscope  {snap.gpu_name or 'GPU'}", style="bold")
+    head = plain_text(f"wattscope  {snap.gpu_name or 'GPU'}", style="bold")
     if snap.simulated:
         head.append("  (simulated)", style="magenta")
     head.append(f"  {snap.status}  {fmt_duration(snap.elapsed_s)}  ETA {fmt_duration(snap.eta_s)}")
@@ -129,7 +132,7 @@ def live_panel(snap: Snapshot, width: int = 100) -> RenderableType:
         f" ({snap.phase_elapsed_s:.1f} s)"
     ))
     if snap.error:
-        lines.append(Text(f"error: {snap.error}", style="bold red"))
+        lines.append(plain_text(f"error: {snap.error}", style="bold red"))
     lines.append(results_table(snap, width))
     return Group(*lines)
 

@@ -15,6 +15,7 @@ import os
 import sqlite3
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -343,7 +344,10 @@ def _connect(path: Path) -> sqlite3.Connection:
     except sqlite3.DatabaseError as e:
         db.close()
         raise RecordingError(f"{path}: not a wattscope recording ({e})") from None
-    version = json.loads(rows.get("schema_version", "null"))
+    try:
+        version = json.loads(rows.get("schema_version", "null"))
+    except (TypeError, ValueError):
+        version = None
     if not isinstance(version, int):
         db.close()
         raise RecordingError(f"{path}: not a wattscope recording (no schema version)")
@@ -354,6 +358,29 @@ def _connect(path: Path) -> sqlite3.Connection:
             f"(up to {SCHEMA_VERSION}); upgrade wattscope to read it"
         )
     return db
+
+
+# What reading a damaged file raises: SQLite's "malformed" and undecodable text, a JSON
+# row that does not parse, an event row whose fields are not the event's.
+_DAMAGE = (sqlite3.DatabaseError, ValueError, TypeError, KeyError, AttributeError)
+
+
+@contextmanager
+def _damage_is_an_error(path: Path) -> Iterator[None]:
+    """Turn the exceptions of reading a damaged recording into one RecordingError naming the file."""
+    try:
+        yield
+    except RecordingError:
+        raise
+    except _DAMAGE as e:
+        raise RecordingError(f"{path}: damaged recording ({type(e).__name__}: {e})") from None
+
+
+# A sample row the stream can fold: integer time and GPU, numbers (or NULL) elsewhere.
+_SAMPLE_OK = " AND ".join(
+    [f"typeof({c}) = 'integer'" for c in SAMPLE_COLUMNS[:2]]
+    + [f"typeof({c}) IN ('integer', 'real', 'null')" for c in SAMPLE_COLUMNS[2:]]
+)
 
 
 def _integrate(t_ns: np.ndarray, power_w: np.ndarray, start_ns: np.ndarray, end_ns: np.ndarray) -> np.ndarray:
@@ -376,8 +403,11 @@ class Recording:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._db = _connect(self.path)
-        raw = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-        values = {k: json.loads(v) for k, v in raw.items()}
+        with _damage_is_an_error(self.path):
+            raw = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+            values = {k: json.loads(v) for k, v in raw.items()}
+            if not isinstance(values.get("run", {}), dict):
+                raise ValueError("its run metadata is not an object")
         self.status: str = values.get("status", "running")
         self.meta: dict[str, Any] = {
             **values.get("run", {}),
@@ -400,11 +430,19 @@ class Recording:
         self.close()
 
     def _event_dicts(self, kind: str) -> list[dict[str, Any]]:
-        rows = self._db.execute("SELECT json FROM events WHERE kind = ? ORDER BY t_ns, seq", (kind,))
-        return [json.loads(r[0]) for r in rows]
+        with _damage_is_an_error(self.path):
+            rows = self._db.execute("SELECT json FROM events WHERE kind = ? ORDER BY t_ns, seq", (kind,))
+            dicts = [json.loads(r[0]) for r in rows]
+            if not all(isinstance(d, dict) for d in dicts):
+                raise ValueError(f"a {kind} row is not an object")
+            return dicts
 
     @cached_property
     def samples(self) -> pd.DataFrame:
+        with _damage_is_an_error(self.path):
+            return self._samples()
+
+    def _samples(self) -> pd.DataFrame:
         cur = self._db.execute(f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples ORDER BY t_ns")
         rows = cur.fetchall()
         df = pd.DataFrame.from_records(rows, columns=list(SAMPLE_COLUMNS))
@@ -412,6 +450,10 @@ class Recording:
 
     @cached_property
     def windows(self) -> pd.DataFrame:
+        with _damage_is_an_error(self.path):
+            return self._windows()
+
+    def _windows(self) -> pd.DataFrame:
         cols = ["config_id", "phase", "role", "repeat", "start_ns", "end_ns", "work_end_ns",
                 "energy_start_j", "energy_end_j", "calls", "steps", "tokens"]
         df = pd.DataFrame(self._event_dicts("window"), columns=cols)
@@ -465,6 +507,10 @@ class Recording:
         """Results of configurations that finished but whose result was never stored (the
         run ended between the two), derived from the recorded windows exactly as the live
         session derives them, each with a warning that says so."""
+        with _damage_is_an_error(self.path):
+            return self._recompute()
+
+    def _recompute(self) -> dict[str, tuple[ConfigResult, RunWarning]]:
         have = {d["config_id"] for d in self._event_dicts("config_result")}
         missing = [e for e in map(Event.from_dict, self._event_dicts("config_finished"))
                    if isinstance(e, ConfigFinished) and e.config_id not in have]
@@ -490,6 +536,10 @@ class Recording:
 
     @cached_property
     def results(self) -> pd.DataFrame:
+        with _damage_is_an_error(self.path):
+            return self._results()
+
+    def _results(self) -> pd.DataFrame:
         rows = []
         for d in self._result_dicts():
             figures = d.pop("figures") or {}
@@ -507,11 +557,12 @@ class Recording:
 
     def time_range(self) -> tuple[int, int]:
         """First and last timestamp of anything recorded (ns)."""
-        lo, hi = self._db.execute(
-            "SELECT min(t), max(t) FROM (SELECT min(t_ns) t FROM events UNION ALL SELECT max(t_ns) FROM events "
-            "UNION ALL SELECT min(t_ns) FROM samples UNION ALL SELECT max(t_ns) FROM samples)"
-        ).fetchone()
-        return int(lo or 0), int(hi or 0)
+        with _damage_is_an_error(self.path):
+            lo, hi = self._db.execute(
+                "SELECT min(t), max(t) FROM (SELECT min(t_ns) t FROM events UNION ALL SELECT max(t_ns) FROM events "
+                "UNION ALL SELECT min(t_ns) FROM samples UNION ALL SELECT max(t_ns) FROM samples)"
+            ).fetchone()
+            return int(lo or 0), int(hi or 0)
 
     def events(
         self, start_ns: int | None = None, end_ns: int | None = None, *, samples: bool = True
@@ -521,28 +572,31 @@ class Recording:
         cursors, so the first events of an hour-long recording arrive at once."""
         lo = -(2**63) if start_ns is None else start_ns
         hi = 2**63 - 1 if end_ns is None else end_ns
-        ev_cur = self._db.execute(
-            "SELECT t_ns, json FROM events WHERE t_ns >= ? AND t_ns <= ? ORDER BY t_ns, seq", (lo, hi)
-        )
-        # A separate connection so both cursors can step independently.
-        sdb = _connect(self.path) if samples else None
-        s_cur = (
-            sdb.execute(
-                f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples WHERE t_ns >= ? AND t_ns <= ? ORDER BY t_ns",
-                (lo, hi),
-            )
-            if sdb
-            else iter(())
-        )
-        try:
-            recomputed = self._recomputed
-            for event in _merge(ev_cur, s_cur):
-                yield event
-                if isinstance(event, ConfigFinished) and event.config_id in recomputed:
-                    yield from recomputed[event.config_id]
-        finally:
-            if sdb:
-                sdb.close()
+        sdb = None
+        with _damage_is_an_error(self.path):
+            try:
+                ev_cur = self._db.execute(
+                    "SELECT t_ns, json FROM events WHERE t_ns >= ? AND t_ns <= ? ORDER BY t_ns, seq", (lo, hi)
+                )
+                # A separate connection so both cursors can step independently.
+                sdb = _connect(self.path) if samples else None
+                s_cur = (
+                    sdb.execute(
+                        f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples WHERE t_ns >= ? AND t_ns <= ? "
+                        f"AND {_SAMPLE_OK} ORDER BY t_ns",
+                        (lo, hi),
+                    )
+                    if sdb
+                    else iter(())
+                )
+                recomputed = self._recomputed
+                for event in _merge(ev_cur, s_cur):
+                    yield event
+                    if isinstance(event, ConfigFinished) and event.config_id in recomputed:
+                        yield from recomputed[event.config_id]
+            finally:
+                if sdb:
+                    sdb.close()
 
 
 def _merge(ev_cur: Iterator[tuple[int, str]], s_cur: Iterator[tuple]) -> Iterator[Event]:

@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from rich.console import Console
+from rich.markup import escape as escape_markup
 from rich.table import Table
+from rich.text import Text
 
 from wattscope.metrics import (
     CV_LIMIT,
@@ -31,6 +33,7 @@ from wattscope.metrics import (
     ratio_text,
     title,
 )
+from wattscope.safe_text import printable
 from wattscope.state import ResultRow, Snapshot
 
 MISSING = "-"
@@ -46,6 +49,61 @@ PHASE_LABEL = {
 # The figures of the seed's table, in its column order.
 TABLE_FIGURES = ("prefill_energy_j", "decode_energy_j", "decode_tok_s")
 PCT_TDP_TITLES = ("Prefill %TDP", "Decode %TDP")
+
+
+# ------------------------------------------------------------------- untrusted text
+# Every name and message a surface shows may come from a recording, a config or a CSV:
+# each surface writes it through one of these, never raw (``safe_text.printable`` says
+# which characters are never written to a terminal).
+
+
+def plain_text(text: object, style: str | None = None) -> Text:
+    """A Rich ``Text`` of ``text`` on one line: never read as markup, no control sequences."""
+    return Text(printable(text), style=style or "")
+
+
+def markup_text(text: object) -> str:
+    """``text`` for an API that reads Rich markup (a toast): brackets escaped."""
+    return escape_markup(printable(text))
+
+
+_MD_ESCAPES = str.maketrans({"\\": "\\\\", "|": "\\|", "&": "&amp;", "<": "&lt;", ">": "&gt;"})
+
+
+def md_text(text: object) -> str:
+    """``text`` inside Markdown: one line (a newline would end a table row or a list
+    item), ``|`` and ``\\`` escaped so a cell stays one cell, HTML shown, not rendered."""
+    return printable(text).translate(_MD_ESCAPES)
+
+
+_TEX_ESCAPES = str.maketrans({
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+})
+
+
+def tex_text(text: object) -> str:
+    """``text`` inside LaTeX: one line (a blank line would end a table cell's paragraph),
+    every special character escaped."""
+    return printable(text).translate(_TEX_ESCAPES)
+
+
+# A spreadsheet reads a cell starting with one of these as a formula (OWASP, CSV injection).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell: a string with no control sequences (newlines kept: CSV quotes them),
+    and a quote put before a leading formula character unless the cell is a number
+    (``-0.5`` stays numeric). Anything not a string is returned as it is."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith(FORMULA_PREFIXES):
+        try:
+            float(value)
+        except ValueError:
+            return "'" + printable(value, keep_newlines=True)
+    return printable(value, keep_newlines=True)
 
 
 # --------------------------------------------------------------------------- numbers
@@ -136,7 +194,7 @@ def config_line(snap: Snapshot) -> str:
     if c is None:
         return "no configuration yet"
     kind = "synthetic" if c.synthetic else "real"
-    return f"{c.label} b{c.batch} {precision_label(c.precision)} ({kind})"
+    return printable(f"{c.label} b{c.batch} {precision_label(c.precision)} ({kind})")
 
 
 def config_number(snap: Snapshot) -> int:
@@ -148,7 +206,7 @@ def phase_line(snap: Snapshot) -> str:
     phase = PHASE_LABEL.get(snap.phase or "", snap.phase or "-")
     # Measured rounds go on until the intervals are tight: the round has no fixed total.
     rep = f" round {snap.repeat}" if snap.repeat is not None else ""
-    return f"{phase}{rep}"
+    return printable(f"{phase}{rep}")
 
 
 # --------------------------------------------------------------------- results table
@@ -274,18 +332,15 @@ def results_grid(
     return Grid(headers, rows, align, [ln.ok for ln in lines])
 
 
-def _md_cell(s: str) -> str:
-    return s.replace("|", "\\|").replace("\n", " ")
-
-
 def markdown_table(grid: Grid) -> str:
-    lines = ["| " + " | ".join(map(_md_cell, grid.headers)) + " |", "|" + "|".join("---" for _ in grid.headers) + "|"]
-    lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in grid.rows]
+    lines = ["| " + " | ".join(map(md_text, grid.headers)) + " |", "|" + "|".join("---" for _ in grid.headers) + "|"]
+    lines += ["| " + " | ".join(map(md_text, r)) + " |" for r in grid.rows]
     return "\n".join(lines)
 
 
 def text_table(grid: Grid) -> str:
     """Plain aligned columns, two spaces apart, a dashed rule under the headers."""
+    grid = Grid([printable(h) for h in grid.headers], [[printable(c) for c in r] for r in grid.rows], grid.align)
     widths = [max(len(x) for x in col) for col in zip(grid.headers, *grid.rows)]
 
     def line(cells: list[str]) -> str:
@@ -303,7 +358,7 @@ def _rich_table(grid: Grid, flagged: list[bool]) -> Table:
         table.add_column(name, justify="left" if al == "l" else "right", overflow="fold",
                          no_wrap=" " not in name, style="bold" if i == 0 else None)
     for cells, ok, flag in zip(grid.rows, grid.ok, flagged):
-        table.add_row(*cells, style="red" if not ok else ("yellow" if flag else None))
+        table.add_row(*map(plain_text, cells), style="red" if not ok else ("yellow" if flag else None))
     return table
 
 
@@ -335,7 +390,7 @@ def results_table(snap: Snapshot, width: int = 80) -> Table:
 
 def failure_lines(rows: Iterable[ResultRow]) -> list[str]:
     return [
-        f"failed {r.model} b{r.batch} {precision_label(r.precision)}: {r.reason}" for r in rows if not r.ok
+        printable(f"failed {r.model} b{r.batch} {precision_label(r.precision)}: {r.reason}") for r in rows if not r.ok
     ]
 
 

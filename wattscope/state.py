@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from wattscope import events as ev
-from wattscope.config import RunConfig
+from wattscope.config import model_labels
 from wattscope.metrics import (
     NO_RATIOS,
     GpuMeta,
@@ -58,16 +58,13 @@ class ConfigInfo:
     index: int
     total: int
     repeats: int
-
-    @property
-    def label(self) -> str:
-        return RunConfig(self.config_id, self.model, self.batch, self.precision).model_label
+    label: str = ""  # how the run's tables name the model (config.model_labels)
 
 
 @dataclass(frozen=True)
 class ResultRow:
     config_id: str
-    model: str  # short label, as in the seed's table
+    model: str  # the model's label in this run's table (config.model_labels)
     batch: int
     precision: str
     synthetic: bool
@@ -245,6 +242,7 @@ class RunState:
         self._results: dict[str, ev.ConfigResult] = {}
         self._rows: tuple[ResultRow, ...] | None = ()
         self._model_order: dict[str, int] = {}
+        self._labels: dict[str, str] = {}
         self._sampler: ev.SamplerStats | None = None
         self._warnings: deque[WarningLine] = deque(maxlen=_WARNINGS_KEPT)
         self._warnings_total = 0
@@ -272,6 +270,13 @@ class RunState:
         configs = self._run.sweep.get("configs")
         if isinstance(configs, list):
             self._total = len(configs)
+            self._labels = model_labels(str(c["model"]) for c in configs if isinstance(c, dict) and "model" in c)
+
+    def _label(self, model: str) -> str:
+        """The model's name in this run's tables: short unless another model shares it."""
+        if model not in self._labels:
+            self._labels = model_labels([*self._labels, model])
+        return self._labels[model]
 
     def _gpu(self, index: int) -> _Gpu:
         g = self._gpus.get(index)
@@ -314,7 +319,7 @@ class RunState:
 
     def _on_config_started(self, e: ev.ConfigStarted) -> None:
         info = ConfigInfo(
-            e.config_id, e.model, e.batch, e.precision, e.synthetic, e.index, e.total, e.repeats
+            e.config_id, e.model, e.batch, e.precision, e.synthetic, e.index, e.total, e.repeats, self._label(e.model)
         )
         self._config = info
         self._started_info[e.config_id] = info
@@ -389,7 +394,7 @@ class RunState:
             rows.append(
                 ResultRow(
                     r.config_id,
-                    RunConfig(r.config_id, r.model, r.batch, r.precision).model_label,
+                    self._label(r.model),
                     r.batch,
                     r.precision,
                     r.synthetic,

@@ -11,6 +11,7 @@ method notes).
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,16 @@ def read_table(path: str | Path) -> Table:
         raise TableError(f"{p}: table not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise TableError(f"{p}: cannot read table: {e}") from None
-    reader = csv.reader(text.splitlines())
+    # Read as a stream, not line by line: a quoted cell may hold a newline, and a model id
+    # is kept whole (newlines, slashes and all); displays escape what they must.
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return _read_rows(p, reader)
+    except csv.Error as e:
+        raise TableError(f"{p}: line {reader.line_num}: not a valid CSV table: {e}") from None
+
+
+def _read_rows(p: Path, reader: Any) -> Table:
     header = [h.strip() for h in next(reader, [])]
     if not any(header):
         raise TableError(f"{p}: line 1: empty file; expected a header with columns {','.join(REQUIRED)}")

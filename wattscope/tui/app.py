@@ -23,7 +23,8 @@ from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
 
 from wattscope.metrics import CV_LIMIT
-from wattscope.render import fmt_duration
+from wattscope.render import fmt_duration, markup_text, plain_text
+from wattscope.safe_text import printable
 from wattscope.replay import SEEK_S, SPEEDS, ReplayController
 from wattscope.source import LiveSource, RunSource
 from wattscope.state import Snapshot
@@ -222,8 +223,8 @@ class WattscopeApp(App[None]):
         self._results.border_title = f"Results {len(snap.results)}/{snap.configs_total or '?'}"
         error = self._error
         if snap.status in ("failed", "write-error"):
-            error.update(Text(f"run failed: {snap.error or 'no reason given'} — the recording "
-                              "keeps everything measured up to here", style="bold"))
+            error.update(plain_text(f"run failed: {snap.error or 'no reason given'} — the recording "
+                                    "keeps everything measured up to here", style="bold"))
             error.display = True
         else:
             error.display = False
@@ -248,9 +249,9 @@ class WattscopeApp(App[None]):
                      "interrupted": "yellow"}.get(snap.status, "dim")
             t.append(f" {snap.status} ", style=style)
             if snap.sweep_name:
-                t.append(f" {snap.sweep_name} ")
+                t.append(f" {printable(snap.sweep_name)} ")
             if snap.gpu_name:
-                t.append(f" {snap.gpu_name}")
+                t.append(f" {printable(snap.gpu_name)}")
                 t.append(" (simulated)" if snap.simulated else "")
         if t != self._last_status:
             self._last_status = t
@@ -371,7 +372,8 @@ class WattscopeApp(App[None]):
 
     def _exported(self, message: str, severity: SeverityLevel) -> None:
         self.export_message = message
-        self.notify(message, severity=severity, timeout=8)
+        # A toast reads markup; the message names a path, which may hold brackets.
+        self.notify(markup_text(message), severity=severity, timeout=8)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

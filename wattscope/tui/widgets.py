@@ -24,6 +24,7 @@ from wattscope.render import (
     fmt_percent,
     fmt_watts,
     phase_line,
+    plain_text,
     results_table,
     table_note,
 )
@@ -190,7 +191,7 @@ class PhasePanel(SnapshotView, Widget):
         if c is None:
             t.append("-")
         else:
-            t.append(f"{c.label} b{c.batch} {precision_label(c.precision)}", style="bold")
+            t.append_text(plain_text(f"{c.label} b{c.batch} {precision_label(c.precision)}", style="bold"))
         lines.append(t)
         t = Text("Weights ", style="dim")
         t.append("-" if c is None else ("synthetic" if c.synthetic else "real"))
@@ -249,7 +250,8 @@ class SensorLine(SnapshotView, Widget):
         snap = self.snap
         if snap is None:
             return Text("")
-        t = Text(snap.signal, no_wrap=True, overflow="ellipsis")
+        t = plain_text(snap.signal)
+        t.no_wrap, t.overflow = True, "ellipsis"
         refresh = f"{snap.refresh_ms:.0f} ms" if snap.refresh_ms is not None else "? ms"
         t.append(f" (refresh {refresh})")
         s = snap.sampler
@@ -279,7 +281,7 @@ class WarningLog(SnapshotView, Widget):
         lines = []
         for w in list(snap.warnings)[-max(1, self.size.height):]:
             t = Text("! ", style="bold yellow", no_wrap=True, overflow="ellipsis")
-            t.append(f"[{w.source}] ", style="dim")
-            t.append(w.message)
+            t.append_text(plain_text(f"[{w.source}] ", style="dim"))
+            t.append_text(plain_text(w.message))
             lines.append(t)
         return Text("\n", no_wrap=True, overflow="ellipsis").join(lines)
