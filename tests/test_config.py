@@ -90,7 +90,7 @@ def test_for_simulation_shortens_windows() -> None:
         ("[protocol]\nmin_window_s = true\n" + MINIMAL, ["protocol.min_window_s", "seconds"]),
         ("[sampler]\nrate_hz = 5000\n" + MINIMAL, ["sampler.rate_hz", "1 to 1000"]),
         (MINIMAL.replace('"nf4"', '"int4"'), ["matrix[0].precisions", "'int4'", "fp16, bf16, int8, nf4"]),
-        (MINIMAL.replace("[1]", "[0]"), ["matrix[0].batches", "integers >= 1"]),
+        (MINIMAL.replace("[1]", "[0]"), ["matrix[0].batches", "integers from 1 to 4096"]),
         (MINIMAL.replace("[1]", "[]"), ["matrix[0].batches"]),
         (MINIMAL.replace("Qwen2-1.5B", "Qwen9"), ["matrix[0].models", "unknown synthetic model 'Qwen9'", "Yi-1.5-6B"]),
         ("colour = 1\n" + MINIMAL, ["unknown key 'colour'"]),

@@ -31,6 +31,7 @@ import pandas as pd
 
 from wattscope.analysis import Analysis, Comparison, analyze, compare, open_source
 from wattscope.errors import WattscopeError
+from wattscope.files import new_file_mode
 from wattscope.metrics import CI_COLUMNS, FIGURES, RATIO_NAMES, RATIOS, ratio_value, title
 from wattscope.render import (
     Grid,
@@ -69,6 +70,7 @@ def write_atomic(path: str | Path, data: str | bytes | Callable[[BinaryIO], None
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
+        os.fchmod(fd, new_file_mode())  # mkstemp's 0600 would otherwise be the export's mode
         with os.fdopen(fd, "wb") as f:
             if callable(data):
                 data(f)
