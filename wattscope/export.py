@@ -31,6 +31,7 @@ import pandas as pd
 
 from wattscope.analysis import Analysis, Comparison, analyze, compare, open_source
 from wattscope.errors import WattscopeError
+from wattscope.extras import require
 from wattscope.files import new_file_mode
 from wattscope.metrics import CI_COLUMNS, FIGURES, RATIO_NAMES, RATIOS, ratio_value, title
 from wattscope.render import (
@@ -318,6 +319,7 @@ def _to_json(a: Analysis, tables: list[str]) -> str:
 
 
 def _to_parquet(a: Analysis, table: str) -> bytes:
+    require("parquet", "Parquet export")
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -383,6 +385,7 @@ def export_traces(recording: Any, fmt: str, out_dir: str | Path) -> list[Path]:
     if src.kind != "recording":
         raise ExportError(f"{src.label}: an imported table has no raw traces; give a recording")
     recording = src.data
+    require("parquet", "raw trace export")
     import pyarrow as pa
 
     out = Path(out_dir)
