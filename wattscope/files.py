@@ -57,12 +57,12 @@ def export_folder(recording: Path) -> tuple[Path, str]:
     """Where the app's export of ``recording`` goes: beside it when its folder is the
     user's (owned and writable), else the current folder. The second value says why
     the current folder was chosen ("" when beside the recording)."""
-    folder = recording.resolve().parent
+    folder = recording.absolute().parent  # as the user named it, for the message
     try:
         own = folder.stat().st_uid == os.getuid() and os.access(folder, os.W_OK)
     except OSError:
         own = False
-    if _in_package(folder):
+    if _in_package(recording.resolve().parent):
         return Path.cwd(), "the recording's folder is part of the installed package"
     if own:
         return folder, ""
