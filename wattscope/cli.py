@@ -15,6 +15,7 @@ from pathlib import Path
 from wattscope import __version__
 from wattscope.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, UsageError, WattscopeError
 
+
 def _headless(args: argparse.Namespace) -> bool:
     return bool(args.headless) or not sys.stdout.isatty()
 
