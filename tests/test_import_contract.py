@@ -4,7 +4,7 @@ Floors, lowest first; a module may import its own floor and those below it, neve
 
   lower floors   events, config, errors, architectures, metrics, state, source, analysis,
                  tables, recording, replay, session, meter, child, provenance, safe_text,
-                 telemetry/, bench/
+                 resources, files, config_reference, extras, telemetry/, bench/
   display floor  render, headless, export, tui/
   front end      cli, __main__, the package's __init__
 
@@ -36,7 +36,7 @@ PACKAGE = ROOT / "wattscope"
 LOWER = {
     "events", "config", "errors", "architectures", "stats", "metrics", "host", "state", "source", "analysis",
     "tables", "recording", "replay", "session", "meter", "child", "provenance", "telemetry", "bench",
-    "safe_text",
+    "safe_text", "resources", "files", "config_reference", "extras",
 }
 DISPLAY = {"render", "headless", "export", "tui"}
 FRONT = {"cli", "__main__", "__init__"}

@@ -142,8 +142,12 @@ def test_a_synthetic_model_that_cannot_be_built_fails_once(tmp_path, monkeypatch
 
 
 def test_missing_local_model_path_fails_clearly(tmp_path):
-    sw = _sweep(model="./no/such/model")
-    with pytest.raises(WorkloadError, match="model path ./no/such/model does not exist"):
+    # The config refuses a missing path; one removed after the config was read fails at load.
+    gone = tmp_path / "model"
+    gone.mkdir()
+    sw = _sweep(model=str(gone))
+    gone.rmdir()
+    with pytest.raises(WorkloadError, match=f"model path {gone} does not exist"):
         models.load_model(sw.configs[0], sw, "cpu", models.WeightCache(tmp_path), {})
 
 

@@ -21,7 +21,7 @@ from wattscope.telemetry.sim import SimGPU, SimSpec
 
 DATA = Path(__file__).parent / "data"
 
-CPU_SWEEP = """
+CPU_SWEEP = f"""
 name = "cpu"
 [protocol]
 prompt_tokens = 8
@@ -39,7 +39,7 @@ models = ["synthetic:tiny_qwen2.json"]
 batches = [2]
 precisions = ["fp16", "bf16", "int8"]
 [[matrix]]
-models = ["synthetic:unknown_arch.json", "./no/such/model"]
+models = ["synthetic:unknown_arch.json", "{DATA / 'not_a_checkpoint'}"]
 batches = [1]
 precisions = ["fp16"]
 [[matrix]]
@@ -129,12 +129,13 @@ def test_rows_ok_and_failed_and_the_sweep_goes_on(cpu_run):
         "tiny_qwen2/b2/bf16": True,
         "tiny_qwen2/b2/int8": False,
         "unknown_arch/b1/fp16": False,
-        "model/b1/fp16": False,
+        "not_a_checkpoint/b1/fp16": False,
         "tiny_llama/b1/fp16": True,
     }
     assert fin["tiny_qwen2/b2/int8"].reason == "int8 (LLM.int8) needs CUDA + bitsandbytes; this run is on cpu"
     assert "cannot build the synthetic model" in fin["unknown_arch/b1/fp16"].reason
-    assert fin["model/b1/fp16"].reason == "model path ./no/such/model does not exist"
+    # A folder that is no checkpoint passes the config (it exists) and fails at load.
+    assert fin["not_a_checkpoint/b1/fp16"].reason.startswith(f"model {DATA / 'not_a_checkpoint'} failed to load: ")
     for f in fin.values():
         if not f.ok:
             assert not _windows(cpu_run["events"], f.config_id)

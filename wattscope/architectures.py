@@ -118,3 +118,38 @@ def parameter_count(cfg: dict[str, Any]) -> int:
     per_layer = attn + 3 * h * inter + 2 * h
     head = 0 if cfg.get("tie_word_embeddings", False) else vocab * h
     return vocab * h + layers * per_layer + h + head
+
+
+def known_config(model: str, base: Path | str = ".") -> dict[str, Any] | None:
+    """The architecture of a sweep's model where it is known without loading anything:
+    a synthetic one, or a local checkpoint's config.json; None for a hub id."""
+    if model.startswith("synthetic:"):
+        return synthetic_config(model, base)
+    path = Path(model).expanduser() / "config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
+# Bytes per weight of the linear layers on the card; bitsandbytes quantises only those
+# (embeddings and an untied LM head stay 16-bit). NF4 adds a 4-byte scale per 64 weights.
+_LINEAR_BYTES = {"fp16": 2.0, "bf16": 2.0, "int8": 1.0, "nf4": 0.5 + 4 / 64}
+_KV_BYTES = 2  # the cache is kept in the 16-bit compute dtype
+
+
+def memory_bytes(cfg: dict[str, Any], precision: str, batch: int, tokens: int) -> tuple[int, int]:
+    """(weights, KV cache) bytes of a model in ``precision`` holding ``batch`` sequences
+    of ``tokens`` tokens: a lower bound on what loading and running it takes on the card
+    (activations and the allocator's slack come on top)."""
+    h = int(cfg["hidden_size"])
+    heads = int(cfg["num_attention_heads"])
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    head_dim = int(cfg.get("head_dim") or h // heads)
+    layers = int(cfg["num_hidden_layers"])
+    embed = int(cfg["vocab_size"]) * h * (1 if cfg.get("tie_word_embeddings", False) else 2)
+    linear = parameter_count(cfg) - embed
+    weights = int(linear * _LINEAR_BYTES[precision] + embed * 2)
+    kv = 2 * layers * kv_heads * head_dim * _KV_BYTES * batch * tokens
+    return weights, kv

@@ -1,4 +1,4 @@
-"""Command line: devices, run, replay, demo, export, compare.
+"""Command line: devices, run, replay, demo, export, compare, init.
 
 Exit codes: 0 done; 1 the run failed (the runner failed, the recording could not be
 written, or the display failed; the recording's status says which); 2 bad input (config,
@@ -21,8 +21,6 @@ from wattscope import __version__
 from wattscope.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, UsageError, WattscopeError
 from wattscope.safe_text import printable
 
-BUNDLED_RECORDING = Path(__file__).resolve().parent.parent / "recordings" / "h100-seed.wattscope"
-
 
 def _headless(args: argparse.Namespace) -> bool:
     return bool(args.headless) or not sys.stdout.isatty()
@@ -38,8 +36,9 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from wattscope import config
+    from wattscope.resources import config_path
 
-    sweep = config.load(args.config)
+    sweep = config.load(config_path(args.config))
     from wattscope.session import Session, default_output
 
     output = Path(args.output) if args.output else default_output(sweep, args.sim)
@@ -108,9 +107,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    if not BUNDLED_RECORDING.is_file():
-        raise UsageError(f"{BUNDLED_RECORDING}: the bundled recording is missing from this install")
-    return _replay(BUNDLED_RECORDING, args)
+    from wattscope.resources import bundled_recording
+
+    return _replay(bundled_recording(), args)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from wattscope.config_reference import starter_config
+    from wattscope.files import write_new
+
+    path = Path(args.path)
+    write_new(path, starter_config())
+    print(f"wrote {path}; try it with: wattscope run {path} --sim", file=sys.stderr)
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -166,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_devices)
 
     r = sub.add_parser("run", help="run a sweep from a TOML config and record it")
-    r.add_argument("config", help="sweep config, e.g. configs/seed.toml")
+    r.add_argument("config", help="sweep config file, or the name of a bundled one (quick, seed)")
     r.add_argument("--sim", action="store_true", help="simulated GPU and workload (demo/test; numbers are not measurements)")
     r.add_argument("--headless", action="store_true", help="print progress instead of opening the app (automatic when stdout is not a terminal)")
     r.add_argument("-o", "--output", help="recording file (default recordings/NAME-DATE.wattscope)")
@@ -199,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("b")
     c.add_argument("--format", default="md", choices=["md", "text", "json"])
     c.set_defaults(func=cmd_compare)
+
+    i = sub.add_parser("init", help="write a starter config: every key with its default and meaning")
+    i.add_argument("path", nargs="?", default="wattscope.toml", help="file to write (default wattscope.toml; never overwritten)")
+    i.set_defaults(func=cmd_init)
     return p
 
 

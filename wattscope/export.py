@@ -31,6 +31,8 @@ import pandas as pd
 
 from wattscope.analysis import Analysis, Comparison, analyze, compare, open_source
 from wattscope.errors import WattscopeError
+from wattscope.extras import require
+from wattscope.files import new_file_mode
 from wattscope.metrics import CI_COLUMNS, FIGURES, RATIO_NAMES, RATIOS, ratio_value, title
 from wattscope.render import (
     Grid,
@@ -73,6 +75,7 @@ def write_atomic(path: str | Path, data: str | bytes | Callable[[BinaryIO], None
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
+        os.fchmod(fd, new_file_mode())  # mkstemp's 0600 would otherwise be the export's mode
         with os.fdopen(fd, "wb") as f:
             if callable(data):
                 data(f)
@@ -327,6 +330,7 @@ def _to_json(a: Analysis, tables: list[str]) -> str:
 
 
 def _to_parquet(a: Analysis, table: str) -> bytes:
+    require("parquet", "Parquet export")
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -392,6 +396,7 @@ def export_traces(recording: Any, fmt: str, out_dir: str | Path) -> list[Path]:
     if src.kind != "recording":
         raise ExportError(f"{src.label}: an imported table has no raw traces; give a recording")
     recording = src.data
+    require("parquet", "raw trace export")
     import pyarrow as pa
 
     out = Path(out_dir)

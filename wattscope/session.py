@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from wattscope import host, metrics, provenance
-from wattscope.config import Sweep
+from wattscope.config import Sweep, check_gpus
 from wattscope.events import (
     RUN_ENDINGS,
     SCHEMA_VERSION,
@@ -229,6 +229,8 @@ class Session:
         if self.sim:
             from wattscope.telemetry.sim import SimGPU, SimSpec
 
+            # One simulated GPU: an index a real machine would refuse is refused here too.
+            check_gpus(self.sweep, 1, "the simulated machine")
             self._sim_gpu = SimGPU.create(SimSpec(seed=self.sweep.sim.seed, refresh_s=self.sweep.sim.refresh_s))
             return [SensorSpec.simulated(self._sim_gpu)]
         return [SensorSpec.nvml(i) for i in self.sweep.sampler.gpus]

@@ -14,10 +14,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from wattscope.architectures import known_config, memory_bytes
 from wattscope.bench.protocol import Build, Emit, StopFlag, run_protocol
-from wattscope.bench.workload import Workload
+from wattscope.bench.workload import Workload, WorkloadError
 from wattscope.child import ChildProcess
 from wattscope.config import RunConfig, Sweep
 from wattscope.events import Event, RunWarning, now_ns
@@ -26,28 +28,37 @@ PARENT_POLL_S = 0.5
 EXIT_PARENT_DIED = 3
 
 
-def other_gpu_processes(index: int) -> list[tuple[int, int]]:
-    """(pid, used bytes) of compute processes on NVML GPU ``index`` other than this one;
-    empty when NVML is not available."""
-    import os
-
+def _nvml_query(index: int, query: Callable[[Any, Any], Any]) -> Any:
+    """``query(pynvml, handle)`` on NVML GPU ``index``; None when NVML is not available
+    or the query fails."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
     except Exception:
-        return []
+        return None
     try:
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
-        return [(p.pid, int(p.usedGpuMemory or 0)) for p in procs if p.pid != os.getpid()]
+        return query(pynvml, pynvml.nvmlDeviceGetHandleByIndex(index))
     except Exception:
-        return []
+        return None
     finally:
         try:
             pynvml.nvmlShutdown()
         except Exception:
             pass
+
+
+def other_gpu_processes(index: int) -> list[tuple[int, int]]:
+    """(pid, used bytes) of compute processes on NVML GPU ``index`` other than this one;
+    empty when NVML is not available."""
+    procs = _nvml_query(index, lambda nv, h: nv.nvmlDeviceGetComputeRunningProcesses(h))
+    return [(p.pid, int(p.usedGpuMemory or 0)) for p in procs or () if p.pid != os.getpid()]
+
+
+def card_memory_mib(index: int) -> float | None:
+    """Total memory of NVML GPU ``index`` in MiB; None when NVML cannot say."""
+    mem = _nvml_query(index, lambda nv, h: nv.nvmlDeviceGetMemoryInfo(h))
+    return None if mem is None else mem.total / 2**20
 
 
 def _model_builder(sweep: Sweep, device: str, cache_dir: str | None) -> tuple[Build, Callable[[], None], Callable[[], None]]:
@@ -69,6 +80,43 @@ def _model_builder(sweep: Sweep, device: str, cache_dir: str | None) -> tuple[Bu
                 cache.forget(done[-1].model)
 
     return build, release, cache.cleanup
+
+
+_GIB = 2**30
+
+
+def memory_guard(sweep: Sweep, build: Build, card_mib: float | None) -> Build:
+    """``build`` behind a check made before anything is loaded: a row whose model
+    architecture is known fails at once, with the sizes in its reason, when its prompt and
+    decode steps exceed the model's positions, or when its weights and KV cache (batch x
+    (prompt_tokens + decode_steps)), with those of its group's rows already loaded, exceed
+    the card's memory. Rows of unknown architecture (hub ids) go straight to ``build``."""
+    p = sweep.protocol
+    tokens = p.prompt_tokens + p.decode_steps
+    base = Path(sweep.source).parent
+    held: dict[str, int] = {}  # group -> estimated bytes of its rows loaded so far
+
+    def guarded(rc: RunConfig, info: dict[str, Any]) -> Workload:
+        cfg = known_config(rc.model, base)
+        if cfg is not None:
+            positions = cfg.get("max_position_embeddings")
+            if isinstance(positions, int) and tokens > positions:
+                raise WorkloadError(f"prompt_tokens + decode_steps = {tokens} exceed {rc.model_label}'s {positions} positions")
+            try:
+                weights, kv = memory_bytes(cfg, rc.precision, rc.batch, tokens)
+            except (KeyError, TypeError, ValueError, ZeroDivisionError):
+                weights = kv = 0  # an architecture this estimate does not know: no check
+            before = held.get(rc.group, 0)
+            if card_mib and before + weights + kv > card_mib * 2**20:
+                beside = f" beside {before / _GIB:.1f} GiB of the group's other rows" if before else ""
+                raise WorkloadError(
+                    f"does not fit the card: {weights / _GIB:.1f} GiB of {rc.precision} weights + {kv / _GIB:.1f} GiB of "
+                    f"KV cache (batch {rc.batch} x {tokens} tokens){beside} > {card_mib / 1024:.1f} GiB"
+                )
+            held[rc.group] = before + weights + kv
+        return build(rc, info)
+
+    return guarded
 
 
 def run_sweep(
@@ -100,13 +148,16 @@ def run_sweep(
         build = sim_builder(sweep, gpu, idle_w, float(info["tdp_w"]))
         release: Callable[[], None] = lambda: None
         cleanup: Callable[[], None] = lambda: None
+        card_mib = info.get("memory_total_mib")
     else:
+        card_mib = None if gpu_index is None else card_memory_mib(gpu_index)
         if gpu_index is not None:
             others = other_gpu_processes(gpu_index)
             if others:
                 listed = ", ".join(f"pid {pid} ({used / 2**20:.0f} MiB)" for pid, used in others)
                 emit(RunWarning(now_ns(), "runner", f"other processes are using GPU {gpu_index}: {listed}; figures may include their energy"))
         build, release, cleanup = _model_builder(sweep, device, cache_dir)
+    build = memory_guard(sweep, build, card_mib)
     try:
         return run_protocol(sweep, build, sensor, emit, stop, start_index, release)
     finally:

@@ -359,16 +359,20 @@ class WattscopeApp(App[None]):
         except ImportError:
             self.call_from_thread(self._exported, "export is not available in this build", "error")
             return
+        from wattscope.files import export_folder
+
+        folder, why_here = export_folder(Path(path))
         written = []
         try:
             for fmt in EXPORT_FORMATS:
-                out = Path(path).with_suffix(f".{fmt}")
+                out = folder / Path(path).with_suffix(f".{fmt}").name
                 export(path, fmt, out_path=out)
                 written.append(str(out))
         except Exception as e:  # shown, not raised: an export failure must not end the run
             self.call_from_thread(self._exported, f"export failed: {e}", "error")
             return
-        self.call_from_thread(self._exported, f"exported {', '.join(written)}", "information")
+        where = f" (into the current folder: {why_here})" if why_here else ""
+        self.call_from_thread(self._exported, f"exported {', '.join(written)}{where}", "information")
 
     def _exported(self, message: str, severity: SeverityLevel) -> None:
         self.export_message = message
