@@ -100,6 +100,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         for p in written:
             print(p)
         return 0
+    if args.format == "csv" and args.table == "all":
+        for p in export.export_csv_tables(sources, args.output, idle_subtracted=args.idle_subtracted):
+            print(p, file=sys.stderr)
+        return 0
     out = export.export(
         sources,
         fmt=args.format,
@@ -165,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--per-token", action="store_true", help="add energy per token columns")
     e.add_argument("--cv", action="store_true", help="add the repeat coefficient-of-variation columns")
     e.add_argument("--traces", action="store_true", help="export raw samples and windows (csv or parquet) into -o DIR")
-    e.add_argument("-o", "--output", help="output file (directory with --traces); default stdout")
+    e.add_argument("-o", "--output", help="output file (a folder with --traces, and for --format csv --table all: one CSV per table); default stdout")
     e.set_defaults(func=cmd_export)
 
     c = sub.add_parser("compare", help="two sources side by side: ratios and findings")

@@ -154,6 +154,7 @@ class Session:
         return {
             "schema_version": SCHEMA_VERSION,
             "created": provenance.wall_clock(),
+            "clock_anchor": provenance.clock_anchor(),
             "clock": "CLOCK_MONOTONIC ns",
             "host": provenance.host(),
             "packages": provenance.package_versions(),
