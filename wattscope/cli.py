@@ -1,4 +1,4 @@
-"""Command line: devices, run, replay, demo, export, compare.
+"""Command line: devices, run, replay, demo, export, plot, compare.
 
 Exit codes: 0 done; 1 the run failed; 2 bad input (config, recording, table) with a
 message naming the file and key; 130 stopped with Ctrl-C (recording finalised). Every
@@ -122,6 +122,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from wattscope.plot import plot
+
+    print(plot(args.sources, args.output, args.kind, config=args.config), file=sys.stderr)
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from wattscope import export
     from wattscope.analysis import open_source
@@ -171,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--traces", action="store_true", help="export raw samples and windows (csv or parquet) into -o DIR")
     e.add_argument("-o", "--output", help="output file (a folder with --traces, and for --format csv --table all: one CSV per table); default stdout")
     e.set_defaults(func=cmd_export)
+
+    pl = sub.add_parser("plot", help="draw a figure (png, svg, pdf) from recordings or CSV tables; needs wattscope[plot]")
+    pl.add_argument("sources", nargs="+", help="recordings (.wattscope) or measurement CSV tables, side by side")
+    pl.add_argument("-o", "--output", required=True, help="figure file: .png, .svg or .pdf")
+    pl.add_argument("--kind", default="ratios", choices=["timeline", "ratios", "power"],
+                    help="ratios to FP16 with their intervals (default), average power per phase, or power over time")
+    pl.add_argument("--config", help="with --kind timeline: only this configuration (its id, e.g. Qwen2-1.5B/b1/int8)")
+    pl.set_defaults(func=cmd_plot)
 
     c = sub.add_parser("compare", help="two sources side by side: ratios and findings")
     c.add_argument("a")
