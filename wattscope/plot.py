@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,9 +37,9 @@ from wattscope.export import write_atomic
 from wattscope.metrics import RATIOS, is_baseline, precision_label, precision_rank, run_meta
 from wattscope.render import PHASE_LABEL
 
-if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
+# matplotlib.figure.Figure: matplotlib is imported only where a figure is drawn, so the
+# annotations name it by this alias.
+Figure = Any
 
 KINDS = ("timeline", "ratios", "power")
 FORMATS = ("png", "svg", "pdf")
