@@ -93,6 +93,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from wattscope.analysis import open_source
 
     sources = [open_source(p) for p in args.inputs]
+    if args.format == "perfetto":
+        return _export_perfetto(sources, args)
     if args.traces:
         if len(args.inputs) != 1:
             raise UsageError("--traces exports one recording at a time")
@@ -126,6 +128,20 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from wattscope.plot import plot
 
     print(plot(args.sources, args.output, args.kind, config=args.config), file=sys.stderr)
+    return 0
+
+
+def _export_perfetto(sources: list, args: argparse.Namespace) -> int:
+    from wattscope.perfetto import export_perfetto
+
+    if len(sources) != 1 or args.traces:
+        raise UsageError("--format perfetto exports one recording's timeline (samples and windows included); "
+                         "give one recording, without --traces")
+    text = export_perfetto(sources[0], args.output)
+    if args.output:
+        print(args.output, file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -170,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="export tables (or raw traces) from recordings or CSV tables")
     e.add_argument("inputs", nargs="+", help="recordings (.wattscope) or measurement CSV tables")
-    e.add_argument("--format", default="md", choices=["md", "csv", "json", "parquet", "latex"])
+    e.add_argument("--format", default="md", choices=["md", "csv", "json", "parquet", "latex", "perfetto"],
+                   help="perfetto: one recording as a Trace Event Format timeline (ui.perfetto.dev, chrome://tracing)")
     e.add_argument("--table", default="all", choices=["phases", "power", "findings", "crosscheck", "all"])
     e.add_argument("--idle-subtracted", action="store_true", help="energies minus the idle baseline power over the same time")
     e.add_argument("--per-token", action="store_true", help="add energy per token columns")
