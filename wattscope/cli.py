@@ -25,7 +25,7 @@ def _headless(args: argparse.Namespace) -> bool:
 def cmd_devices(args: argparse.Namespace) -> int:
     from wattscope.telemetry.devices import devices_command
 
-    code, text = devices_command(sim=args.sim or None)
+    code, text = devices_command(sim=args.sim or None, as_json=args.json)
     print(text)
     return code
 
@@ -41,14 +41,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"{output}: already exists; choose another file with -o")
     from wattscope.telemetry import NvmlUnavailable
 
-    session = Session(sweep, output, sim=args.sim)
+    lines = None
+    if args.jsonl:
+        from wattscope.jsonl import JsonLines
+
+        # stdout carries only the event stream; progress goes to stderr.
+        lines = JsonLines(sys.stdout, on_closed=lambda: session.stop())
+    session = Session(sweep, output, sim=args.sim, on_event=lines)
     try:
         # Started here, before any display, so a missing GPU is a plain message with
         # nothing written rather than a traceback inside the app.
         session.start()
     except NvmlUnavailable as e:
         raise NvmlUnavailable(f"{e}; `wattscope run {args.config} --sim` runs the pipeline on a simulated GPU") from None
-    if _headless(args):
+    if args.jsonl:
+        from wattscope.headless import run_live
+
+        status = run_live(session, out=sys.stderr)
+    elif _headless(args):
         from wattscope.headless import run_live
 
         status = run_live(session)
@@ -56,6 +66,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         from wattscope.tui.app import run_app
 
         status = run_app(session)
+    if lines is not None and lines.closed:
+        # The reader went away: point stdout at /dev/null so the interpreter's last flush
+        # does not fail on the closed pipe (Python's documented remedy).
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     print(f"recording: {output}", file=sys.stderr)
     return {"completed": 0, "interrupted": EXIT_INTERRUPTED}.get(status, EXIT_FAILED)
 
@@ -164,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("devices", help="list GPUs, working signals and their measured refresh periods")
     d.add_argument("--sim", action="store_true", help="describe the simulated GPU instead")
+    d.add_argument("--json", action="store_true", help="print the description as JSON (one object per GPU)")
     d.set_defaults(func=cmd_devices)
 
     r = sub.add_parser("run", help="run a sweep from a TOML config and record it")
@@ -171,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sim", action="store_true", help="simulated GPU and workload (demo/test; numbers are not measurements)")
     r.add_argument("--headless", action="store_true", help="print progress instead of opening the app (automatic when stdout is not a terminal)")
     r.add_argument("-o", "--output", help="recording file (default recordings/NAME-DATE.wattscope)")
+    r.add_argument("--jsonl", action="store_true",
+                   help="print every event as a JSON line on stdout (the recording's vocabulary); progress goes to stderr")
     r.set_defaults(func=cmd_run)
 
     rp = sub.add_parser("replay", help="replay a recording on the live screen")

@@ -99,6 +99,12 @@ def _nan_to_none(o: Any) -> Any:
     return o
 
 
+def event_json(event: Event) -> str:
+    """An event as the recording stores it (``events.json``): ``Event.to_dict`` as strict
+    JSON, NaN as null. ``Event.from_dict(json.loads(...))`` reads it back."""
+    return _dumps(event.to_dict())
+
+
 class Recorder:
     """Writes one run's events to a new SQLite file. Not thread-safe: one thread (the
     session's reader) owns it. Commits at most COMMIT_INTERVAL_NS apart; call
@@ -137,10 +143,9 @@ class Recorder:
                 f"INSERT INTO samples VALUES ({','.join('?' * len(SAMPLE_COLUMNS))})", event.rows
             )
         else:
-            d = event.to_dict()
             self._db.execute(
                 "INSERT INTO events(t_ns, kind, json) VALUES (?, ?, ?)",
-                (event.t_ns, event.kind, _dumps(d)),
+                (event.t_ns, event.kind, event_json(event)),
             )
             if isinstance(event, RunStarted):
                 self._set_meta({"run": event.meta})

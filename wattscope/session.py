@@ -14,6 +14,7 @@ import queue
 import signal
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -65,8 +66,13 @@ def _children_ignore_sigint() -> Iterator[None]:
 
 
 class Session:
-    def __init__(self, sweep: Sweep, output: Path, *, sim: bool = False, state: RunState | None = None) -> None:
+    def __init__(
+        self, sweep: Sweep, output: Path, *, sim: bool = False, state: RunState | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
         self.sweep = sweep.for_simulation() if sim else sweep
+        # Called with every event, right after it is recorded (``run --jsonl``).
+        self._on_event = on_event
         self.output = Path(output)
         self.sim = sim
         self.state = state if state is not None else RunState()
@@ -264,6 +270,8 @@ class Session:
         assert self._recorder is not None
         self._recorder.write(ev)
         self.state.apply(ev)
+        if self._on_event is not None:
+            self._on_event(ev)
         if isinstance(ev, ConfigStarted):
             self._started[ev.config_id] = ev
         elif isinstance(ev, Window):
