@@ -65,8 +65,8 @@ def test_a_sample_at_a_phase_start_belongs_to_the_new_phase() -> None:
     marks = [PhaseStarted(100, "a", "prefill"), PhaseStarted(200, "a", "decode"), PhaseStarted(300, None, "cooldown")]
     tl = timeline.timeline(marks)
     configs, phases = tl.label(np.array([50, 100, 199, 200, 300, 10_000]))
-    assert phases == [None, "prefill", "prefill", "decode", "cooldown", "cooldown"]
-    assert configs == [None, "a", "a", "a", None, None]
+    assert phases.tolist() == [None, "prefill", "prefill", "decode", "cooldown", "cooldown"]
+    assert configs.tolist() == [None, "a", "a", "a", None, None]
     assert [(s.start_ns, s.end_ns) for s in tl.phases] == [(100, 200), (200, 300), (300, 300)]
 
 

@@ -430,9 +430,9 @@ def _labelled_samples(samples: pd.DataFrame, tl: timeline.Timeline, clock: timel
     t = samples["t_ns"].to_numpy(dtype="int64")
     configs, phases = tl.label(t)
     out = samples.copy()
-    out["config_id"] = pd.array(configs, dtype="string")
-    out["phase"] = pd.array(phases, dtype="string")
-    out["unix_ns"] = pd.array(clock.unix(t) if clock is not None else [None] * len(t), dtype="Int64")
+    out["config_id"] = configs
+    out["phase"] = phases
+    out["unix_ns"] = clock.unix(t) if clock is not None else pd.Series(pd.NA, index=out.index, dtype="Int64")
     return out
 
 

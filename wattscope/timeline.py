@@ -68,12 +68,14 @@ class Timeline:
         starts = np.fromiter((s.start_ns for s in self.phases), dtype=np.int64, count=len(self.phases))
         return np.searchsorted(starts, np.asarray(t_ns, dtype=np.int64), side="right") - 1
 
-    def label(self, t_ns: np.ndarray) -> tuple[list[str | None], list[str | None]]:
-        """(config_id, phase) of each time by the rule above; None where it has none."""
+    def label(self, t_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(config_id, phase) of each time by the rule above, as object arrays; None where
+        it has none."""
         idx = self.phase_index(t_ns)
-        configs = [None if i < 0 else self.phases[i].config_id for i in idx]
-        phases = [None if i < 0 else self.phases[i].phase for i in idx]
-        return configs, phases
+        # Index -1 (before the first phase) picks the trailing None.
+        configs = np.array([*(s.config_id for s in self.phases), None], dtype=object)
+        phases = np.array([*(s.phase for s in self.phases), None], dtype=object)
+        return configs[idx], phases[idx]
 
 
 def timeline(events: Iterable[ev.Event]) -> Timeline:
