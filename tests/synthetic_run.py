@@ -95,8 +95,8 @@ class SyntheticRun:
     warnings: pd.DataFrame
     event_list: list[Event] = field(default_factory=list)
 
-    def events(self) -> list[Event]:
-        return self.event_list
+    def events(self, *, samples: bool = True) -> list[Event]:
+        return self.event_list if samples else [e for e in self.event_list if not isinstance(e, Samples)]
 
 
 def _meta(sweep_dict: dict[str, Any]) -> dict[str, Any]:
@@ -422,3 +422,17 @@ def _sample_events(segments: list[tuple[int, int, float]], rate_hz: float, t0: i
         out.append(SamplerStats(s, rate_hz, rate_hz * 0.998, 0.4, 0, {"power_w": 10.0, "power_avg_w": 10.0,
                                                                           "energy_j": 10.0}, 2.5))
     return out
+
+
+def record(events: Iterable[Event], path: Path, **meta: Any) -> Path:
+    """Write an event stream to a real recording file at ``path``; ``meta`` keys are added
+    to its RunStarted meta (a clock anchor, say)."""
+    from wattscope.recording import Recorder
+
+    rec = Recorder(path)
+    for e in events:
+        if isinstance(e, RunStarted) and meta:
+            e = RunStarted(e.t_ns, {**e.meta, **meta})
+        rec.write(e)
+    rec.close()
+    return path

@@ -4,11 +4,12 @@ Floors, lowest first; a module may import its own floor and those below it, neve
 
   lower floors   events, config, errors, architectures, metrics, state, source, analysis,
                  tables, recording, replay, session, meter, child, provenance, safe_text,
-                 resources, files, config_reference, extras, telemetry/, bench/
-  display floor  render, headless, export, tui/
+                 resources, files, config_reference, extras, timeline, telemetry/, bench/
+  display floor  render, headless, export, plot, perfetto, jsonl, tui/
   front end      cli, __main__, the package's __init__
 
-and three rules about third-party packages: Textual only under tui/; telemetry imports
+and four rules about third-party packages: Textual only under tui/; matplotlib only
+inside the functions of plot.py (an optional extra); telemetry imports
 neither torch nor Textual; torch, transformers, bitsandbytes and accelerate only inside
 the functions of bench/models.py that build and run a model (the runner process imports
 it lazily), so nothing the CLI imports pulls them in.
@@ -36,9 +37,9 @@ PACKAGE = ROOT / "wattscope"
 LOWER = {
     "events", "config", "errors", "architectures", "stats", "metrics", "host", "state", "source", "analysis",
     "tables", "recording", "replay", "session", "meter", "child", "provenance", "telemetry", "bench",
-    "safe_text", "resources", "files", "config_reference", "extras",
+    "safe_text", "resources", "files", "config_reference", "extras", "timeline",
 }
-DISPLAY = {"render", "headless", "export", "tui"}
+DISPLAY = {"render", "headless", "export", "plot", "perfetto", "jsonl", "tui"}
 FRONT = {"cli", "__main__", "__init__"}
 FLOOR_RANK = {**{n: 0 for n in LOWER}, **{n: 1 for n in DISPLAY}, **{n: 2 for n in FRONT}}
 FLOOR_NAME = ("a lower floor", "the display floor", "the front end")
@@ -135,6 +136,17 @@ def test_only_the_tui_package_imports_textual() -> None:
         if _top(imp.name) == "textual" and _floor_key(module) != "tui":
             return "Textual belongs to wattscope/tui/"
         return None
+
+    assert _violations(rule) == []
+
+
+def test_only_the_plot_module_imports_matplotlib_and_only_inside_functions() -> None:
+    def rule(module: str, imp: Import) -> str | None:
+        if _top(imp.name) != "matplotlib" or (module == "wattscope.plot" and imp.in_function):
+            return None
+        if module != "wattscope.plot":
+            return "matplotlib (the plot extra) belongs to wattscope/plot.py"
+        return "at module import; import it inside the function that draws"
 
     assert _violations(rule) == []
 

@@ -1,4 +1,4 @@
-"""Command line: devices, run, replay, demo, export, compare, init.
+"""Command line: devices, run, replay, demo, export, plot, compare, init.
 
 Exit codes: 0 done; 1 the run failed (the runner failed, the recording could not be
 written, or the display failed; the recording's status says which); 2 bad input (config,
@@ -29,7 +29,7 @@ def _headless(args: argparse.Namespace) -> bool:
 def cmd_devices(args: argparse.Namespace) -> int:
     from wattscope.telemetry.devices import devices_command
 
-    code, text = devices_command(sim=args.sim or None)
+    code, text = devices_command(sim=args.sim or None, as_json=args.json)
     print(text)
     return code
 
@@ -46,18 +46,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"{output}: already exists; choose another file with -o")
     from wattscope.telemetry import NvmlUnavailable
 
-    headless = _headless(args)
+    lines = None
+    if args.jsonl:
+        from wattscope.jsonl import JsonLines
+
+        # stdout carries only the event stream; progress goes to stderr.
+        lines = JsonLines(sys.stdout, on_closed=lambda: session.stop("output-closed", "the reader of --jsonl closed the pipe"))
+    headless = args.jsonl or _headless(args)
     if headless:
         from wattscope.headless import run_live
     else:
         from wattscope.tui.app import run_app
-    session = Session(sweep, output, sim=args.sim)
+    session = Session(sweep, output, sim=args.sim, on_event=lines)
     try:
         # The display starts the session before it shows anything, so a missing GPU is a
         # plain message with nothing written rather than a traceback inside the app.
-        status = run_live(session) if headless else run_app(session)
+        status = run_live(session, out=sys.stderr if args.jsonl else None) if headless else run_app(session)
     except NvmlUnavailable as e:
         raise NvmlUnavailable(f"{e}; `wattscope run {args.config} --sim` runs the pipeline on a simulated GPU") from None
+    if lines is not None and lines.closed:
+        # The reader went away: point stdout at /dev/null so the interpreter's last flush
+        # does not fail on the closed pipe (Python's documented remedy).
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if status in RUN_FAULTS and session.reason:
         _say(f"wattscope: error: {session.reason}; the run was stopped, the recording keeps what was measured")
     _say(f"recording: {output} ({status})")
@@ -128,12 +140,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     from wattscope.analysis import open_source
 
     sources = [open_source(p) for p in args.inputs]
+    if args.format == "perfetto":
+        return _export_perfetto(sources, args)
     if args.traces:
         if len(args.inputs) != 1:
             raise UsageError("--traces exports one recording at a time")
         written = export.export_traces(sources[0], args.format, Path(args.output or "."))
         for p in written:
             print(p)
+        return 0
+    if args.format == "csv" and args.table == "all":
+        for p in export.export_csv_tables(sources, args.output, idle_subtracted=args.idle_subtracted):
+            print(p, file=sys.stderr)
         return 0
     out = export.export(
         sources,
@@ -150,6 +168,27 @@ def cmd_export(args: argparse.Namespace) -> int:
         if isinstance(out, bytes):
             raise UsageError(f"--format {args.format} is binary; give an output file with -o")
         sys.stdout.write(out)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from wattscope.plot import plot
+
+    print(plot(args.sources, args.output, args.kind, config=args.config), file=sys.stderr)
+    return 0
+
+
+def _export_perfetto(sources: list, args: argparse.Namespace) -> int:
+    from wattscope.perfetto import export_perfetto
+
+    if len(sources) != 1 or args.traces:
+        raise UsageError("--format perfetto exports one recording's timeline (samples and windows included); "
+                         "give one recording, without --traces")
+    text = export_perfetto(sources[0], args.output)
+    if args.output:
+        print(args.output, file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -172,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("devices", help="list GPUs, working signals and their measured refresh periods")
     d.add_argument("--sim", action="store_true", help="describe the simulated GPU instead")
+    d.add_argument("--json", action="store_true", help="print the description as JSON (one object per GPU)")
     d.set_defaults(func=cmd_devices)
 
     r = sub.add_parser("run", help="run a sweep from a TOML config and record it")
@@ -179,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sim", action="store_true", help="simulated GPU and workload (demo/test; numbers are not measurements)")
     r.add_argument("--headless", action="store_true", help="print progress instead of opening the app (automatic when stdout is not a terminal)")
     r.add_argument("-o", "--output", help="recording file (default recordings/NAME-DATE.wattscope)")
+    r.add_argument("--jsonl", action="store_true",
+                   help="print every event as a JSON line on stdout (the recording's vocabulary); progress goes to stderr")
     r.set_defaults(func=cmd_run)
 
     rp = sub.add_parser("replay", help="replay a recording on the live screen")
@@ -194,14 +236,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="export tables (or raw traces) from recordings or CSV tables")
     e.add_argument("inputs", nargs="+", help="recordings (.wattscope) or measurement CSV tables")
-    e.add_argument("--format", default="md", choices=["md", "csv", "json", "parquet", "latex"])
+    e.add_argument("--format", default="md", choices=["md", "csv", "json", "parquet", "latex", "perfetto"],
+                   help="perfetto: one recording as a Trace Event Format timeline (ui.perfetto.dev, chrome://tracing)")
     e.add_argument("--table", default="all", choices=["phases", "power", "findings", "crosscheck", "all"])
     e.add_argument("--idle-subtracted", action="store_true", help="energies minus the idle baseline power over the same time")
     e.add_argument("--per-token", action="store_true", help="add energy per token columns")
     e.add_argument("--cv", action="store_true", help="add the repeat coefficient-of-variation columns")
     e.add_argument("--traces", action="store_true", help="export raw samples and windows (csv or parquet) into -o DIR")
-    e.add_argument("-o", "--output", help="output file (directory with --traces); default stdout")
+    e.add_argument("-o", "--output", help="output file (a folder with --traces, and for --format csv --table all: one CSV per table); default stdout")
     e.set_defaults(func=cmd_export)
+
+    pl = sub.add_parser("plot", help="draw a figure (png, svg, pdf) from recordings or CSV tables; needs wattscope[plot]")
+    pl.add_argument("sources", nargs="+", help="recordings (.wattscope) or measurement CSV tables, side by side")
+    pl.add_argument("-o", "--output", required=True, help="figure file: .png, .svg or .pdf")
+    pl.add_argument("--kind", default="ratios", choices=["timeline", "ratios", "power"],
+                    help="ratios to FP16 with their intervals (default), average power per phase, or power over time")
+    pl.add_argument("--config", help="with --kind timeline: only this configuration (its id, e.g. Qwen2-1.5B/b1/int8)")
+    pl.set_defaults(func=cmd_plot)
 
     c = sub.add_parser("compare", help="two sources side by side: ratios and findings")
     c.add_argument("a")

@@ -4,8 +4,9 @@ traces as CSV or Parquet.
 Every export carries the method notes (and any warnings) with the numbers:
 - Markdown and LaTeX: a "Method notes" section after the tables.
 - CSV: trailing comment lines starting with ``#`` (``pandas.read_csv(path, comment="#")``
-  reads the table back). ``table="all"`` writes each table after a ``# table: NAME``
-  line, separated by blank lines; export one table for a plain CSV.
+  reads the table back). ``table="all"`` returns each table after a ``# table: NAME``
+  line, separated by blank lines; ``export_csv_tables`` (the CLI's ``--format csv
+  --table all -o DIR``) writes one plain CSV per table into a folder instead.
 - JSON: a ``notes`` object (and ``warnings`` list) beside the tables.
 - Parquet: one table per file (``table="all"`` is refused); notes and warnings are JSON in
   the file's schema metadata under ``wattscope.notes`` / ``wattscope.warnings``.
@@ -29,11 +30,12 @@ from typing import Any, BinaryIO
 
 import pandas as pd
 
+from wattscope import timeline
 from wattscope.analysis import Analysis, Comparison, analyze, compare, open_source
 from wattscope.errors import WattscopeError
 from wattscope.extras import require
 from wattscope.files import new_file_mode
-from wattscope.metrics import CI_COLUMNS, FIGURES, RATIO_NAMES, RATIOS, ratio_value, title
+from wattscope.metrics import CI_COLUMNS, FIGURES, RATIO_NAMES, RATIOS, ratio_value, run_meta, title
 from wattscope.render import (
     Grid,
     ResultLine,
@@ -386,10 +388,35 @@ def export(
     return content
 
 
+def export_csv_tables(
+    sources: Any, out_dir: str | Path | None, *, idle_subtracted: bool = False
+) -> list[Path]:
+    """Every table as its own CSV (``phases.csv``, ``power.csv``, ``findings.csv`` and, where
+    instant power covered some window, ``crosscheck.csv``) in the folder ``out_dir``, each
+    exactly what a one-table CSV export writes. All are rendered before any is written."""
+    where = None if out_dir is None else Path(out_dir)
+    if where is None or where.suffix.lower() == ".csv" or (where.exists() and not where.is_dir()):
+        got = "no -o" if where is None else f"-o {where}" + (" (a file)" if where.is_file() else "")
+        raise ExportError(
+            f"--format csv --table all writes one CSV per table into a folder, and {got} is not one; "
+            "give -o DIR, or choose --table phases, power, findings or crosscheck for a single CSV"
+        )
+    a = analyze(sources, idle_subtracted=idle_subtracted)
+    has_cross = a.crosscheck["integrated_j"].notna().any()
+    tables = [t for t in TABLES[:-1] if t != "crosscheck" or has_cross]
+    contents = {t: _to_csv(a, [t]) for t in tables}
+    return [write_atomic(where / f"{t}.csv", text) for t, text in contents.items()]
+
+
 def export_traces(recording: Any, fmt: str, out_dir: str | Path) -> list[Path]:
     """Write a recording's raw samples and windows as ``samples.<fmt>`` and
     ``windows.<fmt>`` in ``out_dir`` (CSV or Parquet), atomically. ``recording`` is a
-    Recording, a Source wrapping one, or a path. Returns the paths."""
+    Recording, a Source wrapping one, or a path. Returns the paths.
+
+    Samples gain ``config_id`` and ``phase`` (the phase each falls in, by
+    ``wattscope.timeline``) and ``unix_ns`` (its Unix time by the run's wall-clock anchor;
+    empty without one), so they join other traces by time. Parquet files carry the
+    anchor as JSON in their schema metadata under ``wattscope.clock``."""
     if fmt not in TRACE_FORMATS:
         raise ExportError(f"unknown trace format {fmt!r} for raw traces; allowed: {', '.join(TRACE_FORMATS)}")
     src = open_source(recording)
@@ -399,14 +426,30 @@ def export_traces(recording: Any, fmt: str, out_dir: str | Path) -> list[Path]:
     require("parquet", "raw trace export")
     import pyarrow as pa
 
+    tl = timeline.of_recording(recording)
+    clock = timeline.wall_clock(run_meta(recording.meta), tl.start_ns)
+    samples = _labelled_samples(recording.samples, tl, clock)
     out = Path(out_dir)
     paths = []
-    for name in ("samples", "windows"):
-        frame = getattr(recording, name)
+    for name, frame in (("samples", samples), ("windows", recording.windows)):
         t = pa.Table.from_pandas(_csv_safe(frame) if fmt == "csv" else frame, preserve_index=False)
+        if clock is not None:
+            meta = dict(t.schema.metadata or {})
+            meta[b"wattscope.clock"] = json.dumps(clock.to_meta()).encode()
+            t = t.replace_schema_metadata(meta)
         writer = _csv_writer(t) if fmt == "csv" else _parquet_writer(t)
         paths.append(write_atomic(out / f"{name}.{fmt}", writer))
     return paths
+
+
+def _labelled_samples(samples: pd.DataFrame, tl: timeline.Timeline, clock: timeline.WallClock | None) -> pd.DataFrame:
+    t = samples["t_ns"].to_numpy(dtype="int64")
+    configs, phases = tl.label(t)
+    out = samples.copy()
+    out["config_id"] = configs
+    out["phase"] = phases
+    out["unix_ns"] = clock.unix(t) if clock is not None else pd.Series(pd.NA, index=out.index, dtype="Int64")
+    return out
 
 
 _CSV_CHUNK_ROWS = 50_000

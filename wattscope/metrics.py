@@ -332,6 +332,9 @@ class RunMeta:
     sampler: Mapping[str, Any]  # rate_hz, energy_hz, gpus
     sweep: Mapping[str, Any]  # Sweep.to_dict(): protocol, bitsandbytes, configs...
     packages: Mapping[str, Any] = field(default_factory=dict)
+    created: str = ""  # ISO 8601 wall time the run was described, to the second
+    # (Unix ns, CLOCK_MONOTONIC ns) read together at the start; None in older recordings.
+    clock_anchor: tuple[int, int] | None = None
 
     @property
     def gpu(self) -> GpuMeta | None:
@@ -375,7 +378,7 @@ def _gpu_meta(g: Mapping[str, Any], position: int) -> GpuMeta:
 def run_meta(meta: Mapping[str, Any]) -> RunMeta:
     """Read the meta the session writes (``Session._describe``): ``gpus`` (``gpu`` is
     the first of them), ``sampler.signal``, ``sweep``, ``simulated``, ``weights``,
-    ``energy_signal``, ``packages``. Keys it lacks read as unknown, never as a guess."""
+    ``energy_signal``, ``packages``, ``created``, ``clock_anchor``. Keys it lacks read as unknown, never as a guess."""
     listed = meta.get("gpus")
     if not isinstance(listed, list) or not listed:
         listed = [meta.get("gpu")]
@@ -393,6 +396,8 @@ def run_meta(meta: Mapping[str, Any]) -> RunMeta:
         sampler=sampler,
         sweep=sweep,
         packages=_mapping(meta.get("packages")),
+        created=str(meta.get("created") or ""),
+        clock_anchor=_anchor(meta.get("clock_anchor")),
     )
 
 
@@ -432,6 +437,14 @@ def sampler_stall(times_ns: Sequence[int], start_ns: int, end_ns: int, rate_hz: 
     if expected >= MIN_EXPECTED_SAMPLES and j - i < MIN_RATE_FRACTION * expected:
         return (f"the sampler slowed: {(j - i) / duration_s:.0f} samples/s of {rate_hz:g} "
                 f"(below {MIN_RATE_FRACTION:.0%})")
+    return None
+
+
+def _anchor(v: Any) -> tuple[int, int] | None:
+    a = _mapping(v)
+    unix_ns, mono_ns = a.get("unix_ns"), a.get("monotonic_ns")
+    if isinstance(unix_ns, int) and isinstance(mono_ns, int) and not isinstance(unix_ns, bool):
+        return unix_ns, mono_ns
     return None
 
 

@@ -10,9 +10,12 @@ import os
 import platform
 import socket
 import sys
+import time
 from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
+
+from wattscope.events import now_ns
 
 PACKAGES = (
     "wattscope",
@@ -46,6 +49,15 @@ def host() -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
     }
+
+
+def clock_anchor() -> dict[str, int]:
+    """Unix time and the run's clock (CLOCK_MONOTONIC, ``events.now_ns``) read back to
+    back, so any timestamp of the run can be placed in wall time (``timeline.WallClock``)."""
+    mono = now_ns()
+    unix = time.time_ns()
+    # The midpoint of two monotonic reads around the Unix read halves the error.
+    return {"unix_ns": unix, "monotonic_ns": (mono + now_ns()) // 2}
 
 
 def wall_clock() -> str:

@@ -136,6 +136,10 @@ def _hold_reserve(folder: Path, size: int) -> int:
         os.close(fd)
         raise
     return fd
+def event_json(event: Event) -> str:
+    """An event as the recording stores it (``events.json``): ``Event.to_dict`` as strict
+    JSON, NaN as null. ``Event.from_dict(json.loads(...))`` reads it back."""
+    return _dumps(event.to_dict())
 
 
 class Recorder:
@@ -220,7 +224,7 @@ class Recorder:
             return
         self.db.execute(
             "INSERT INTO events(t_ns, kind, json) VALUES (?, ?, ?)",
-            (event.t_ns, event.kind, _dumps(event.to_dict())),
+            (event.t_ns, event.kind, event_json(event)),
         )
         if isinstance(event, RunStarted):
             self._set_meta({"run": event.meta})

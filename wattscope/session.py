@@ -18,11 +18,12 @@ import sys
 import threading
 from bisect import bisect_left
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import datetime
 from multiprocessing import resource_tracker
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from wattscope import host, metrics, provenance
 from wattscope.config import Sweep, check_gpus
@@ -143,8 +144,13 @@ def watched(session: Session, on_signal: Callable[[], None] | None = None) -> It
 
 
 class Session:
-    def __init__(self, sweep: Sweep, output: Path, *, sim: bool = False, state: RunState | None = None) -> None:
+    def __init__(
+        self, sweep: Sweep, output: Path, *, sim: bool = False, state: RunState | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
         self.sweep = sweep.for_simulation() if sim else sweep
+        # Called with every event, right after it is recorded (``run --jsonl``).
+        self._on_event = on_event
         self.output = Path(output)
         self.sim = sim
         self.state = state if state is not None else RunState()
@@ -250,6 +256,7 @@ class Session:
         return {
             "schema_version": SCHEMA_VERSION,
             "created": provenance.wall_clock(),
+            "clock_anchor": provenance.clock_anchor(),
             "clock": "CLOCK_MONOTONIC ns",
             "host": provenance.host(),
             "packages": provenance.package_versions(),
@@ -366,6 +373,8 @@ class Session:
             # Nothing more can be kept: stop the run; the display still sees the events.
             self.stop("write-error", e.message)
         self.state.apply(ev)
+        if self._on_event is not None:
+            self._on_event(ev)
         if isinstance(ev, ConfigStarted):
             self._started[ev.config_id] = ev
         elif isinstance(ev, Window):

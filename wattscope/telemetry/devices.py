@@ -3,6 +3,8 @@ from), how often each really refreshes (measured), what a read costs, its power 
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 from wattscope.telemetry.nvml import NvmlUnavailable, list_devices
@@ -95,8 +97,29 @@ def format_devices(devs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def devices_command(measure_s: float = 1.0, sim: SimSpec | bool | None = None) -> tuple[int, str]:
-    """(exit code, text) for `wattscope devices [--sim]`: 1 and a plain message when
-    there is no NVML or no GPU."""
+def _json_safe(o: Any) -> Any:
+    """NaN and infinities (a read cost not measured) as null: strict JSON."""
+    if isinstance(o, dict):
+        return {str(k): _json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_json_safe(v) for v in o]
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
+
+
+def devices_json(devs: list[dict[str, Any]]) -> str:
+    """The same description as ``format_devices``, as a JSON list: each GPU's info, its
+    ``signals`` (supported, reason, source, refresh_s) and ``read_costs``; without a GPU
+    one ``{"error": ...}`` object."""
+    return json.dumps(_json_safe(devs), indent=2, allow_nan=False)
+
+
+def devices_command(
+    measure_s: float = 1.0, sim: SimSpec | bool | None = None, as_json: bool = False
+) -> tuple[int, str]:
+    """(exit code, text) for `wattscope devices [--sim] [--json]`: 1 and a plain message
+    (or the error object) when there is no NVML or no GPU."""
     devs = describe_devices(measure_s, sim)
-    return (1 if any("error" in d for d in devs) else 0), format_devices(devs)
+    text = devices_json(devs) if as_json else format_devices(devs)
+    return (1 if any("error" in d for d in devs) else 0), text
