@@ -1,4 +1,4 @@
-"""Command line: devices, run, replay, demo, export, compare.
+"""Command line: devices, run, replay, demo, serve, export, compare.
 
 Exit codes: 0 done; 1 the run failed; 2 bad input (config, recording, table) with a
 message naming the file and key; 130 stopped with Ctrl-C (recording finalised). Every
@@ -9,17 +9,27 @@ and exit code.
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 from pathlib import Path
 
 from wattscope import __version__
 from wattscope.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, UsageError, WattscopeError
+from wattscope.tui.refresh import DEFAULT_FPS, MAX_FPS, MIN_FPS, frame_seconds
 
 BUNDLED_RECORDING = Path(__file__).resolve().parent.parent / "recordings" / "h100-seed.wattscope"
 
 
 def _headless(args: argparse.Namespace) -> bool:
-    return bool(args.headless) or not sys.stdout.isatty()
+    # A Textual driver named in the environment (textual-serve's web driver under
+    # `wattscope serve`) draws the app somewhere other than stdout, which is then a pipe.
+    return bool(args.headless) or not (sys.stdout.isatty() or os.environ.get("TEXTUAL_DRIVER"))
+
+
+def _frame_s(args: argparse.Namespace) -> float:
+    """Seconds between the app's frames, from ``--fps`` (checked before anything starts)."""
+    return frame_seconds(args.fps)
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -33,6 +43,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from wattscope import config
 
+    frame_s = _frame_s(args)
     sweep = config.load(args.config)
     from wattscope.session import Session, default_output
 
@@ -55,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         from wattscope.tui.app import run_app
 
-        status = run_app(session)
+        status = run_app(session, frame_s=frame_s)
     print(f"recording: {output}", file=sys.stderr)
     return {"completed": 0, "interrupted": EXIT_INTERRUPTED}.get(status, EXIT_FAILED)
 
@@ -63,6 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _replay(path: str | Path, args: argparse.Namespace) -> int:
     from wattscope.recording import load
 
+    frame_s = _frame_s(args)
     if not args.speed > 0:  # also NaN
         raise UsageError(f"--speed {args.speed:g} is not allowed; expected a playback speed > 0")
     rec = load(path)
@@ -73,7 +85,7 @@ def _replay(path: str | Path, args: argparse.Namespace) -> int:
     else:
         from wattscope.tui.app import run_replay_app
 
-        run_replay_app(rec, speed=args.speed)
+        run_replay_app(rec, speed=args.speed, frame_s=frame_s)
     return 0
 
 
@@ -85,6 +97,46 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not BUNDLED_RECORDING.is_file():
         raise UsageError(f"{BUNDLED_RECORDING}: the bundled recording is missing from this install")
     return _replay(BUNDLED_RECORDING, args)
+
+
+# What `serve` can show in a browser: the commands that open the app.
+SERVED = ("run", "replay", "demo")
+SERVE_INSTALL = "pip install 'wattscope[serve]'"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the app of ``run``/``replay``/``demo`` to browsers with textual-serve. Each
+    page load starts its own process of that command (a ``run`` page, its own sweep and
+    recording), so the command is checked here, once, before anything is served."""
+    served = args.served
+    if not served or served[0] not in SERVED:
+        got = f"`{served[0]}`" if served else "nothing"
+        raise UsageError(f"serve: got {got}; expected one of {', '.join(SERVED)} and its arguments, "
+                         "e.g. `wattscope serve demo`")
+    inner = build_parser().parse_args(served)
+    if inner.headless:
+        raise UsageError("serve: --headless is not allowed; serve shows the app in a browser")
+    _frame_s(inner)
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port} is not allowed; expected a TCP port from 1 to 65535")
+    if inner.command == "run":
+        from wattscope import config
+
+        config.load(inner.config)
+    elif inner.command == "replay":
+        from wattscope.recording import load
+
+        load(inner.recording)
+    elif not BUNDLED_RECORDING.is_file():
+        raise UsageError(f"{BUNDLED_RECORDING}: the bundled recording is missing from this install")
+    try:
+        from textual_serve.server import Server
+    except ImportError:
+        raise UsageError(f"serve needs textual-serve, which is not installed: {SERVE_INSTALL}") from None
+    command = shlex.join([sys.executable, "-m", "wattscope", *served])
+    Server(command, host=args.host, port=args.port, title=f"wattscope {shlex.join(served)}",
+           public_url=args.public_url).serve()
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -144,18 +196,34 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sim", action="store_true", help="simulated GPU and workload (demo/test; numbers are not measurements)")
     r.add_argument("--headless", action="store_true", help="print progress instead of opening the app (automatic when stdout is not a terminal)")
     r.add_argument("-o", "--output", help="recording file (default recordings/NAME-DATE.wattscope)")
+    r.add_argument("--fps", type=float, default=DEFAULT_FPS,
+                   help=f"the app's refresh rate, frames per second ({MIN_FPS:g}-{MAX_FPS:g}, default {DEFAULT_FPS:g}; lower for slow links)")
     r.set_defaults(func=cmd_run)
 
     rp = sub.add_parser("replay", help="replay a recording on the live screen")
     rp.add_argument("recording")
     rp.add_argument("--headless", action="store_true", help="print the replayed run's tables instead of opening the app")
     rp.add_argument("--speed", type=float, default=1.0, help="playback speed (default 1.0)")
+    rp.add_argument("--fps", type=float, default=DEFAULT_FPS,
+                   help=f"the app's refresh rate, frames per second ({MIN_FPS:g}-{MAX_FPS:g}, default {DEFAULT_FPS:g}; lower for slow links)")
     rp.set_defaults(func=cmd_replay)
 
     dm = sub.add_parser("demo", help="replay the bundled real H100 recording")
     dm.add_argument("--headless", action="store_true")
     dm.add_argument("--speed", type=float, default=4.0, help="playback speed (default 4.0)")
+    dm.add_argument("--fps", type=float, default=DEFAULT_FPS,
+                   help=f"the app's refresh rate, frames per second ({MIN_FPS:g}-{MAX_FPS:g}, default {DEFAULT_FPS:g}; lower for slow links)")
     dm.set_defaults(func=cmd_demo)
+
+    sv = sub.add_parser("serve", help="serve the app of run, replay or demo to a web browser (textual-serve)",
+                        description="Serve the app to web browsers; each page load starts its own "
+                                    "`wattscope run|replay|demo ...` with the arguments given after it.")
+    sv.add_argument("--host", default="localhost", help="address to listen on (default localhost)")
+    sv.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    sv.add_argument("--public-url", help="the URL browsers reach the server at, where it differs from http://HOST:PORT")
+    sv.add_argument("served", nargs=argparse.REMAINDER, metavar="run|replay|demo ...",
+                    help="the command to serve and its arguments")
+    sv.set_defaults(func=cmd_serve)
 
     e = sub.add_parser("export", help="export tables (or raw traces) from recordings or CSV tables")
     e.add_argument("inputs", nargs="+", help="recordings (.wattscope) or measurement CSV tables")
