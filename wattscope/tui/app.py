@@ -345,8 +345,7 @@ class WattscopeApp(App[None]):
         self.push_screen(WarningsScreen(self.snap or self.source.snapshot()))
 
     def action_scroll_results(self, direction: int) -> None:
-        table = self.query_one(ResultsTable)
-        table.scroll_relative(x=direction * max(8, table.size.width // 2), animate=False)
+        self.query_one(ResultsTable).scroll_columns(direction)
 
     def action_toggle_zoom(self) -> None:
         self._graph.auto_zoom = not self._graph.auto_zoom

@@ -136,6 +136,7 @@ class ResultsTable(DataTable[Text]):
         self.snap: Snapshot | None = None
         self._shown_results: object = None
         self._shown_width = 0
+        self._follow = False
 
     def show(self, snap: Snapshot) -> None:
         """Rebuild when a result arrives (RunState hands out the same tuple until then)."""
@@ -165,5 +166,23 @@ class ResultsTable(DataTable[Text]):
                 style = FAILED_STYLE if not ok else (NOISY_STYLE if _noisy(grid, i, cell) else "")
                 row.append(Text(_cell(cell, grid.align[i]), style=style, justify=_JUSTIFY[grid.align[i]]))
             self.add_row(*row)
-        # Follow the newest row once the new rows are laid out.
-        self.call_after_refresh(self.scroll_end, animate=False)
+        self._follow = True
+
+    def scroll_columns(self, direction: int) -> None:
+        """Scroll sideways to the next column edge right (``direction`` > 0) or left, so
+        a column is never cut at the held identifying columns."""
+        widths = [c.get_render_width(self) for c in self.ordered_columns[self.fixed_columns:]]
+        edges = [sum(widths[:i]) for i in range(len(widths))]
+        x = round(self.scroll_x)
+        if direction > 0:
+            target = next((e for e in edges if e > x), x)
+        else:
+            target = next((e for e in reversed(edges) if e < x), 0)
+        self.scroll_to(x=min(target, self.max_scroll_x), animate=False, immediate=True)
+
+    def watch_virtual_size(self) -> None:
+        # Follow the newest row once the new rows are measured (DataTable measures them
+        # lazily, so a scroll right after adding them would use the old size).
+        if self._follow:
+            self._follow = False
+            self.call_after_refresh(self.scroll_end, animate=False, immediate=True)
