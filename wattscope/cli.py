@@ -1,4 +1,4 @@
-"""Command line: devices, run, replay, demo, export, plot, compare, init.
+"""Command line: devices, run, replay, demo, serve, export, plot, compare, init.
 
 Exit codes: 0 done; 1 the run failed (the runner failed, the recording could not be
 written, or the display failed; the recording's status says which); 2 bad input (config,
@@ -13,6 +13,8 @@ into its message and exit code.
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -20,10 +22,18 @@ from pathlib import Path
 from wattscope import __version__
 from wattscope.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, UsageError, WattscopeError
 from wattscope.safe_text import printable
+from wattscope.tui.refresh import DEFAULT_FPS, MAX_FPS, MIN_FPS, frame_seconds
 
 
 def _headless(args: argparse.Namespace) -> bool:
-    return bool(args.headless) or not sys.stdout.isatty()
+    # A Textual driver named in the environment (textual-serve's web driver under
+    # `wattscope serve`) draws the app somewhere other than stdout, which is then a pipe.
+    return bool(args.headless) or not (sys.stdout.isatty() or os.environ.get("TEXTUAL_DRIVER"))
+
+
+def _frame_s(args: argparse.Namespace) -> float:
+    """Seconds between the app's frames, from ``--fps`` (checked before anything starts)."""
+    return frame_seconds(args.fps)
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -38,6 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from wattscope import config
     from wattscope.resources import config_path
 
+    frame_s = _frame_s(args)
     sweep = config.load(config_path(args.config))
     from wattscope.session import Session, default_output
 
@@ -61,14 +72,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         # The display starts the session before it shows anything, so a missing GPU is a
         # plain message with nothing written rather than a traceback inside the app.
-        status = run_live(session, out=sys.stderr if args.jsonl else None) if headless else run_app(session)
+        status = run_live(session, out=sys.stderr if args.jsonl else None) if headless else run_app(session, frame_s)
     except NvmlUnavailable as e:
         raise NvmlUnavailable(f"{e}; `wattscope run {args.config} --sim` runs the pipeline on a simulated GPU") from None
     if lines is not None and lines.closed:
         # The reader went away: point stdout at /dev/null so the interpreter's last flush
         # does not fail on the closed pipe (Python's documented remedy).
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if status in RUN_FAULTS and session.reason:
         _say(f"wattscope: error: {session.reason}; the run was stopped, the recording keeps what was measured")
@@ -100,6 +109,7 @@ def _say(line: str) -> None:
 def _replay(path: str | Path, args: argparse.Namespace) -> int:
     from wattscope.recording import load
 
+    frame_s = _frame_s(args)
     if not args.speed > 0:  # also NaN
         raise UsageError(f"--speed {args.speed:g} is not allowed; expected a playback speed > 0")
     rec = load(path)
@@ -110,7 +120,7 @@ def _replay(path: str | Path, args: argparse.Namespace) -> int:
     else:
         from wattscope.tui.app import run_replay_app
 
-        run_replay_app(rec, speed=args.speed)
+        run_replay_app(rec, speed=args.speed, frame_s=frame_s)
     return 0
 
 
@@ -131,6 +141,49 @@ def cmd_init(args: argparse.Namespace) -> int:
     path = Path(args.path)
     write_new(path, starter_config())
     print(f"wrote {path}; try it with: wattscope run {path} --sim", file=sys.stderr)
+    return 0
+
+
+# What `serve` can show in a browser: the commands that open the app.
+SERVED = ("run", "replay", "demo")
+SERVE_INSTALL = "pip install 'wattscope[serve]'"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the app of ``run``/``replay``/``demo`` to browsers with textual-serve. Each
+    page load starts its own process of that command (a ``run`` page, its own sweep and
+    recording), so the command is checked here, once, before anything is served."""
+    served = args.served
+    if not served or served[0] not in SERVED:
+        got = f"`{served[0]}`" if served else "nothing"
+        raise UsageError(f"serve: got {got}; expected one of {', '.join(SERVED)} and its arguments, "
+                         "e.g. `wattscope serve demo`")
+    inner = build_parser().parse_args(served)
+    if inner.headless:
+        raise UsageError("serve: --headless is not allowed; serve shows the app in a browser")
+    _frame_s(inner)
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port} is not allowed; expected a TCP port from 1 to 65535")
+    if inner.command == "run":
+        from wattscope import config
+        from wattscope.resources import config_path
+
+        config.load(config_path(inner.config))
+    elif inner.command == "replay":
+        from wattscope.recording import load
+
+        load(inner.recording)
+    else:
+        from wattscope.resources import bundled_recording
+
+        bundled_recording()  # says so if it is missing from this install
+    try:
+        from textual_serve.server import Server
+    except ImportError:
+        raise UsageError(f"serve needs textual-serve, which is not installed: {SERVE_INSTALL}") from None
+    command = shlex.join([sys.executable, "-m", "wattscope", *served])
+    Server(command, host=args.host, port=args.port, title=f"wattscope {shlex.join(served)}",
+           public_url=args.public_url).serve()
     return 0
 
 
@@ -221,18 +274,34 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", help="recording file (default recordings/NAME-DATE.wattscope)")
     r.add_argument("--jsonl", action="store_true",
                    help="print every event as a JSON line on stdout (the recording's vocabulary); progress goes to stderr")
+    r.add_argument("--fps", type=float, default=DEFAULT_FPS,
+                   help=f"the app's refresh rate, frames per second ({MIN_FPS:g}-{MAX_FPS:g}, default {DEFAULT_FPS:g}; lower for slow links)")
     r.set_defaults(func=cmd_run)
 
     rp = sub.add_parser("replay", help="replay a recording on the live screen")
     rp.add_argument("recording")
     rp.add_argument("--headless", action="store_true", help="print the replayed run's tables instead of opening the app")
     rp.add_argument("--speed", type=float, default=1.0, help="playback speed (default 1.0)")
+    rp.add_argument("--fps", type=float, default=DEFAULT_FPS,
+                   help=f"the app's refresh rate, frames per second ({MIN_FPS:g}-{MAX_FPS:g}, default {DEFAULT_FPS:g}; lower for slow links)")
     rp.set_defaults(func=cmd_replay)
 
     dm = sub.add_parser("demo", help="replay the bundled real H100 recording")
     dm.add_argument("--headless", action="store_true")
     dm.add_argument("--speed", type=float, default=4.0, help="playback speed (default 4.0)")
+    dm.add_argument("--fps", type=float, default=DEFAULT_FPS,
+                   help=f"the app's refresh rate, frames per second ({MIN_FPS:g}-{MAX_FPS:g}, default {DEFAULT_FPS:g}; lower for slow links)")
     dm.set_defaults(func=cmd_demo)
+
+    sv = sub.add_parser("serve", help="serve the app of run, replay or demo to a web browser (textual-serve)",
+                        description="Serve the app to web browsers; each page load starts its own "
+                                    "`wattscope run|replay|demo ...` with the arguments given after it.")
+    sv.add_argument("--host", default="localhost", help="address to listen on (default localhost)")
+    sv.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    sv.add_argument("--public-url", help="the URL browsers reach the server at, where it differs from http://HOST:PORT")
+    sv.add_argument("served", nargs=argparse.REMAINDER, metavar="run|replay|demo ...",
+                    help="the command to serve and its arguments")
+    sv.set_defaults(func=cmd_serve)
 
     e = sub.add_parser("export", help="export tables (or raw traces) from recordings or CSV tables")
     e.add_argument("inputs", nargs="+", help="recordings (.wattscope) or measurement CSV tables")

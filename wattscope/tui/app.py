@@ -22,25 +22,26 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
 
-from wattscope.metrics import CV_LIMIT
-from wattscope.render import fmt_duration, markup_text, plain_text
+from wattscope.render import fmt_duration, markup_text, plain_text, table_note
 from wattscope.safe_text import printable
 from wattscope.replay import SEEK_S, SPEEDS, ReplayController
 from wattscope.source import LiveSource, RunSource
-from wattscope.state import Snapshot
+from wattscope.state import RunState, Snapshot
+from wattscope.tui.refresh import DEFAULT_FPS
+from wattscope.tui.results import ResultsTable, column_help
 from wattscope.tui.widgets import (
     PhasePanel,
     PowerGraph,
-    RatioTable,
     SensorLine,
     WarningLog,
     phase_legend,
+    warning_line,
 )
 
 if TYPE_CHECKING:
     from wattscope.session import Session
 
-FRAME_S = 0.25  # ~4 Hz
+FRAME_S = 1.0 / DEFAULT_FPS
 DRIVE_S = 0.05  # how often the worker advances a replay
 STOP_WAIT_S = 60.0
 EXPORT_FORMATS = ("md", "csv")
@@ -56,27 +57,56 @@ class SnapshotView(Protocol):
 
 
 class HelpScreen(ModalScreen[None]):
-    """The keys, generated from the app's bindings: one line per key the app accepts
-    now, with the binding's tooltip (or, without one, its footer description)."""
+    """The keys, generated from the app's bindings (one line per key the app accepts
+    now, with the binding's tooltip, or without one its footer description), then what
+    the graph and every column of the results hold (``results.column_help``)."""
 
     BINDINGS = [Binding("escape,question_mark,q", "dismiss", "Close")]
 
-    def __init__(self, keys: list[tuple[str, str]]) -> None:
+    def __init__(self, keys: list[tuple[str, str]], columns: list[tuple[str, str]], no_color: bool = False) -> None:
         super().__init__()
         self.keys = keys
+        self.columns = columns
+        self.no_color = no_color
 
     def compose(self) -> ComposeResult:
         text = Text("wattscope keys\n\n", style="bold")
         for k, what in self.keys:
             text.append(f"{k:>7}  ", style="bold")
             text.append(what + "\n")
-        text.append("\nGraph: power on a fixed 0..TDP scale; phase marks beneath:\n")
-        text.append_text(phase_legend())
-        text.append("\n\nTable: ratios to FP16 of the same model, batch and engine,\n"
-                    "± the half-width of their 95% interval over paired rounds;\n"
-                    f"* marks a window-to-window CV above {CV_LIMIT:.0%}.")
-        with Vertical(id="help"):
+        text.append("\nGraph: power on a fixed 0..TDP scale (z: zoomed to what is shown);\n"
+                    "phase marks and the run time beneath:\n")
+        text.append_text(phase_legend(self.no_color))
+        text.append("\n\nResults: ratios are to FP16 of the same model, batch and engine.\n", style="bold")
+        for heading, meaning in self.columns:
+            text.append(f"{heading}", style="bold")
+            text.append(f"  {meaning}\n")
+        with VerticalScroll(id="help"):
             yield Static(text)
+
+    async def action_dismiss(self, result: None = None) -> None:
+        self.dismiss(result)
+
+
+class WarningsScreen(ModalScreen[None]):
+    """Every warning the run state keeps, oldest first, scrollable."""
+
+    BINDINGS = [Binding("escape,w,q", "dismiss", "Close")]
+
+    def __init__(self, snap: Snapshot) -> None:
+        super().__init__()
+        self.snap = snap
+
+    def compose(self) -> ComposeResult:
+        snap = self.snap
+        kept = len(snap.warnings)
+        head = f"Warnings: {snap.warnings_total}"
+        if kept < snap.warnings_total:
+            head += f" (the last {kept} shown)"
+        lines = [Text(head, style="bold")]
+        lines += [warning_line(w) for w in snap.warnings] or [Text("no warnings", style="dim")]
+        with VerticalScroll(id="warnings"):
+            yield Static(Text("\n").join(lines))
 
     async def action_dismiss(self, result: None = None) -> None:
         self.dismiss(result)
@@ -113,6 +143,15 @@ class WattscopeApp(App[None]):
                 tooltip="pause / resume the display (the run goes on)"),
         Binding("question_mark", "help", "Help", id="help", key_display="?",
                 tooltip="this help (ctrl+p: the command palette)"),
+        Binding("z", "toggle_zoom", "Zoom", id="graph.zoom",
+                tooltip="power graph: fixed 0..TDP scale / zoomed to the power shown"),
+        Binding("w", "warnings", "Warnings", id="warnings", tooltip="all warnings, in full"),
+        Binding("left_square_bracket", "scroll_results(-1)", "Table left", show=False, key_display="[",
+                id="results.left", tooltip="results table: scroll left (up/down/pgup/pgdn: rows)"),
+        Binding("right_square_bracket", "scroll_results(1)", "Table right", show=False, key_display="]",
+                id="results.right", tooltip="results table: scroll right"),
+        Binding("a", "whole_run", "Whole run", id="replay.whole",
+                tooltip="power graph: the whole recording at once / the last minute"),
         Binding("space", "toggle_play", "Play/pause", id="replay.play", tooltip="play / pause the replay"),
         Binding("left", f"seek(-{SEEK_S})", f"-{SEEK_S:.0f}s", id="replay.back",
                 tooltip=f"seek back {SEEK_S:.0f} s"),
@@ -147,6 +186,7 @@ class WattscopeApp(App[None]):
         self.export_message = ""
         self.snap: Snapshot | None = None
         self._last_status: Text | None = None
+        self._whole: Snapshot | None = None  # the replay's whole run, folded once
 
     def _handle_exception(self, error: Exception) -> None:
         if not self.quiet_failure:
@@ -168,21 +208,24 @@ class WattscopeApp(App[None]):
             yield PowerGraph(id="graph")
             yield PhasePanel(id="phase")
         yield Static(id="error")
-        with VerticalScroll(id="results"):
-            yield RatioTable(id="table")
+        with Vertical(id="results"):
+            yield ResultsTable(id="table")
+            yield Static(id="table-note")
         yield SensorLine(id="sensor")
         yield WarningLog(id="log")
         yield Footer()
 
     def on_mount(self) -> None:
         # Held, not queried per frame: a frame may fire while the app tears down.
-        self._views: list[SnapshotView] = [self.query_one(PowerGraph), self.query_one(PhasePanel),
-                                           self.query_one(RatioTable), self.query_one(SensorLine),
+        self._graph = self.query_one(PowerGraph)
+        self._views: list[SnapshotView] = [self._graph, self.query_one(PhasePanel),
+                                           self.query_one(ResultsTable), self.query_one(SensorLine),
                                            self.query_one(WarningLog)]
+        self._note = self.query_one("#table-note", Static)
         self._status_bar = self.query_one("#status", Static)
         self._results = self.query_one("#results")
         self._error = self.query_one("#error", Static)
-        self.query_one("#graph").border_title = "Power"
+        self._graph_title()
         self.query_one("#phase").border_title = "Run"
         self._results.border_title = "Results"
         self.frame()
@@ -221,6 +264,7 @@ class WattscopeApp(App[None]):
             view.show(snap)
         self._status()
         self._results.border_title = f"Results {len(snap.results)}/{snap.configs_total or '?'}"
+        self._note.update(self._table_note(snap))
         error = self._error
         if snap.status in ("failed", "write-error"):
             error.update(plain_text(f"run failed: {snap.error or 'no reason given'} — the recording "
@@ -228,6 +272,14 @@ class WattscopeApp(App[None]):
             error.display = True
         else:
             error.display = False
+
+    @staticmethod
+    def _table_note(snap: Snapshot) -> Text:
+        """One line under the table: why rows failed first, then what ± and * mean."""
+        if not snap.results:
+            return Text("no results yet: the first row appears when a configuration finishes", style="dim")
+        legend, *failures = table_note(snap).split("\n")
+        return Text(" · ".join([*failures, legend]), style="dim")
 
     def _status(self) -> None:
         snap = self.snap
@@ -312,7 +364,47 @@ class WattscopeApp(App[None]):
         self.frame()
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(self.help_keys()))
+        snap = self.snap or self.source.snapshot()
+        self.push_screen(HelpScreen(self.help_keys(), column_help(snap), self.no_color))
+
+    def action_warnings(self) -> None:
+        self.push_screen(WarningsScreen(self.snap or self.source.snapshot()))
+
+    def action_scroll_results(self, direction: int) -> None:
+        self.query_one(ResultsTable).scroll_columns(direction)
+
+    def action_toggle_zoom(self) -> None:
+        self._graph.auto_zoom = not self._graph.auto_zoom
+        self._graph_title()
+        self._graph.redraw()
+
+    def action_whole_run(self) -> None:
+        if self._graph.whole is not None:
+            self._graph.whole = None
+        elif self._whole is not None:
+            self._graph.whole = self._whole
+        else:
+            self.fold_whole_run()
+            return
+        self._graph_title()
+        self._graph.redraw()
+
+    @work(thread=True, exclusive=True, group="whole")
+    def fold_whole_run(self) -> None:
+        # Off the UI thread: an hour of samples takes a while to fold.
+        if isinstance(self.source, ReplayController):
+            whole = whole_run(self.source.recording, self.source.start_ns, self.source.end_ns)
+            self.call_from_thread(self._show_whole, whole)
+
+    def _show_whole(self, whole: Snapshot) -> None:
+        self._whole = self._graph.whole = whole
+        self._graph_title()
+        self._graph.redraw()
+
+    def _graph_title(self) -> None:
+        scale = "zoomed" if self._graph.auto_zoom else "0..TDP"
+        span = "whole run" if self._graph.whole is not None else "recent"
+        self._graph.border_title = f"Power ({scale}, {span})"
 
     # The replay actions run only with controls: check_action refuses them otherwise.
     def action_toggle_play(self) -> None:
@@ -391,6 +483,14 @@ class WattscopeApp(App[None]):
             yield SystemCommand("Replay: go to end", "Seek to the last event", self.action_to_end)
 
 
+def whole_run(recording: Any, start_ns: int, end_ns: int) -> Snapshot:
+    """The whole of a recording as one snapshot whose graph window spans the run: its
+    events folded into a ``RunState`` as long as the run, seen from its last event."""
+    state = RunState(window_s=max(1.0, (end_ns - start_ns) / 1e9 + 1.0))
+    state.apply_all(recording.events())
+    return state.snapshot(end_ns)
+
+
 def make_app(source: RunSource, frame_s: float = FRAME_S, quiet_failure: bool = False) -> WattscopeApp:
     """The app for a source (a ``LiveSource``, a ``ReplayController``, or a test's
     source of frozen snapshots); what ``run`` and ``replay`` show, and what tests drive.
@@ -398,7 +498,7 @@ def make_app(source: RunSource, frame_s: float = FRAME_S, quiet_failure: bool = 
     return WattscopeApp(source, frame_s=frame_s, quiet_failure=quiet_failure)
 
 
-def run_app(session: Session) -> str:
+def run_app(session: Session, frame_s: float = FRAME_S) -> str:
     """``wattscope run``: start the session, show it until the user quits, wait for the
     recording to be finalised, return the run's status. The run never outlives the app
     (``session.watched``): an error inside the app, SIGTERM or SIGHUP close the app and
@@ -406,7 +506,7 @@ def run_app(session: Session) -> str:
     from wattscope.session import watched
 
     source = LiveSource(session, path=str(session.output))
-    app = make_app(source, quiet_failure=True)
+    app = make_app(source, frame_s, quiet_failure=True)
     with watched(session, on_signal=app.exit_soon):
         session.start()
         app.run()
@@ -415,7 +515,7 @@ def run_app(session: Session) -> str:
     return source.status
 
 
-def run_replay_app(recording: Any, speed: float = 1.0) -> None:
+def run_replay_app(recording: Any, speed: float = 1.0, frame_s: float = FRAME_S) -> None:
     """``wattscope replay`` / ``wattscope demo``."""
     controller = ReplayController(recording, speed=speed)
-    make_app(controller).run()
+    make_app(controller, frame_s).run()

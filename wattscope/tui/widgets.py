@@ -7,13 +7,12 @@ import math
 from typing import Any
 
 import numpy as np
-from rich.console import Group, RenderableType
+from rich.console import RenderableType
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual.strip import Strip
 from textual.widget import Widget
-from textual.widgets import Static
 
 from wattscope import events as ev
 from wattscope.metrics import precision_label
@@ -25,10 +24,8 @@ from wattscope.render import (
     fmt_watts,
     phase_line,
     plain_text,
-    results_table,
-    table_note,
 )
-from wattscope.state import NO_PHASE, Snapshot
+from wattscope.state import NO_PHASE, Snapshot, WarningLine
 
 # One mark and one colour per phase: the mark keeps phases apart without colour
 # (NO_COLOR), the colour makes them easy to see with it.
@@ -48,10 +45,10 @@ GUTTER = 5
 MIN_WINDOW_S = 10.0
 
 
-def phase_legend() -> Text:
+def phase_legend(no_color: bool = False) -> Text:
     t = Text()
     for p in ev.PHASES:
-        t.append(f"{PHASE_MARK[p]} ", style=f"bold {PHASE_STYLE[p]}")
+        t.append(f"{PHASE_MARK[p]} ", style="bold" if no_color else f"bold {PHASE_STYLE[p]}")
         t.append(f"{PHASE_LABEL[p]}  ")
     return t
 
@@ -87,11 +84,19 @@ def _columns(t_s: np.ndarray, p: np.ndarray, phase: np.ndarray, window_s: float,
 
 
 _STYLE_OBJS = [Style(color="white")] + [Style.parse(st) for st in _STYLES]  # index: code + 1
+# Under NO_COLOR Textual turns every colour into a grey of its luminance, and dark hues
+# (magenta: prefill) end up grey on near-black. Without colour the marks alone tell the
+# phases apart, so they are drawn in the text colour, the phases of work in bold.
+_NO_COLOR_OBJS = [Style()] + [Style(bold=p in ("prefill", "decode")) for p in ev.PHASES]
+
+
+def _styles(no_color: bool) -> list[Style]:
+    return _NO_COLOR_OBJS if no_color else _STYLE_OBJS
 _DIM = Style(dim=True)
 _BOLD = Style(bold=True)
 
 
-def _runs(text: str, style_idx: np.ndarray) -> list[Segment]:
+def _runs(text: str, style_idx: np.ndarray, styles: list[Style]) -> list[Segment]:
     """One segment per run of equal style: a graph line is a handful of segments, not
     one per cell (what keeps a 4 Hz redraw cheap)."""
     segs: list[Segment] = []
@@ -100,20 +105,57 @@ def _runs(text: str, style_idx: np.ndarray) -> list[Segment]:
     cuts = np.flatnonzero(np.diff(style_idx)) + 1
     bounds = [0, *cuts.tolist(), len(text)]
     for a, b in zip(bounds[:-1], bounds[1:]):
-        segs.append(Segment(text[a:b], _STYLE_OBJS[style_idx[a]]))
+        segs.append(Segment(text[a:b], styles[style_idx[a]]))
     return segs
 
 
+# Tick steps of the time axis, seconds: the first that leaves room for its label.
+TICK_STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400)
+TICK = "╵"
+
+
+def time_axis(elapsed_s: float, window_s: float, width: int) -> str:
+    """The axis under ``width`` columns showing run time ``elapsed_s - window_s`` to
+    ``elapsed_s``: a tick and its time (``fmt_duration``) at each whole multiple of a
+    step chosen so that labels never touch."""
+    axis = [" "] * width
+    if width <= 0 or window_s <= 0:
+        return ""
+    label_w = len(TICK + fmt_duration(elapsed_s)) + 1
+    step = next((s for s in TICK_STEPS_S if s / window_s * width >= label_w), TICK_STEPS_S[-1])
+    start = elapsed_s - window_s
+    t = math.ceil(max(start, 0.0) / step) * step
+    while t <= elapsed_s:
+        col = int((t - start) / window_s * width)
+        label = TICK + fmt_duration(t)
+        if col + len(label) <= width:
+            axis[col:col + len(label)] = label
+        t += step
+    return "".join(axis)
+
+
 class PowerGraph(SnapshotView, Widget):
-    """Power of each GPU over the last window on a fixed 0..TDP scale (never
-    auto-scaled, so a low-power INT8 run looks low), coloured by phase, with a row of
-    phase marks beneath and the current value in the heading."""
+    """Power of each GPU over the last window, coloured by phase, with a row of phase
+    marks and a time axis beneath and the current value in the heading.
+
+    The scale is fixed at 0..TDP (so a low-power INT8 run looks low) unless
+    ``auto_zoom`` spans it from the lowest to the highest power shown. ``whole``, a
+    snapshot whose window holds the whole run, is drawn instead of the frames' while set
+    (a replay's overview)."""
 
     DEFAULT_CSS = "PowerGraph { height: 1fr; }"
+
+    auto_zoom = False
+    whole: Snapshot | None = None
 
     def show(self, snap: Snapshot) -> None:
         self.snap = snap
         self._cache: tuple[Any, list[Strip]] | None = None
+        self.refresh()
+
+    def redraw(self) -> None:
+        """Draw again after a change of scale or of window."""
+        self._cache = None
         self.refresh()
 
     def render_line(self, y: int) -> Strip:
@@ -127,38 +169,47 @@ class PowerGraph(SnapshotView, Widget):
         return line.crop_extend(0, width, None).apply_style(self.rich_style)
 
     def _lines(self, width: int, height: int) -> list[Strip]:
-        snap = self.snap
+        snap = self.whole or self.snap
         if snap is None or not snap.gpus:
             return [Strip([Segment("waiting for samples…", _DIM)])]
-        per = max(3, height // len(snap.gpus))
+        per = max(4, height // len(snap.gpus))
         out: list[Strip] = []
         for g in snap.gpus:
             out.extend(self._gpu_lines(snap, g, width, per))
         return out[:height]
 
     def _gpu_lines(self, snap: Snapshot, g, width: int, height: int) -> list[Strip]:
-        scale = g.tdp_w or (max(float(np.nanmax(g.power_w)), 1.0) if len(g.power_w) else 1.0)
-        tdp = f"  {fmt_percent(g.pct_tdp)} of {fmt_watts(scale)} TDP" if g.tdp_w else "  TDP unknown"
-        lines = [Strip([Segment(f"GPU{g.index} {fmt_watts(g.latest_w)}", _BOLD), Segment(tdp)])]
-        rows = max(1, height - 2)
+        tdp_w = g.tdp_w or (max(float(np.nanmax(g.power_w)), 1.0) if len(g.power_w) else 1.0)
+        tdp = f"  {fmt_percent(g.pct_tdp)} of {fmt_watts(tdp_w)} TDP" if g.tdp_w else "  TDP unknown"
+        mode = "  whole run" if self.whole is not None else ""
+        lines = [Strip([Segment(f"GPU{g.index} {fmt_watts(g.latest_w)}", _BOLD), Segment(tdp + mode)])]
+        rows = max(1, height - 3)
         plot_w = max(1, width - GUTTER)
         # A young run is shown zoomed in, so a short sweep is not a sliver at the edge.
         window_s = min(snap.window_s, max(MIN_WINDOW_S, snap.elapsed_s))
         mean, phases = _columns(g.t_s, g.power_w, g.phase, window_s, plot_w)
         empty = np.isnan(mean)
-        level = np.where(empty, 0.0, np.clip(np.nan_to_num(mean) / scale, 0, 1) * rows * 8)
+        low, high = 0.0, tdp_w
+        if self.auto_zoom and not empty.all():
+            # Whole watts around what is shown, never a zero-height span.
+            low = math.floor(float(np.nanmin(mean)))
+            high = max(math.ceil(float(np.nanmax(mean))), low + 1)
+        level = np.where(empty, 0.0, np.clip((np.nan_to_num(mean) - low) / (high - low), 0, 1) * rows * 8)
         style_idx = (phases + 1).astype(np.int64)
+        styles = _styles(self.app.no_color)
         for r in range(rows):
             k = rows - 1 - r  # rows from the bottom
-            label = f"{scale:.0f}W" if r == 0 else ("0W" if k == 0 else "")
+            label = f"{high:.0f}W" if r == 0 else (f"{low:.0f}W" if k == 0 else "")
             fill = np.clip(np.rint(level - 8 * k), 0, 8).astype(np.int64)
             if k == 0:
-                fill[(fill == 0) & (level > 0)] = 1  # a drawn sample is never invisible
+                fill[(fill == 0) & ~empty] = 1  # a drawn sample is never invisible
             fill[empty] = 0
             text = "".join(_BLOCKS[f] for f in fill)
-            lines.append(Strip([Segment(f"{label:>{GUTTER - 1}}│", _DIM), *_runs(text, style_idx)]))
+            lines.append(Strip([Segment(f"{label:>{GUTTER - 1}}│", _DIM), *_runs(text, style_idx, styles)]))
         marks = "".join(_MARKS[c] if c >= 0 else " " for c in phases)
-        lines.append(Strip([Segment(f"{'':>{GUTTER - 1}}└", _DIM), *_runs(marks, style_idx)]))
+        lines.append(Strip([Segment(f"{'':>{GUTTER - 1}}└", _DIM), *_runs(marks, style_idx, styles)]))
+        axis = time_axis(snap.elapsed_s, window_s, plot_w)
+        lines.append(Strip([Segment(" " * GUTTER + axis, _DIM)]))
         return lines
 
 
@@ -181,7 +232,8 @@ class PhasePanel(SnapshotView, Widget):
         lines = []
         t = Text("Phase   ", style="dim")
         if snap.phase:
-            t.append(f"{PHASE_MARK.get(snap.phase, '?')} ", style=f"bold {PHASE_STYLE.get(snap.phase, '')}")
+            colour = "" if self.app.no_color else PHASE_STYLE.get(snap.phase, "")
+            t.append(f"{PHASE_MARK.get(snap.phase, '?')} ", style=f"bold {colour}")
         t.append(phase_line(snap), style="bold")
         t.append(f"  {snap.phase_elapsed_s:.1f} s")
         lines.append(t)
@@ -212,26 +264,6 @@ class PhasePanel(SnapshotView, Widget):
             t.append(f" {fmt_percent(g.pct_tdp):>4}")
             lines.append(t)
         return Text("\n").join(lines)
-
-
-class RatioTable(SnapshotView, Static):
-    """The seed's table, filling in live."""
-
-    def show(self, snap: Snapshot) -> None:
-        # RunState hands out the same results tuple until a result arrives: redraw only
-        # then. Its height follows its rows, so a new row needs a new layout.
-        if self.snap is not None and snap.results is self.snap.results:
-            return
-        self.snap = snap
-        self.refresh(layout=True)
-
-    def render(self) -> RenderableType:
-        snap = self.snap
-        if snap is None or not snap.results:
-            return Text("no results yet: the first row appears when a configuration finishes",
-                        style="dim")
-        note = Text(table_note(snap), style="dim")
-        return Group(results_table(snap, self.size.width), note)
 
 
 class SensorLine(SnapshotView, Widget):
@@ -265,8 +297,15 @@ class SensorLine(SnapshotView, Widget):
         return t
 
 
+def warning_line(w: WarningLine) -> Text:
+    t = Text("! ", style="bold yellow", no_wrap=True, overflow="ellipsis")
+    t.append_text(plain_text(f"[{w.source}] ", style="dim"))
+    t.append_text(plain_text(w.message))
+    return t
+
+
 class WarningLog(SnapshotView, Widget):
-    """The latest warnings, newest last."""
+    """The latest warnings, newest last (all of them: the warnings screen)."""
 
     def show(self, snap: Snapshot) -> None:
         if self.snap is not None and snap.warnings_total == self.snap.warnings_total:
@@ -280,8 +319,5 @@ class WarningLog(SnapshotView, Widget):
             return Text("no warnings", style="dim")
         lines = []
         for w in list(snap.warnings)[-max(1, self.size.height):]:
-            t = Text("! ", style="bold yellow", no_wrap=True, overflow="ellipsis")
-            t.append_text(plain_text(f"[{w.source}] ", style="dim"))
-            t.append_text(plain_text(w.message))
-            lines.append(t)
+            lines.append(warning_line(w))
         return Text("\n", no_wrap=True, overflow="ellipsis").join(lines)
