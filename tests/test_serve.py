@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from wattscope import cli
+from wattscope import cli, resources
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Whatever object of the page's script first gets a `terminal` is the xterm.js Terminal.
@@ -156,7 +156,7 @@ def test_serve_without_textual_serve_names_the_pip_command(monkeypatch, capsys: 
     assert capsys.readouterr().err == f"wattscope: error: serve needs textual-serve, which is not installed: {cli.SERVE_INSTALL}\n"
 
 
-@pytest.mark.parametrize("command", [["replay", str(cli.BUNDLED_RECORDING)], ["demo"], ["run", "configs/quick.toml", "--sim"]])
+@pytest.mark.parametrize("command", [["replay", str(resources.bundled_recording())], ["demo"], ["run", "configs/quick.toml", "--sim"]])
 @pytest.mark.parametrize("fps", ["0.1", "nan", "31"])
 def test_fps_out_of_range_is_refused_before_anything_starts(command, fps, capsys, tmp_path: Path) -> None:
     out = tmp_path / "never.wattscope"

@@ -338,9 +338,15 @@ def markdown_table(grid: Grid) -> str:
     return "\n".join(lines)
 
 
+def printable_grid(grid: Grid) -> Grid:
+    """``grid`` with every title and cell made printable (``safe_text.printable``), for a
+    surface that sizes its columns from the text it will show."""
+    return Grid([printable(h) for h in grid.headers], [[printable(c) for c in r] for r in grid.rows], grid.align, grid.ok)
+
+
 def text_table(grid: Grid) -> str:
     """Plain aligned columns, two spaces apart, a dashed rule under the headers."""
-    grid = Grid([printable(h) for h in grid.headers], [[printable(c) for c in r] for r in grid.rows], grid.align)
+    grid = printable_grid(grid)
     widths = [max(len(x) for x in col) for col in zip(grid.headers, *grid.rows)]
 
     def line(cells: list[str]) -> str:

@@ -24,6 +24,7 @@ from wattscope.render import (
     TDP_TITLE_LINES,
     Grid,
     line_of,
+    printable_grid,
     results_grid,
 )
 from wattscope.state import Snapshot
@@ -94,11 +95,11 @@ def layout(snap: Snapshot, available: int) -> tuple[Grid, int, list[int]]:
     The %TDP columns join where the table still fits with titles of at most
     ``render.TDP_TITLE_LINES`` lines (the rule the rich table of ``render`` follows)."""
     lines = [line_of(r) for r in snap.results]
-    with_tdp = results_grid(lines, tdp=True, marks=True)
+    with_tdp = printable_grid(results_grid(lines, tdp=True, marks=True))
     fit = _fit(with_tdp, available, TDP_TITLE_LINES)
     if fit is not None:
         return with_tdp, fit[0], fit[1]
-    grid = results_grid(lines, marks=True)
+    grid = printable_grid(results_grid(lines, marks=True))
     fit = _fit(grid, available, MAX_TITLE_LINES)
     if fit is not None:
         return grid, fit[0], fit[1]
