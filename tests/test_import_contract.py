@@ -35,6 +35,7 @@ PACKAGE = ROOT / "wattscope"
 
 LOWER = {
     "events", "config", "errors", "architectures", "stats", "metrics", "host", "state", "source", "analysis",
+    "attribution", "serve",
     "tables", "recording", "replay", "session", "meter", "child", "provenance", "telemetry", "bench",
 }
 DISPLAY = {"render", "headless", "export", "tui"}
