@@ -38,14 +38,14 @@ LOWER = {
     "attribution", "serve",
     "tables", "recording", "replay", "session", "meter", "child", "provenance", "telemetry", "bench",
 }
-DISPLAY = {"render", "headless", "export", "tui"}
+DISPLAY = {"render", "headless", "export", "tui", "serve_report"}
 FRONT = {"cli", "__main__", "__init__"}
 FLOOR_RANK = {**{n: 0 for n in LOWER}, **{n: 1 for n in DISPLAY}, **{n: 2 for n in FRONT}}
 FLOOR_NAME = ("a lower floor", "the display floor", "the front end")
 
 HEAVY = ("torch", "transformers", "bitsandbytes", "accelerate")
 # The modules that build and run a model: models.py and the graphs engine built on it.
-MODEL_MODULES = ("wattscope.bench.models", "wattscope.bench.graphs")
+MODEL_MODULES = ("wattscope.bench.models", "wattscope.bench.graphs", "wattscope.bench.serve_engine")
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,11 @@ The regression, and why:
   random and slow, and Newey-West is its analytic, deterministic counterpart.
 
 **Goodness of fit.** The fit is *poor*, and no figure is reported, when any of:
-fewer than ``MIN_INTERVALS`` intervals; the residual standard error exceeds
-``MAX_NRMSE`` of the mean interval energy (the model does not explain each interval's
-energy to within a few percent); a coefficient's 95% interval does not lie above zero.
+fewer than ``MIN_INTERVALS`` intervals; the token terms explain less than ``MIN_R2`` of
+the variation of the energy above idle (R^2 of ``E_i - idle_W dt_i`` about its mean: the
+load's own fluctuations, which Poisson arrivals provide, must show in the counter);
+a coefficient's 95% interval does not lie above zero. The residual standard error as a
+fraction of the mean interval energy (``nrmse``) is reported beside it.
 
 **Sum rule.** The attributed parts sum to the measured energy exactly. Each interval's
 residual ``e_i`` goes to the tokens of that interval in proportion to their fitted
@@ -62,7 +64,7 @@ import numpy as np
 from wattscope.stats import CONFIDENCE, relative_half_width, t_quantile
 
 MIN_INTERVALS = 20
-MAX_NRMSE = 0.05  # residual standard error / mean interval energy
+MIN_R2 = 0.8  # of the energy above idle, explained by the token terms
 DEFAULT_MIN_INTERVAL_S = 0.5
 
 
@@ -250,6 +252,7 @@ class Fit:
     decode_j_per_token: Estimate
     idle_w: Estimate
     idle_share: Estimate  # fitted idle energy / measured energy
+    r2: float  # of the energy above idle, about its mean
     nrmse: float  # residual standard error / mean interval energy
     measured_j: float
     idle_j: float
@@ -270,7 +273,7 @@ def fit(intervals: Intervals, idle: IdleFit) -> Fit:
     idle_w = idle.watts.value
     empty = np.zeros(n)
     poor = lambda why: Fit(  # noqa: E731 - one place builds every poor fit
-        False, why, n, hac_lag(max(n, 1)), NO_ESTIMATE, NO_ESTIMATE, idle.watts, NO_ESTIMATE, math.nan,
+        False, why, n, hac_lag(max(n, 1)), NO_ESTIMATE, NO_ESTIMATE, idle.watts, NO_ESTIMATE, math.nan, math.nan,
         measured, measured, 0.0, 0.0, empty, empty,
     )
     if not math.isfinite(idle_w):
@@ -288,6 +291,8 @@ def fit(intervals: Intervals, idle: IdleFit) -> Fit:
     a = _estimate(float(beta[0]), math.sqrt(max(cov[0, 0], 0.0)), df)
     b = _estimate(float(beta[1]), math.sqrt(max(cov[1, 1], 0.0)), df)
     nrmse = math.sqrt(float(u @ u) / df) / float(e.mean())
+    spread = float((y - y.mean()) @ (y - y.mean()))
+    r2 = 1.0 - float(u @ u) / spread if spread > 0 else math.nan
     idle_fit_j = idle_w * float(dt.sum())
     share = _estimate(idle_fit_j / measured, idle.se_w * float(dt.sum()) / measured, idle.n_intervals - 1)
 
@@ -301,8 +306,8 @@ def fit(intervals: Intervals, idle: IdleFit) -> Fit:
     prefill_j, decode_j = float(pre_i.sum()), float(dec_i.sum())
 
     reasons = []
-    if nrmse > MAX_NRMSE:
-        reasons.append(f"residual error {nrmse:.1%} of the mean interval energy (limit {MAX_NRMSE:.0%})")
+    if not r2 >= MIN_R2:
+        reasons.append(f"the tokens explain {r2:.0%} of the energy above idle (at least {MIN_R2:.0%} needed)")
     for name, est in (("J per prefill token", a), ("J per decode token", b)):
         if not est.low > 0:
             reasons.append(f"the interval of {name} reaches zero")
@@ -315,6 +320,7 @@ def fit(intervals: Intervals, idle: IdleFit) -> Fit:
         decode_j_per_token=b,
         idle_w=idle.watts,
         idle_share=share,
+        r2=r2,
         nrmse=nrmse,
         measured_j=measured,
         idle_j=idle_j,
