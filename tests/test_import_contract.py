@@ -36,17 +36,18 @@ PACKAGE = ROOT / "wattscope"
 
 LOWER = {
     "events", "config", "errors", "architectures", "stats", "metrics", "host", "state", "source", "analysis",
+    "attribution", "serve",
     "tables", "recording", "replay", "session", "meter", "child", "provenance", "telemetry", "bench",
     "safe_text", "resources", "files", "config_reference", "extras", "timeline",
 }
-DISPLAY = {"render", "headless", "export", "plot", "perfetto", "jsonl", "tui"}
+DISPLAY = {"render", "headless", "export", "plot", "perfetto", "jsonl", "tui", "serve_report"}
 FRONT = {"cli", "__main__", "__init__"}
 FLOOR_RANK = {**{n: 0 for n in LOWER}, **{n: 1 for n in DISPLAY}, **{n: 2 for n in FRONT}}
 FLOOR_NAME = ("a lower floor", "the display floor", "the front end")
 
 HEAVY = ("torch", "transformers", "bitsandbytes", "accelerate")
 # The modules that build and run a model: models.py and the graphs engine built on it.
-MODEL_MODULES = ("wattscope.bench.models", "wattscope.bench.graphs")
+MODEL_MODULES = ("wattscope.bench.models", "wattscope.bench.graphs", "wattscope.bench.serve_engine")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Command line: devices, run, replay, demo, serve, export, plot, compare, init.
+"""Command line: devices, run, replay, demo, serve, export, plot, compare, init, serve-bench.
 
 Exit codes: 0 done; 1 the run failed (the runner failed, the recording could not be
 written, or the display failed; the recording's status says which); 2 bad input (config,
@@ -192,6 +192,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from wattscope.analysis import open_source
 
+    if args.table == "serving":
+        return _export_serving(args)
     sources = [open_source(p) for p in args.inputs]
     if args.format == "perfetto":
         return _export_perfetto(sources, args)
@@ -245,6 +247,26 @@ def _export_perfetto(sources: list, args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_serving(args: argparse.Namespace) -> int:
+    from wattscope import export
+    from wattscope.serve_report import export_serving
+
+    if len(args.inputs) != 1:
+        raise UsageError("--table serving exports one serving recording at a time")
+    fmt = {"md": "md", "csv": "csv", "json": "json", "parquet": "parquet"}.get(args.format)
+    if fmt is None:
+        raise UsageError(f"--table serving exports as md, csv, json or parquet, not {args.format}")
+    out = export_serving(args.inputs[0], fmt, per_request=args.per_request)
+    if args.output:
+        export.write_atomic(args.output, out)
+        print(args.output, file=sys.stderr)
+    elif isinstance(out, bytes):
+        raise UsageError(f"--format {args.format} is binary; give an output file with -o")
+    else:
+        sys.stdout.write(out)
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from wattscope import export
     from wattscope.analysis import open_source
@@ -252,6 +274,37 @@ def cmd_compare(args: argparse.Namespace) -> int:
     a, b = open_source(args.a), open_source(args.b)
     sys.stdout.write(export.format_compare(a, b, fmt=args.format))
     return 0
+
+
+def cmd_serve_bench(args: argparse.Namespace) -> int:
+    from wattscope.serve import config as serve_config
+
+    bench = serve_config.load(args.config)
+    for p in args.precision or ():
+        if p not in bench.serve.precisions:
+            raise UsageError(f"--precision {p}: not in {args.config}'s serve.precisions ({', '.join(bench.serve.precisions)})")
+    output = Path(args.output) if args.output else Path("recordings") / f"{bench.name}-serve.wattscope"
+    if output.exists():
+        raise UsageError(f"{output}: already exists; choose another file with -o")
+    from wattscope.serve.session import ServeSession
+
+    session = ServeSession(bench, output, sim=args.sim, precisions=tuple(args.precision or ()) or None,
+                           progress=lambda line: print(line, flush=True))
+    status = session.run()
+    from wattscope.serve_report import export_serving
+
+    sys.stdout.write(str(export_serving(output, "text")))
+    print(f"recording: {output}", file=sys.stderr)
+    return {"completed": 0, "interrupted": EXIT_INTERRUPTED}.get(status, EXIT_FAILED)
+
+
+def _serve_bench_parser(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("serve-bench", help="drive a server (or an in-process engine) with open-loop load and record it")
+    s.add_argument("config", help="serving config with a [serve] table, e.g. benchmarks/serve_qwen3b.toml")
+    s.add_argument("--sim", action="store_true", help="simulated GPU (with engine 'sim' always; demo/test)")
+    s.add_argument("--precision", action="append", help="run only this one of serve.precisions (repeatable)")
+    s.add_argument("-o", "--output", help="recording file (default recordings/NAME-serve.wattscope)")
+    s.set_defaults(func=cmd_serve_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("inputs", nargs="+", help="recordings (.wattscope) or measurement CSV tables")
     e.add_argument("--format", default="md", choices=["md", "csv", "json", "parquet", "latex", "perfetto"],
                    help="perfetto: one recording as a Trace Event Format timeline (ui.perfetto.dev, chrome://tracing)")
-    e.add_argument("--table", default="all", choices=["phases", "power", "findings", "crosscheck", "all"])
+    e.add_argument("--table", default="all", choices=["phases", "power", "findings", "crosscheck", "all", "serving"])
+    e.add_argument("--per-request", action="store_true", help="with --table serving: one row per request")
     e.add_argument("--idle-subtracted", action="store_true", help="energies minus the idle baseline power over the same time")
     e.add_argument("--per-token", action="store_true", help="add energy per token columns")
     e.add_argument("--cv", action="store_true", help="add the repeat coefficient-of-variation columns")
@@ -332,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("init", help="write a starter config: every key with its default and meaning")
     i.add_argument("path", nargs="?", default="wattscope.toml", help="file to write (default wattscope.toml; never overwritten)")
     i.set_defaults(func=cmd_init)
+
+    _serve_bench_parser(sub)
     return p
 
 

@@ -244,3 +244,54 @@ RUN_ENDINGS = (
     "write-error",  # the recording could not be written (disk full, I/O error)
     "failed",  # the runner failed
 )
+
+
+# -- serving load (``wattscope serve-bench``) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServePhase(Event):
+    """A phase of a serving run, sent when it ends (``t_ns`` equals ``end_ns``): "idle"
+    (the engine loaded, no requests: the idle power the attribution holds fixed) or "load"
+    (open-loop arrivals at ``rate_rps`` for the configured duration, then the drain of the
+    requests still in flight). ``index`` counts the load phases of a precision from 0
+    (-1 for idle); ``requests`` is how many were sent."""
+
+    kind: ClassVar[str] = "serve_phase"
+    phase: str  # "idle" | "load"
+    index: int
+    rate_rps: float
+    start_ns: int
+    end_ns: int
+    precision: str = ""
+    requests: int = 0
+
+
+@dataclass(frozen=True)
+class Request(Event):
+    """One request of a serving run, sent when it ended. ``arrival_ns`` is its scheduled
+    arrival, ``sent_ns`` when it went out, ``token_ns`` the arrival of each streamed
+    token (the first is the prefill's). On failure ``reason`` says why (refused, error
+    response, invalid stream, timed out, cut off by the drain limit); tokens that arrived
+    before stay recorded."""
+
+    kind: ClassVar[str] = "request"
+    request_id: str
+    rate_index: int
+    arrival_ns: int
+    sent_ns: int
+    prompt_tokens: int
+    max_tokens: int
+    token_ns: list[int]
+    ok: bool
+    reason: str = ""
+    precision: str = ""
+
+
+@dataclass(frozen=True)
+class EngineSteps(Event):
+    """A batch of an in-process engine's steps, each ``[start_ns, end_ns, prefill_tokens,
+    decode_tokens]``: the ground truth of what ran when, for checking the attribution."""
+
+    kind: ClassVar[str] = "engine_steps"
+    steps: list[list[int]] = field(default_factory=list)

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# serve-bench on a lent GPU machine whose commands may run 10 minutes at most: each run
+# goes in its own process session (it outlives the command); later commands wait for it.
+# Recordings and logs stay in /tmp/serve until `collect` copies them to $OUT.
+#   bash benchmarks/device_serve.sh start NAME CONFIG PRECISION  # install wheels, start, follow
+#   bash benchmarks/device_serve.sh follow NAME                  # wait (up to 9 min) for it to end
+#   bash benchmarks/device_serve.sh collect                      # copy recordings, tables, logs to $OUT
+set -u
+cmd=$1
+dir=/tmp/serve
+mkdir -p "$dir"
+if [ ! -d /tmp/site/bitsandbytes ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+follow() {
+  local name=$1 deadline=$((SECONDS + ${2:-540}))
+  while [ $SECONDS -lt $deadline ]; do
+    if [ -f "$dir/$name.rc" ]; then
+      echo "== $name ended with exit code $(cat "$dir/$name.rc")"; tail -n 40 "$dir/$name.log"; return 0
+    fi
+    sleep 5
+  done
+  echo "== $name still running"; tail -n 5 "$dir/$name.log"
+}
+case $cmd in
+  start)
+    name=$2 config=$3 precision=$4
+    setsid bash -c "python3 -m wattscope serve-bench '$config' --precision '$precision' -o '$dir/$name.wattscope' > '$dir/$name.log' 2>&1; echo \$? > '$dir/$name.rc'; python3 -m wattscope export '$dir/$name.wattscope' --table serving --format csv -o '$dir/$name.serving.csv'; python3 -m wattscope export '$dir/$name.wattscope' --table serving --format csv --per-request -o '$dir/$name.requests.csv'" < /dev/null &
+    follow "$name" "${5:-540}" ;;
+  follow) follow "$2" "${3:-540}" ;;
+  collect) cp "$dir"/*.wattscope "$dir"/*.csv "$dir"/*.log "$OUT"/ 2>/dev/null; ls -la "$OUT" ;;
+esac

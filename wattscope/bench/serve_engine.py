@@ -1,0 +1,219 @@
+"""transformers' continuous batching in this process, behind the serve driver's Backend.
+
+For the GPU machines, which have no network and no vLLM: the model is loaded as in
+sweeps (``bench.models.load_model``: synthetic weights, fp16/bf16/int8/nf4), handed to
+``model.init_continuous_batching`` (a ``ContinuousBatchingManager`` with its own
+generation thread), and each request is ``add_request(..., streaming=True)``. One router
+thread takes the manager's outputs and hands each to its request's queue (the manager's
+``request_id_iter`` requeues what is not its own, which stalls under many concurrent
+requests). EOS is disabled (``eos_token_id=-1``) so every request runs to its
+``max_tokens``, as ``ignore_eos`` asks of a server.
+
+Each engine step's composition is logged as ``EngineSteps``: the scheduler's
+``schedule_batch`` is wrapped to count, per scheduled request, its query tokens as prefill
+(still prefilling) or one decode token (decoding), and ``update_batch`` marks the step's
+end. These are internals of transformers' continuous batching: where they differ (another
+version), the steps are not logged, a warning says so, and serving goes on.
+
+torch and transformers are imported only inside the methods that run the model.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from wattscope.bench.workload import WorkloadError
+from wattscope.config import BitsAndBytes, Protocol, RunConfig, Sampler, Sim, Sweep
+from wattscope.events import EngineSteps, Event, RunWarning, now_ns
+from wattscope.serve.config import Serve
+from wattscope.serve.driver import BackendError, ServeError
+
+STEPS_BATCH = 200  # logged steps per EngineSteps event
+VOCAB_IDS = 1000
+_END = object()
+
+
+class TransformersEngine:
+    def __init__(self, serve: Serve, precision: str, bnb: BitsAndBytes, emit: Callable[[Event], None],
+                 source: str = "serve.toml", device: str | None = None) -> None:
+        self.serve = serve
+        self.source = source  # the config file: synthetic:path.json models resolve beside it
+        self.precision = precision
+        self.bnb = bnb
+        self.emit = emit
+        self.device = device
+        self.info: dict[str, Any] = {}
+        self._manager: Any = None
+        self._queues: dict[str, queue.Queue[Any]] = {}
+        self._lock = threading.Lock()
+        self._router: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._steps: list[list[int]] = []
+        self._open_step: list[int] | None = None
+        self._cache: Any = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        import torch
+        from transformers import GenerationConfig
+
+        from wattscope.bench.models import WeightCache, load_model
+
+        device = self.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
+        rc = RunConfig(f"{self.serve.model}/{self.precision}", self.serve.model, 1, self.precision)
+        sweep = Sweep("serve", self.source, "", Protocol(seed=self.serve.seed), Sampler(), self.bnb, Sim(), (rc,))
+        self._cache = WeightCache()
+        try:
+            model = load_model(rc, sweep, device, self._cache, self.info)
+        except WorkloadError as e:
+            raise ServeError(f"{self.serve.model} ({self.precision}): {e}") from None
+        gen = GenerationConfig(max_new_tokens=max(1, self.serve.output_tokens.max, self.serve.output_tokens.value),
+                               do_sample=False, eos_token_id=-1)
+        self._manager = model.init_continuous_batching(generation_config=gen)
+        self._hook_steps()
+        self._manager.start()
+        self._router = threading.Thread(target=self._route, name="cb-router", daemon=True)
+        self._router.start()
+        self.emit(RunWarning(now_ns(), "serve", f"{self.precision}: model loaded: "
+                             f"{ {k: self.info.get(k) for k in ('dtype', 'load_s', 'device_name', 'attn_implementation')} }"))
+        # One request first, so allocation and kernel selection are not in the idle window.
+        for _ in self.generate("warmup", 64, 8):
+            pass
+        self._steps.clear()
+
+    def failure(self) -> str | None:
+        m = self._manager
+        if m is None:
+            return None
+        err = getattr(getattr(m, "background_thread_status", None), "fatal_error", None)
+        if err is not None:
+            return f"the continuous batching loop failed: {err}"
+        if not m.is_running() and not self._closing.is_set():
+            return "the continuous batching loop stopped"
+        return None
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._manager is not None:
+            self._manager.stop(block=True, timeout=30)
+        if self._router is not None:
+            self._router.join(5)
+        self._flush()
+        for q in list(self._queues.values()):
+            q.put(_END)
+        if self._cache is not None:
+            self._cache.cleanup()
+        from wattscope.bench.models import release_memory
+
+        self._manager = None
+        release_memory()
+
+    # -- requests -----------------------------------------------------------------------
+
+    def _route(self) -> None:
+        while not self._closing.is_set():
+            out = self._manager.get_result(timeout=0.1)
+            if out is None:
+                continue
+            with self._lock:
+                q = self._queues.get(out.request_id)
+            if q is not None:
+                q.put(out)
+
+    def generate(self, request_id: str, prompt_tokens: int, max_tokens: int) -> Iterator[int]:
+        rng = random.Random(request_id)
+        ids = [rng.randrange(VOCAB_IDS) for _ in range(prompt_tokens)]
+        q: queue.Queue[Any] = queue.Queue()
+        with self._lock:
+            self._queues[request_id] = q
+        try:
+            rid = self._manager.add_request(ids, request_id=request_id, max_new_tokens=max_tokens, streaming=True,
+                                            eos_token_id=-1)
+            if rid is None:
+                raise BackendError("the engine refused the request")
+            seen = 0
+            while True:
+                try:
+                    out = q.get(timeout=self.serve.request_timeout_s)
+                except queue.Empty:
+                    raise BackendError(f"no token for {self.serve.request_timeout_s:g} s") from None
+                if out is _END:
+                    raise BackendError("the engine stopped")
+                if out.error:
+                    raise BackendError(f"engine error: {out.error}")
+                n = len(out.generated_tokens) - seen
+                if n > 0:
+                    seen += n
+                    yield n
+                if out.is_finished():
+                    return
+        finally:
+            with self._lock:
+                self._queues.pop(request_id, None)
+
+    # -- step log -----------------------------------------------------------------------
+
+    def _hook_steps(self) -> None:
+        m = self._manager
+        create = getattr(m, "_create_batch_processor", None)
+        if create is None:
+            self._no_steps("no _create_batch_processor")
+            return
+
+        def create_and_hook() -> Any:
+            bp = create()
+            try:
+                self._wrap(bp)
+            except AttributeError as e:
+                self._no_steps(str(e))
+            return bp
+
+        m._create_batch_processor = create_and_hook
+
+    def _wrap(self, bp: Any) -> None:
+        schedule, update = bp.scheduler.schedule_batch, bp.update_batch
+        if getattr(schedule, "_wattscope", False):
+            return
+
+        def schedule_batch(*args: Any, **kw: Any) -> Any:
+            result = schedule(*args, **kw)
+            batch = result[0] if isinstance(result, tuple) else result
+            if batch:
+                p = d = 0
+                for fs in batch:
+                    status = getattr(fs.state.status, "name", "")
+                    if status == "DECODING":
+                        d += 1
+                    else:
+                        p += int(fs.query_length)
+                self._open_step = [now_ns(), 0, p, d]
+            return result
+
+        def update_batch(*args: Any, **kw: Any) -> Any:
+            out = update(*args, **kw)
+            step = self._open_step
+            if step is not None:
+                step[1] = now_ns()
+                self._steps.append(step)
+                self._open_step = None
+                if len(self._steps) >= STEPS_BATCH:
+                    self._flush()
+            return out
+
+        schedule_batch._wattscope = True  # type: ignore[attr-defined]
+        bp.scheduler.schedule_batch = schedule_batch
+        bp.update_batch = update_batch
+
+    def _flush(self) -> None:
+        if self._steps:
+            steps, self._steps = self._steps, []
+            self.emit(EngineSteps(now_ns(), steps))
+
+    def _no_steps(self, why: str) -> None:
+        self.emit(RunWarning(now_ns(), "serve", f"engine steps are not logged ({why}); "
+                             "the attribution runs on the streamed timestamps alone"))

@@ -1,0 +1,1 @@
+"""Serving load: the driver, its engines and the serve-bench session."""

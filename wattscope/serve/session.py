@@ -1,0 +1,208 @@
+"""A serving run: the sampler process, one engine, the load driver, one recording.
+
+For each precision: bring the engine up (start the server, or load the model), measure
+an idle window (the idle power the attribution holds fixed), then each offered rate in
+turn. Every event, the sampler's and the driver's, goes through ``_emit`` into the
+recording; the recording is finalised whatever happens (status "failed" with the reason
+when the engine could not start or died, "interrupted" on Ctrl-C).
+
+The engine runs in this process (an HTTP server in its own), the sampler in its own, as
+in sweeps; serve-bench has no live app, so no display shares the engine's process.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from wattscope import provenance
+from wattscope.errors import WattscopeError
+from wattscope.events import SCHEMA_VERSION, Event, Request, RunEnded, RunStarted, RunWarning, ServePhase, now_ns
+from wattscope.recording import Recorder
+from wattscope.serve.config import ServeBench
+from wattscope.serve.driver import Backend, ServeError, run_load, schedule
+from wattscope.telemetry import SensorSpec, measure_refresh_periods, open_sensor
+
+ENERGY_SIGNAL = "NVML total energy counter, read by the sampler at sampler.energy_hz"
+
+
+def server_log_path(output: Path) -> Path:
+    """Where a started server's output is kept: beside the recording."""
+    return output.with_name(output.name + ".server.log")
+
+
+class ServeSession:
+    def __init__(
+        self, bench: ServeBench, output: Path, *, sim: bool = False, precisions: tuple[str, ...] | None = None,
+        progress: Callable[[str], None] = lambda line: None,
+    ) -> None:
+        self.bench = bench
+        self.output = Path(output)
+        self.sim = sim or bench.serve.engine == "sim"
+        self.precisions = precisions or bench.serve.precisions
+        self.progress = progress
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._recorder: Recorder | None = None
+        self._sim_gpu: Any = None
+        self._sampler: Any = None
+        self._drainer: threading.Thread | None = None
+        self._counts: dict[tuple[str, int], list[int]] = {}
+
+    # -- recording ----------------------------------------------------------------------
+
+    def _emit(self, ev: Event) -> None:
+        with self._lock:
+            assert self._recorder is not None
+            self._recorder.write(ev)
+            if isinstance(ev, Request):
+                c = self._counts.setdefault((ev.precision, ev.rate_index), [0, 0])
+                c[0 if ev.ok else 1] += 1
+
+    def _drain_sampler(self, q: Any, done: threading.Event) -> None:
+        while not done.is_set() or not q.empty():
+            try:
+                self._emit(q.get(timeout=0.1))
+            except queue.Empty:
+                with self._lock:
+                    if self._recorder is not None:
+                        self._recorder.maybe_commit()
+
+    # -- setup --------------------------------------------------------------------------
+
+    def _specs(self) -> list[SensorSpec]:
+        if self.sim:
+            from wattscope.telemetry.sim import SimGPU, SimSpec
+
+            self._sim_gpu = SimGPU.create(SimSpec(seed=self.bench.sim.seed, refresh_s=self.bench.sim.refresh_s))
+            return [SensorSpec.simulated(self._sim_gpu)]
+        return [SensorSpec.nvml(i) for i in self.bench.sampler.gpus]
+
+    def _describe(self, specs: list[SensorSpec]) -> dict[str, Any]:
+        gpus = []
+        for spec in specs:
+            sensor = open_sensor(spec)
+            try:
+                info = dict(sensor.info())
+                info["signals_absent"] = {k: v for k, v in sensor.signals().items() if v is not None}
+                info["refresh_s"] = measure_refresh_periods(sensor, 0.3 if self.sim else 1.0)
+            finally:
+                sensor.close()
+            gpus.append(info)
+        model = self.bench.serve.model
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "serve",
+            "created": provenance.wall_clock(),
+            "clock": "CLOCK_MONOTONIC ns",
+            "host": provenance.host(),
+            "packages": provenance.package_versions(),
+            "simulated": self.sim,
+            "weights": "synthetic" if model.startswith("synthetic:") or self.bench.serve.engine == "sim" else "real",
+            "gpu": gpus[0],
+            "gpus": gpus,
+            "energy_signal": ("simulated " if self.sim else "") + ENERGY_SIGNAL,
+            "sampler": {
+                "signal": "power_w",
+                "rate_hz": self.bench.sampler.rate_hz,
+                "energy_hz": self.bench.sampler.energy_hz,
+                "gpus": [g["index"] for g in gpus],
+            },
+            "serve": {**self.bench.to_dict(), "run_precisions": list(self.precisions)},
+        }
+
+    def _backend(self, precision: str) -> Backend:
+        serve = self.bench.serve
+        if serve.engine == "http":
+            from wattscope.serve.http_backend import HttpBackend
+
+            return HttpBackend(serve, server_log_path(self.output))
+        if serve.engine == "sim":
+            from wattscope.serve.sim_engine import SimServeEngine
+
+            return SimServeEngine(self.bench.sim, self._sim_gpu, serve.max_batch, self._emit)
+        from wattscope.bench.serve_engine import TransformersEngine
+
+        return TransformersEngine(serve, precision, self.bench.bitsandbytes, self._emit, self.bench.source)
+
+    # -- the run ------------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Run every precision and rate; return the status the recording ends with."""
+        from wattscope.telemetry.sampler import SamplerProcess
+
+        specs = self._specs()
+        try:
+            meta = self._describe(specs)
+            self._recorder = Recorder(self.output)
+        except BaseException:
+            if self._sim_gpu is not None:
+                self._sim_gpu.close()
+            raise
+        self._emit(RunStarted(now_ns(), meta))
+        q: Any = None
+        done = threading.Event()
+        status, reason = "completed", ""
+        try:
+            self._sampler = SamplerProcess(specs, rate_hz=self.bench.sampler.rate_hz,
+                                           energy_hz=self.bench.sampler.energy_hz)
+            q = self._sampler.queue
+            self._sampler.start()
+            self._drainer = threading.Thread(target=self._drain_sampler, args=(q, done), daemon=True)
+            self._drainer.start()
+            for precision in self.precisions:
+                status, reason = self._run_precision(precision)
+                if status != "completed":
+                    break
+        except KeyboardInterrupt:
+            self.stop.set()
+            status, reason = "interrupted", "stopped by the user"
+        except Exception as e:  # the recording must still be finalised
+            status, reason = "failed", f"{type(e).__name__}: {e}"
+        finally:
+            if self._sampler is not None:
+                self._sampler.stop()
+            done.set()
+            if self._drainer is not None:
+                self._drainer.join(5)
+            self._emit(RunEnded(now_ns(), status, reason))
+            assert self._recorder is not None
+            self._recorder.close()
+            if self._sim_gpu is not None:
+                self._sim_gpu.close()
+        return status
+
+    def _run_precision(self, precision: str) -> tuple[str, str]:
+        serve = self.bench.serve
+        backend = self._backend(precision)
+        self.progress(f"{precision}: starting the {serve.engine} engine")
+        try:
+            try:
+                backend.start()
+            except (ServeError, WattscopeError) as e:
+                self._emit(RunWarning(now_ns(), "serve", f"{precision}: {e.message}"))
+                return "failed", e.message
+            start = now_ns()
+            self.stop.wait(serve.idle_s)
+            self._emit(ServePhase(now_ns(), "idle", -1, 0.0, start, now_ns(), precision))
+            self.progress(f"{precision}: idle window {serve.idle_s:g} s")
+            for i, rate in enumerate(serve.rates):
+                if self.stop.is_set():
+                    return "interrupted", "stopped by the user"
+                arrivals = schedule(serve, i, precision)
+                self.progress(f"{precision}: rate {rate:g}/s, {len(arrivals)} requests over {serve.duration_s:g} s")
+                out = run_load(backend, arrivals, i, self._emit, drain_s=serve.drain_s, precision=precision,
+                               stop=self.stop)
+                self._emit(ServePhase(out.end_ns, "load", i, rate, out.start_ns, out.end_ns, precision, out.sent))
+                ok, failed = self._counts.get((precision, i), [0, 0])
+                self.progress(f"{precision}: rate {rate:g}/s done: {ok} ok, {failed} failed"
+                              + (f" ({out.cut_off} cut off by serve.drain_s)" if out.cut_off else ""))
+                if out.failure:
+                    self._emit(RunWarning(now_ns(), "serve", f"{precision}: {out.failure}"))
+                    return "failed", out.failure
+            return "completed", ""
+        finally:
+            backend.close()

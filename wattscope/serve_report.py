@@ -1,0 +1,102 @@
+"""The serving report: per precision and offered rate, J per prefill and per decode token
+with their 95% intervals, the idle share, and whether the fit held.
+
+Printed at the end of ``serve-bench`` and by ``export --table serving`` (md, csv, json,
+parquet; csv/json/parquet carry every column of ``serve.analysis.rates_frame``, interval
+ends included, and ``--per-request`` the per-request energies). Numbers are formatted
+through ``wattscope.render`` like every other table.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Any
+
+from wattscope.attribution import MIN_INTERVALS, MIN_R2
+from wattscope.errors import WattscopeError
+from wattscope.render import MISSING, Grid, fmt_fixed, fmt_percent, markdown_table, text_table
+from wattscope.serve.analysis import RateResult, rates_frame, requests_frame
+
+FORMATS = ("text", "md", "csv", "json", "parquet")
+METHOD_NOTE = (
+    "Counter energy per interval = idle W x dt + a x prefill tokens + b x decode tokens (OLS, idle measured in an "
+    "idle window; 95% intervals from Newey-West errors). Prefill tokens: each prompt spread from sending to first "
+    "token; decode tokens: each later streamed token. The fit is poor (no figures) with fewer than "
+    f"{MIN_INTERVALS} intervals, when the tokens explain less than {MIN_R2:.0%} of the energy above idle (R2), or "
+    "when an interval reaches zero. Residuals go to the tokens of their interval, so idle + prefill + decode = measured."
+)
+
+
+class ServeReportError(WattscopeError):
+    pass
+
+
+def _pm(value: float, low: float, high: float, digits: int) -> str:
+    if not math.isfinite(value):
+        return MISSING
+    text = fmt_fixed(value, digits)
+    if math.isfinite(low) and math.isfinite(high) and value:
+        text += f" ±{fmt_percent((high - low) / 2 / abs(value) * 100, 1)}"
+    return text
+
+
+def serving_grid(results: list[RateResult]) -> Grid:
+    df = rates_frame(results)
+    steps = df["steps_decode_j_per_token"].notna().any() if not df.empty else False
+    headers = ["Precision", "Offered /s", "Achieved /s", "Requests ok/failed", "J/prefill tok", "J/decode tok",
+               "Idle share", "Measured J", "Fit"]
+    if steps:
+        headers[7:7] = ["J/decode tok (steps)"]
+    rows = []
+    for _, r in df.iterrows():
+        row = [
+            str(r["precision"]), fmt_fixed(r["offered_rps"], 2), fmt_fixed(r["achieved_rps"], 2),
+            f"{r['requests_ok']}/{r['requests_failed']}",
+            _pm(r["prefill_j_per_token"], r["prefill_j_per_token_low"], r["prefill_j_per_token_high"], 4),
+            _pm(r["decode_j_per_token"], r["decode_j_per_token_low"], r["decode_j_per_token_high"], 4),
+            _pm(r["idle_share"] * 100, r["idle_share_low"] * 100, r["idle_share_high"] * 100, 1),
+            fmt_fixed(r["measured_j"], 0),
+            "ok" if r["fit_ok"] else f"fit poor: {r['fit_reason']}",
+        ]
+        if steps:
+            row[7:7] = [_pm(r["steps_decode_j_per_token"], r["steps_decode_j_per_token_low"],
+                            r["steps_decode_j_per_token_high"], 4)]
+        rows.append(row)
+    return Grid(headers, rows, "lrrrrrrrl" if not steps else "lrrrrrrrrl", [bool(x) for x in df.get("fit_ok", [])])
+
+
+def format_serving(results: list[RateResult], fmt: str = "text", per_request: bool = False) -> str | bytes:
+    if fmt not in FORMATS:
+        raise ServeReportError(f"unknown format {fmt!r} for the serving table; allowed: {', '.join(FORMATS)}")
+    df = requests_frame(results) if per_request else rates_frame(results)
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt == "json":
+        records = json.loads(df.to_json(orient="records"))
+        return json.dumps({"serving": records, "notes": METHOD_NOTE}, indent=2) + "\n"
+    if fmt == "parquet":
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        return buf.getvalue()
+    if per_request:
+        raise ServeReportError("per-request energies export as csv, json or parquet")
+    grid = serving_grid(results)
+    if not grid.rows:
+        return "no load phases in this recording\n"
+    body = markdown_table(grid) if fmt == "md" else text_table(grid)
+    return f"{body}\n\n{METHOD_NOTE}\n"
+
+
+def export_serving(path: Any, fmt: str, per_request: bool = False) -> str | bytes:
+    """The serving table of one recording (path)."""
+    from wattscope.recording import load
+    from wattscope.serve.analysis import analyse
+
+    rec = load(path)
+    try:
+        return format_serving(analyse(rec), fmt, per_request)
+    finally:
+        rec.close()
+
