@@ -480,27 +480,27 @@ class SteppedCounter:
 
 
 def test_an_edge_waits_for_the_counter_to_move():
-    from wattscope.bench.protocol import _counter_edge
+    from wattscope.telemetry.counter import counter_edge
 
     c = SteppedCounter(period=5)
     c.reads = 2  # mid-period: the next update comes at the 5th read
-    _, e = _counter_edge(c)
+    e = counter_edge(c).energy_j
     assert c.reads == 5 and e == 1.0
-    _, e = _counter_edge(c)  # reads 6..10: lands on the next update, not the stale value
+    e = counter_edge(c).energy_j  # reads 6..10: lands on the next update, not the stale value
     assert c.reads == 10 and e == 2.0
 
 
 def test_a_stalled_counter_gives_up_after_the_timeout():
     import time
 
-    from wattscope.bench.protocol import EDGE_TIMEOUT_NS, _counter_edge
+    from wattscope.telemetry.counter import EDGE_TIMEOUT_NS, counter_edge
 
     class Stalled:
         def energy_j(self) -> float:
             return 7.0
 
     t0 = time.monotonic()
-    _, e = _counter_edge(Stalled())
+    e = counter_edge(Stalled()).energy_j
     elapsed = time.monotonic() - t0
     assert e == 7.0
     assert EDGE_TIMEOUT_NS / 1e9 <= elapsed < EDGE_TIMEOUT_NS / 1e9 + 0.2

@@ -30,10 +30,25 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return code
 
 
+def _gpus_arg(text: str) -> tuple[int, ...]:
+    """--gpus 0,1: CUDA ordinals as this process sees them (after CUDA_VISIBLE_DEVICES)."""
+    try:
+        ordinals = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        ordinals = ()
+    if not ordinals or any(o < 0 for o in ordinals) or len(set(ordinals)) != len(ordinals):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; expected distinct CUDA ordinals >= 0, e.g. 0 or 0,1")
+    return ordinals
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from wattscope import config
 
     sweep = config.load(args.config)
+    if args.gpus is not None:
+        sweep = dataclasses.replace(sweep, run=dataclasses.replace(sweep.run, gpus=args.gpus))
     from wattscope.session import Session, default_output
 
     output = Path(args.output) if args.output else default_output(sweep, args.sim)
@@ -41,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"{output}: already exists; choose another file with -o")
     from wattscope.telemetry import NvmlUnavailable
 
-    session = Session(sweep, output, sim=args.sim)
+    session = Session(sweep, output, sim=args.sim, gpus_from="--gpus" if args.gpus is not None else None)
     try:
         # Started here, before any display, so a missing GPU is a plain message with
         # nothing written rather than a traceback inside the app.
@@ -144,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sim", action="store_true", help="simulated GPU and workload (demo/test; numbers are not measurements)")
     r.add_argument("--headless", action="store_true", help="print progress instead of opening the app (automatic when stdout is not a terminal)")
     r.add_argument("-o", "--output", help="recording file (default recordings/NAME-DATE.wattscope)")
+    r.add_argument("--gpus", type=_gpus_arg, metavar="N[,N...]",
+                   help="GPUs the model runs on and the energy is read from, as CUDA numbers them in this "
+                        "shell (after CUDA_VISIBLE_DEVICES); several split the model (default: [run] gpus, else 0)")
     r.set_defaults(func=cmd_run)
 
     rp = sub.add_parser("replay", help="replay a recording on the live screen")

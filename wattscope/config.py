@@ -75,6 +75,13 @@ class Sampler:
     # The counter costs ~3 ms of sampler CPU a read on an H100; phase windows read it at
     # their own edges, so the sampler's reads only feed traces.
     energy_hz: float = 2.0
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the run measures: the GPUs the model runs on, as CUDA ordinals of the user's
+    process (after CUDA_VISIBLE_DEVICES; ``telemetry.gpu_map`` binds them to NVML)."""
+
     gpus: tuple[int, ...] = (0,)
 
 
@@ -141,6 +148,7 @@ class Sweep:
     sim: Sim
     configs: tuple[RunConfig, ...]
     host: Host = Host()
+    run: Run = Run()
 
     def groups(self) -> list[list[RunConfig]]:
         """The configurations by group, in sweep order (a group's rows are consecutive)."""
@@ -160,6 +168,7 @@ class Sweep:
             "sim": asdict(self.sim),
             "host": asdict(self.host),
             "configs": [asdict(c) for c in self.configs],
+            "run": asdict(self.run),
         }
 
     def for_simulation(self) -> Sweep:
@@ -215,7 +224,6 @@ _PROTOCOL_KEYS: dict[str, _Check] = {
 _SAMPLER_KEYS: dict[str, _Check] = {
     "rate_hz": ((int, float), "a rate in Hz from 1 to 1000", lambda v: 1 <= v <= 1000),
     "energy_hz": ((int, float), "a rate in Hz from 0.1 to 100", lambda v: 0.1 <= v <= 100),
-    "gpus": (list, "a non-empty list of GPU indices >= 0", lambda v: bool(v) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)),
 }
 _BNB_KEYS: dict[str, _Check] = {
     "llm_int8_threshold": ((int, float), "a number >= 0 (0.0 is pure INT8; transformers' default is 6.0)", _non_negative),
@@ -236,13 +244,19 @@ _HOST_KEYS: dict[str, _Check] = {
 }
 _MATRIX_KEYS = ("models", "batches", "precisions", "engine")
 _MATRIX_REQUIRED = ("models", "batches", "precisions")
-_TOP_KEYS = ("name", "protocol", "sampler", "bitsandbytes", "sim", "host", "matrix")
+_RUN_KEYS: dict[str, _Check] = {
+    "gpus": (list, "a non-empty list of distinct CUDA ordinals >= 0 (as CUDA_VISIBLE_DEVICES numbers them)",
+             lambda v: bool(v) and len(set(v)) == len(v)
+             and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)),
+}
+_TOP_KEYS = ("name", "protocol", "sampler", "bitsandbytes", "sim", "host", "run", "matrix")
 
 
 # Keys of earlier protocols, with what replaced them.
 _REPLACED = {
     "protocol.repeats": "min_rounds (measured rounds now continue until ci_target is met)",
     "protocol.max_warmup_windows": "max_warmup_rounds (at least 2: steadiness needs two rounds to agree)",
+    "sampler.gpus": "run.gpus (CUDA ordinals as your process sees them; the sampler reads exactly those GPUs)",
 }
 
 
@@ -313,10 +327,9 @@ def parse(text: str, path: str = "<string>") -> Sweep:
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{path}: 'name' = {name!r} is not allowed; expected a non-empty string")
     protocol = Protocol(**_table(path, "protocol", data.get("protocol", {}), _PROTOCOL_KEYS))
-    sampler_d = _table(path, "sampler", data.get("sampler", {}), _SAMPLER_KEYS)
-    if "gpus" in sampler_d:
-        sampler_d["gpus"] = tuple(sampler_d["gpus"])
-    sampler = Sampler(**sampler_d)
+    sampler = Sampler(**_table(path, "sampler", data.get("sampler", {}), _SAMPLER_KEYS))
+    run_d = _table(path, "run", data.get("run", {}), _RUN_KEYS)
+    run = Run(**{k: tuple(v) for k, v in run_d.items()})
     bnb = BitsAndBytes(**_table(path, "bitsandbytes", data.get("bitsandbytes", {}), _BNB_KEYS))
     sim = Sim(**_table(path, "sim", data.get("sim", {}), _SIM_KEYS))
     host = Host(**_table(path, "host", data.get("host", {}), _HOST_KEYS))
@@ -372,7 +385,7 @@ def parse(text: str, path: str = "<string>") -> Sweep:
                         raise ConfigError(f"{path}: '{where}' repeats the configuration {cid}")
                     seen.add(cid)
                     configs.append(replace(rc, config_id=cid))
-    sweep = Sweep(name, path, text, protocol, sampler, bnb, sim, tuple(configs), host)
+    sweep = Sweep(name, path, text, protocol, sampler, bnb, sim, tuple(configs), host, run)
     _check_budget(path, sweep)
     return sweep
 

@@ -262,21 +262,25 @@ class Recording:
         return df
 
     def _integrated(self, windows: pd.DataFrame) -> np.ndarray:
+        """Each window's energy from the instant-power samples: over every GPU the run
+        measured (a window's counter energy is their sum)."""
         if windows.empty:
             return np.array([], dtype=float)
-        gpu = self.meta.get("gpu", {}).get("index", 0)
-        # Two columns straight from SQLite: the cross-check must not cost loading every
-        # sample column of an hour-long recording.
-        rows = self._db.execute(
-            "SELECT t_ns, power_w FROM samples WHERE gpu = ? ORDER BY t_ns", (gpu,)
-        ).fetchall()
-        tp = np.array(rows, dtype=float).reshape(-1, 2)
-        return _integrate(
-            tp[:, 0],
-            tp[:, 1],
-            windows["start_ns"].to_numpy(float),
-            windows["end_ns"].to_numpy(float),
-        )
+        total = np.zeros(len(windows))
+        for index in [g.index for g in metrics.run_meta(self.meta).gpus] or [0]:
+            # Two columns straight from SQLite: the cross-check must not cost loading every
+            # sample column of an hour-long recording.
+            rows = self._db.execute(
+                "SELECT t_ns, power_w FROM samples WHERE gpu = ? ORDER BY t_ns", (index,)
+            ).fetchall()
+            tp = np.array(rows, dtype=float).reshape(-1, 2)
+            total += _integrate(
+                tp[:, 0],
+                tp[:, 1],
+                windows["start_ns"].to_numpy(float),
+                windows["end_ns"].to_numpy(float),
+            )
+        return total
 
     @cached_property
     def _recomputed(self) -> dict[str, tuple[ConfigResult, RunWarning]]:
