@@ -238,3 +238,27 @@ def test_a_two_gpu_simulated_run_stores_each_gpus_part_of_every_window(tmp_path:
         assert w.energy_parts_j[i] == pytest.approx(inside["power_w"].mean() * w.duration_s, rel=0.1)
     # The cross-check integrates both cards' power, as the counter energy sums both.
     assert (rec.windows["integrated_j"] / rec.windows["energy_j"]).dropna().between(0.9, 1.1).all()
+    # The screen draws one power row per card and, first, their total against both TDPs.
+    import asyncio
+
+    from mock_source import MockSource, snapshot_at
+
+    from wattscope.tui.app import make_app
+
+    events = list(rec.events())
+    w = next(e for e in events if isinstance(e, Window) and e.phase == "decode" and e.role == "measure")
+    snap = snapshot_at(events, (w.start_ns + w.end_ns) // 2)
+    assert [g.index for g in snap.gpus] == [0, 1] and snap.tdp_w == 1400.0
+
+    async def screen() -> str:
+        app = make_app(MockSource(snap))
+        async with app.run_test(size=(80, 30)) as pilot:
+            await pilot.pause()
+            update = app.screen._compositor.render_update(full=True)
+            return "\n".join("".join(seg.text for seg in line) for line in update.strips)
+
+    text = asyncio.run(screen())
+    total = sum(g.latest_w for g in snap.gpus)
+    assert f"2 GPUs {total:.0f} W  {100 * total / 1400:.0f}% of 1400 W TDP" in text
+    for g in snap.gpus:
+        assert f"GPU{g.index} {g.latest_w:.0f} W  {g.pct_tdp:.0f}% of 700 W TDP" in text

@@ -160,7 +160,7 @@ def resolve(
     seen = visible_devices(visible, gpus)
     if cuda is not None:
         seen = _from_driver(cuda, gpus)
-    out = []
+    out: list[GpuBinding] = []
     for o in ordinals:
         if not isinstance(o, int) or isinstance(o, bool) or o < 0:
             raise GpuMapError(f"{where}: {o!r} is not a CUDA ordinal; expected an integer >= 0")
