@@ -92,8 +92,8 @@ def cpu_run(tmp_path_factory):
         self._what = "prefill"
         decode_runs.append(len(forwards) - before)
 
-    def init(self, model, ids, device):
-        real_init(self, model, ids, device)
+    def init(self, model, ids, device, *devices):
+        real_init(self, model, ids, device, *devices)
         self._what = "prefill"
         prompts[f"{model.config.model_type}/{len(prompts)}"] = ids
 

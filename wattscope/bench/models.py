@@ -164,7 +164,7 @@ def _build_synthetic(model: str, sweep: Sweep, device: str, out: Path) -> None:
 
 # Share of a card's free memory the weights may take when a model spans several cards;
 # the rest holds activations and the KV cache.
-WEIGHT_SHARE = 0.9
+WEIGHT_SHARE = 0.92
 
 
 def _devices(device: str | Sequence[str]) -> tuple[str, ...]:
@@ -211,8 +211,12 @@ def _build_split(rc: RunConfig, sweep: Sweep, devices: tuple[str, ...], dtype: A
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     no_split = getattr(model, "_no_split_modules", None) or []
-    memory = get_balanced_memory(model, max_memory=_max_memory(devices), no_split_module_classes=no_split, dtype=dtype)
-    device_map = infer_auto_device_map(model, max_memory=memory, no_split_module_classes=no_split, dtype=dtype)
+    budget = _max_memory(devices)
+    balanced = get_balanced_memory(model, max_memory=budget, no_split_module_classes=no_split, dtype=dtype)
+    device_map = infer_auto_device_map(model, max_memory=balanced, no_split_module_classes=no_split, dtype=dtype)
+    if any(v in ("cpu", "disk") for v in device_map.values()):
+        # Balancing keeps a margin per card; a model that fills the cards needs them whole.
+        device_map = infer_auto_device_map(model, max_memory=budget, no_split_module_classes=no_split, dtype=dtype)
     if any(v in ("cpu", "disk") for v in device_map.values()):
         raise WorkloadError(f"{rc.model} does not fit on {', '.join(devices)} in {rc.precision}")
     std = float(getattr(cfg, "initializer_range", 0.02))
