@@ -13,6 +13,7 @@ import pytest
 
 from wattscope import config
 from wattscope.bench import protocol
+from wattscope.telemetry import counter
 from wattscope.bench.protocol import agree, calls_for, run_protocol
 from wattscope.bench.workload import WorkloadError, describe_exception, prompt_digest, prompt_ids, short_reason
 from wattscope.events import ConfigFinished, ConfigStarted, PhaseStarted, RunWarning, Window
@@ -171,6 +172,7 @@ def test_rounds_rotate_every_precision_and_phase_with_exact_energy(monkeypatch):
     # intervals close at min_rounds.
     clock = FakeClock()
     monkeypatch.setattr(protocol, "now_ns", clock)
+    monkeypatch.setattr(counter, "now_ns", clock)  # the window edges' clock
     sw = _sweep()
     done, events, workloads, _ = _run(sw, lambda c: FakeWorkload(c, clock=clock), ClockedStop(clock))
     assert done
