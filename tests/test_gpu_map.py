@@ -196,6 +196,19 @@ def test_a_gpu_that_does_not_exist_exits_2_and_writes_nothing(tmp_path: Path, ca
     assert not out.exists()
 
 
+def test_a_windows_parts_survive_the_recording_format_and_one_gpu_windows_are_unchanged() -> None:
+    import json
+
+    from wattscope.events import Event
+
+    one = Window(9, "c", "decode", "measure", 1, 1, 9, 10.0, 30.0, 2, 32, 64)
+    assert "energy_parts_j" not in one.to_dict()  # as recorded before parts existed
+    two = Window(9, "c", "decode", "measure", 1, 1, 9, 10.0, 30.0, 2, 32, 64, energy_parts_j=(12.5, 7.5))
+    back = Event.from_dict(json.loads(json.dumps(two.to_dict())))
+    assert back == two and back.energy_parts_j == (12.5, 7.5)
+    assert Event.from_dict(json.loads(json.dumps(one.to_dict()))) == one
+
+
 TWO_GPUS = """
 name = "two-gpus"
 [protocol]
