@@ -55,7 +55,7 @@ def main() -> int:
 
     t0 = time.perf_counter()
     try:
-        done = run_sweep(sweep, sensor, emit, sim=args.sim, device=args.device, gpu_index=None if args.sim else args.gpu)
+        done = run_sweep(sweep, sensor, emit, sim=args.sim, device=args.device)
     finally:
         sensor.close()
     total = time.perf_counter() - t0

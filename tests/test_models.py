@@ -60,7 +60,8 @@ def test_quantization_config_carries_the_settings():
     assert models._quantization_config("fp16", config.BitsAndBytes()) is None
 
 
-@pytest.mark.parametrize("name,published", [("Qwen2-1.5B", 1.54e9), ("Qwen2.5-3B", 3.09e9), ("Yi-1.5-6B", 6.06e9)])
+@pytest.mark.parametrize("name,published", [("Qwen2-1.5B", 1.54e9), ("Qwen2.5-3B", 3.09e9), ("Yi-1.5-6B", 6.06e9),
+                                            ("Llama-3-70B", 70.6e9)])
 def test_architectures_build_the_published_sizes(name, published):
     from transformers import AutoModelForCausalLM
 

@@ -13,6 +13,7 @@ import pytest
 
 from wattscope import config
 from wattscope.bench import protocol
+from wattscope.telemetry import counter
 from wattscope.bench.protocol import agree, calls_for, run_protocol
 from wattscope.bench.workload import WorkloadError, describe_exception, prompt_digest, prompt_ids, short_reason
 from wattscope.events import ConfigFinished, ConfigStarted, PhaseStarted, RunWarning, Window
@@ -171,6 +172,7 @@ def test_rounds_rotate_every_precision_and_phase_with_exact_energy(monkeypatch):
     # intervals close at min_rounds.
     clock = FakeClock()
     monkeypatch.setattr(protocol, "now_ns", clock)
+    monkeypatch.setattr(counter, "now_ns", clock)  # the window edges' clock
     sw = _sweep()
     done, events, workloads, _ = _run(sw, lambda c: FakeWorkload(c, clock=clock), ClockedStop(clock))
     assert done
@@ -480,27 +482,27 @@ class SteppedCounter:
 
 
 def test_an_edge_waits_for_the_counter_to_move():
-    from wattscope.bench.protocol import _counter_edge
+    from wattscope.telemetry.counter import counter_edge
 
     c = SteppedCounter(period=5)
     c.reads = 2  # mid-period: the next update comes at the 5th read
-    _, e = _counter_edge(c)
+    e = counter_edge(c).energy_j
     assert c.reads == 5 and e == 1.0
-    _, e = _counter_edge(c)  # reads 6..10: lands on the next update, not the stale value
+    e = counter_edge(c).energy_j  # reads 6..10: lands on the next update, not the stale value
     assert c.reads == 10 and e == 2.0
 
 
 def test_a_stalled_counter_gives_up_after_the_timeout():
     import time
 
-    from wattscope.bench.protocol import EDGE_TIMEOUT_NS, _counter_edge
+    from wattscope.telemetry.counter import EDGE_TIMEOUT_NS, counter_edge
 
     class Stalled:
         def energy_j(self) -> float:
             return 7.0
 
     t0 = time.monotonic()
-    _, e = _counter_edge(Stalled())
+    e = counter_edge(Stalled()).energy_j
     elapsed = time.monotonic() - t0
     assert e == 7.0
     assert EDGE_TIMEOUT_NS / 1e9 <= elapsed < EDGE_TIMEOUT_NS / 1e9 + 0.2

@@ -92,8 +92,8 @@ def cpu_run(tmp_path_factory):
         self._what = "prefill"
         decode_runs.append(len(forwards) - before)
 
-    def init(self, model, ids, device):
-        real_init(self, model, ids, device)
+    def init(self, model, ids, device, *devices):
+        real_init(self, model, ids, device, *devices)
         self._what = "prefill"
         prompts[f"{model.config.model_type}/{len(prompts)}"] = ids
 
@@ -241,23 +241,6 @@ def test_stop_flag_ends_a_cpu_sweep(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_another_process_on_the_gpu_is_a_warning(monkeypatch, tmp_path):
-    sweep = config.parse(CPU_SWEEP, str(DATA / "cpu_sweep.toml"))
-    asked: list[int] = []
-    monkeypatch.setattr(runner, "other_gpu_processes", lambda i: (asked.append(i), [(4242, 3 * 2**30)])[1])
-    events: list[Event] = []
-    # Starting past the last row: only the start-of-sweep checks run.
-    assert runner.run_sweep(sweep, ConstantPower(), events.append, device="cpu", start_index=len(sweep.configs),
-                            gpu_index=3, cache_dir=str(tmp_path))
-    assert asked == [3]
-    warnings = [e for e in events if isinstance(e, RunWarning)]
-    assert len(warnings) == 1 and "pid 4242 (3072 MiB)" in warnings[0].message and "GPU 3" in warnings[0].message
-    monkeypatch.setattr(runner, "other_gpu_processes", lambda i: [])
-    events.clear()
-    runner.run_sweep(sweep, ConstantPower(), events.append, device="cpu", start_index=len(sweep.configs), gpu_index=3)
-    assert not events
-
-
 SIM_SWEEP = """
 name = "sim"
 [protocol]
@@ -298,7 +281,7 @@ def test_runner_process_end_to_end_on_the_simulated_gpu():
     sweep = config.parse(SIM_SWEEP, "sim.toml").for_simulation()
     spec = SimSpec(refresh_s=0.002)
     with SimGPU.create(spec) as gpu:
-        proc = runner.RunnerProcess(sweep, SensorSpec.simulated(gpu), q, sim=True)
+        proc = runner.RunnerProcess(sweep, [SensorSpec.simulated(gpu)], q, sim=True)
         proc.start()
         events: list[Event] = []
         _drain(q, events, lambda: not proc.is_alive())
@@ -341,7 +324,7 @@ def test_runner_process_stops_promptly():
         "max_rounds = 2", "max_rounds = 500\nci_target = 0.0001").replace("[sim]", "[sim]\nmax_row_s = 60")
     sweep = config.parse(text, "sim.toml").for_simulation()
     with SimGPU.create(SimSpec(refresh_s=0.002)) as gpu:
-        proc = runner.RunnerProcess(sweep, SensorSpec.simulated(gpu), q, sim=True)
+        proc = runner.RunnerProcess(sweep, [SensorSpec.simulated(gpu)], q, sim=True)
         proc.start()
         events: list[Event] = []
         _drain(q, events, lambda: any(isinstance(e, Window) and e.role == "measure" for e in events))
@@ -367,7 +350,7 @@ def test_runner_process_restarts_from_an_index():
     q = ctx.Queue()
     sweep = config.parse(SIM_SWEEP.replace("batches = [1]", "batches = [1, 8]"), "sim.toml").for_simulation()
     with SimGPU.create(SimSpec(refresh_s=0.002)) as gpu:
-        proc = runner.RunnerProcess(sweep, SensorSpec.simulated(gpu), q, sim=True, start_index=3)
+        proc = runner.RunnerProcess(sweep, [SensorSpec.simulated(gpu)], q, sim=True, start_index=3)
         proc.start()
         events: list[Event] = []
         _drain(q, events, lambda: not proc.is_alive())

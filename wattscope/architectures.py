@@ -3,7 +3,8 @@
 Light on purpose (no transformers import): the config validator checks synthetic model
 names against this table. Values are the published config.json of each model
 (Qwen/Qwen2-1.5B, Qwen/Qwen2.5-3B, 01-ai/Yi-1.5-6B), checked 2026-11-27 against copies
-of those files; fields that only matter for training (dropout, initializer range,
+of those files, and meta-llama/Meta-Llama-3-70B (a model too big for one 80 GB card in
+FP16: 70.6 B parameters, 141 GB; its shape as Meta's model card and config publish it); fields that only matter for training (dropout, initializer range,
 torch_dtype) are left at transformers' defaults.
 """
 
@@ -74,6 +75,25 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "tie_word_embeddings": False,
         "bos_token_id": 1,
         "eos_token_id": 2,
+    },
+    "Llama-3-70B": {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 8192,
+        "intermediate_size": 28672,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "max_position_embeddings": 8192,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "rope_theta": 500000.0,
+        "rms_norm_eps": 1e-05,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "bos_token_id": 128000,
+        "eos_token_id": 128001,
     },
 }
 

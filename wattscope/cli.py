@@ -44,12 +44,27 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return code
 
 
+def _gpus_arg(text: str) -> tuple[int, ...]:
+    """--gpus 0,1: CUDA ordinals as this process sees them (after CUDA_VISIBLE_DEVICES)."""
+    try:
+        ordinals = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        ordinals = ()
+    if not ordinals or any(o < 0 for o in ordinals) or len(set(ordinals)) != len(ordinals):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; expected distinct CUDA ordinals >= 0, e.g. 0 or 0,1")
+    return ordinals
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from wattscope import config
     from wattscope.resources import config_path
 
     frame_s = _frame_s(args)
     sweep = config.load(config_path(args.config))
+    if args.gpus is not None:
+        sweep = dataclasses.replace(sweep, run=dataclasses.replace(sweep.run, gpus=args.gpus))
     from wattscope.session import Session, default_output
 
     output = Path(args.output) if args.output else default_output(sweep, args.sim)
@@ -68,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from wattscope.headless import run_live
     else:
         from wattscope.tui.app import run_app
-    session = Session(sweep, output, sim=args.sim, on_event=lines)
+    session = Session(sweep, output, sim=args.sim, on_event=lines, gpus_from="--gpus" if args.gpus is not None else None)
     try:
         # The display starts the session before it shows anything, so a missing GPU is a
         # plain message with nothing written rather than a traceback inside the app.
@@ -329,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print every event as a JSON line on stdout (the recording's vocabulary); progress goes to stderr")
     r.add_argument("--fps", type=float, default=DEFAULT_FPS,
                    help=f"the app's refresh rate, frames per second ({MIN_FPS:g}-{MAX_FPS:g}, default {DEFAULT_FPS:g}; lower for slow links)")
+    r.add_argument("--gpus", type=_gpus_arg, metavar="N[,N...]",
+                   help="GPUs the model runs on and the energy is read from, as CUDA numbers them in this "
+                        "shell (after CUDA_VISIBLE_DEVICES); several split the model (default: [run] gpus, else 0)")
     r.set_defaults(func=cmd_run)
 
     rp = sub.add_parser("replay", help="replay a recording on the live screen")

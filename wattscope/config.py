@@ -77,6 +77,13 @@ class Sampler:
     # The counter costs ~3 ms of sampler CPU a read on an H100; phase windows read it at
     # their own edges, so the sampler's reads only feed traces.
     energy_hz: float = 2.0
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the run measures: the GPUs the model runs on, as CUDA ordinals of the user's
+    process (after CUDA_VISIBLE_DEVICES; ``telemetry.gpu_map`` binds them to NVML)."""
+
     gpus: tuple[int, ...] = (0,)
 
 
@@ -168,6 +175,7 @@ class Sweep:
     sim: Sim
     configs: tuple[RunConfig, ...]
     host: Host = Host()
+    run: Run = Run()
 
     def groups(self) -> list[list[RunConfig]]:
         """The configurations by group, in sweep order (a group's rows are consecutive)."""
@@ -187,6 +195,7 @@ class Sweep:
             "sim": asdict(self.sim),
             "host": asdict(self.host),
             "configs": [asdict(c) for c in self.configs],
+            "run": asdict(self.run),
         }
 
     def for_simulation(self) -> Sweep:
@@ -272,10 +281,6 @@ _SAMPLER_KEYS: dict[str, Key] = {
                    "instant-power samples per second (traces, live graph, cross-check)"),
     "energy_hz": Key((int, float), "a rate in Hz from 0.1 to 100", _between(0.1, 100),
                      "energy-counter reads per second for the traces (windows read it at their edges)"),
-    "gpus": Key(list, f"a non-empty list of distinct GPU indices from 0 to {MAX_GPU}",
-                lambda v: 0 < len(v) == len(set(v)) and all(
-                    isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= MAX_GPU for i in v),
-                "GPUs the sampler reads; the first is the measured one"),
 }
 _BNB_KEYS: dict[str, Key] = {
     "llm_int8_threshold": Key((int, float), "a number from 0 to 1000 (0.0 is pure INT8; transformers' default is 6.0)",
@@ -304,6 +309,12 @@ _HOST_KEYS: dict[str, Key] = {
     "sampler_cpu": Key((str, int), f'"auto", "off" or a CPU core number from 0 to {MAX_CPU}', _cpu,
                        "core of the sampler process"),
 }
+_RUN_KEYS: dict[str, Key] = {
+    "gpus": Key(list, f"a non-empty list of distinct CUDA ordinals from 0 to {MAX_GPU} (as CUDA_VISIBLE_DEVICES numbers them)",
+                lambda v: 0 < len(v) == len(set(v)) and all(
+                    isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= MAX_GPU for i in v),
+                "GPUs the model runs on (split over several) and whose energy counters are read"),
+}
 MATRIX: dict[str, Key] = {
     "models": Key(list, "a non-empty list of Hugging Face ids, local paths or synthetic:NAME", None,
                   "models of this block; synthetic: builds a published architecture with random weights"),
@@ -315,6 +326,7 @@ MATRIX: dict[str, Key] = {
 # Section -> (the dataclass whose defaults it sets, its keys), in the order a config
 # lists them; the README's reference and ``wattscope init`` are generated from it.
 SECTIONS: dict[str, tuple[type, dict[str, Key]]] = {
+    "run": (Run, _RUN_KEYS),
     "protocol": (Protocol, _PROTOCOL_KEYS),
     "sampler": (Sampler, _SAMPLER_KEYS),
     "bitsandbytes": (BitsAndBytes, _BNB_KEYS),
@@ -331,13 +343,14 @@ NAME_KEY = Key(str, "a name of letters, digits, '.', '_' or '-' (up to 64, no pa
                "names the default recording, recordings/NAME-DATE.wattscope (default: the file's name)")
 _MATRIX_KEYS = tuple(MATRIX)
 _MATRIX_REQUIRED = ("models", "batches", "precisions")
-_TOP_KEYS = ("name", "protocol", "sampler", "bitsandbytes", "sim", "host", "matrix")
+_TOP_KEYS = ("name", "protocol", "sampler", "bitsandbytes", "sim", "host", "run", "matrix")
 
 
 # Keys of earlier protocols, with what replaced them.
 _REPLACED = {
     "protocol.repeats": "min_rounds (measured rounds now continue until ci_target is met)",
     "protocol.max_warmup_windows": "max_warmup_rounds (at least 2: steadiness needs two rounds to agree)",
+    "sampler.gpus": "run.gpus (CUDA ordinals as your process sees them; the sampler reads exactly those GPUs)",
 }
 
 
@@ -418,10 +431,9 @@ def parse(text: str, path: str = "<string>") -> Sweep:
     if not isinstance(name, str) or not _valid_name(name):
         raise ConfigError(f"{path}: 'name' = {name!r} is not allowed; expected {NAME_KEY.allowed}")
     protocol = Protocol(**_table(path, "protocol", data.get("protocol", {}), _PROTOCOL_KEYS))
-    sampler_d = _table(path, "sampler", data.get("sampler", {}), _SAMPLER_KEYS)
-    if "gpus" in sampler_d:
-        sampler_d["gpus"] = tuple(sampler_d["gpus"])
-    sampler = Sampler(**sampler_d)
+    sampler = Sampler(**_table(path, "sampler", data.get("sampler", {}), _SAMPLER_KEYS))
+    run_d = _table(path, "run", data.get("run", {}), _RUN_KEYS)
+    run = Run(**{k: tuple(v) for k, v in run_d.items()})
     bnb = BitsAndBytes(**_table(path, "bitsandbytes", data.get("bitsandbytes", {}), _BNB_KEYS))
     sim = Sim(**_table(path, "sim", data.get("sim", {}), _SIM_KEYS))
     host = Host(**_table(path, "host", data.get("host", {}), _HOST_KEYS))
@@ -480,7 +492,7 @@ def parse(text: str, path: str = "<string>") -> Sweep:
                     configs.append(rc)
     labels = model_labels(c.model for c in configs)
     configs = [replace(c, config_id=f"{group_id(labels[c.model], c.batch, c.engine)}/{c.precision}") for c in configs]
-    sweep = Sweep(name, path, text, protocol, sampler, bnb, sim, tuple(configs), host)
+    sweep = Sweep(name, path, text, protocol, sampler, bnb, sim, tuple(configs), host, run)
     _check_budget(path, sweep)
     return sweep
 
@@ -496,16 +508,6 @@ def _check_budget(path: str, sweep: Sweep) -> None:
             f"{path}: 'protocol.max_row_s' = {p.max_row_s:g} is too short for one round of {widest[0].group} "
             f"({len(widest)} precisions x 2 phases x min_window_s {p.min_window_s:g} s = {one_round:g} s); "
             f"expected a number of seconds >= {one_round:g}"
-        )
-
-
-def check_gpus(sweep: Sweep, count: int, machine: str) -> None:
-    """Refuse GPU indices the machine does not have (``count`` GPUs, said as ``machine``)."""
-    missing = [i for i in sweep.sampler.gpus if i >= count]
-    if missing:
-        raise ConfigError(
-            f"{sweep.source}: 'sampler.gpus' = {list(sweep.sampler.gpus)} is not allowed; {machine} has "
-            f"{count} GPU{'s' if count != 1 else ''} (indices 0 to {count - 1}), no GPU {missing[0]}"
         )
 
 

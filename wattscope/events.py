@@ -74,6 +74,8 @@ class Event:
         cls = _REGISTRY[d.pop("kind")]
         if cls is Samples:
             d["rows"] = [tuple(r) for r in d["rows"]]
+        if cls is Window and "energy_parts_j" in d:
+            d["energy_parts_j"] = tuple(d["energy_parts_j"])
         return cls(**d)
 
 
@@ -147,7 +149,9 @@ class Window(Event):
     power use [start_ns, end_ns]; latency and tok/s use [start_ns, work_end_ns].
     ``calls`` is the number of prefill calls or of decode runs inside; ``steps``
     decode steps per run (0 for prefill); ``tokens`` the tokens processed (prefill:
-    batch*prompt*calls; decode: batch*steps*calls). ``t_ns`` equals ``end_ns``."""
+    batch*prompt*calls; decode: batch*steps*calls). ``t_ns`` equals ``end_ns``. With
+    several GPUs the counter readings are the sum of theirs and ``energy_parts_j`` holds
+    each GPU's energy over the window, in the run's GPU order (empty for one GPU)."""
 
     kind: ClassVar[str] = "window"
     config_id: str | None
@@ -166,6 +170,13 @@ class Window(Event):
     # None in recordings made before rounds existed) and the group it was measured in.
     round: int | None = None
     group: str | None = None
+    energy_parts_j: tuple[float, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if not self.energy_parts_j:
+            del d["energy_parts_j"]  # one GPU: recordings stay as they were before parts existed
+        return d
 
     @property
     def tail_s(self) -> float:

@@ -313,6 +313,11 @@ class GpuMeta:
     refresh_s: Mapping[str, float | None]  # signal -> measured refresh period; None = not measured
     signal_sources: Mapping[str, str]
     signals_absent: Mapping[str, str]  # signal -> why it is absent
+    # How the run named it (telemetry.gpu_map): its CUDA ordinal in the user's process
+    # (None in recordings made before the binding was recorded), UUID and PCI bus id.
+    cuda_ordinal: int | None = None
+    uuid: str = ""
+    pci_bus_id: str = ""
 
     def refresh_ms(self, signal: str) -> float | None:
         v = self.refresh_s.get(signal)
@@ -342,7 +347,12 @@ class RunMeta:
 
     @property
     def tdp_w(self) -> float | None:
-        return self.gpu.tdp_w if self.gpu is not None else None
+        """The TDP of what the run measured: the sum of its GPUs' default power limits
+        (a model split over several cards draws from all of them); None if any is unknown."""
+        limits = [g.tdp_w for g in self.gpus]
+        if not limits or any(t is None for t in limits):
+            return None
+        return math.fsum(t for t in limits if t is not None)
 
 
 POWER_SIGNALS = ("power_w", "power_avg_w")
@@ -364,6 +374,8 @@ def _positive(v: Any) -> float | None:
 def _gpu_meta(g: Mapping[str, Any], position: int) -> GpuMeta:
     index = g.get("index")
     refresh = {str(k): _finite(v) for k, v in _mapping(g.get("refresh_s")).items()}
+    binding = _mapping(g.get("binding"))
+    ordinal = binding.get("cuda_ordinal")
     return GpuMeta(
         index=index if isinstance(index, int) else position,
         name=str(g.get("name") or ""),
@@ -372,6 +384,9 @@ def _gpu_meta(g: Mapping[str, Any], position: int) -> GpuMeta:
         refresh_s=refresh,
         signal_sources={str(k): str(v) for k, v in _mapping(g.get("signal_sources")).items()},
         signals_absent={str(k): str(v) for k, v in _mapping(g.get("signals_absent")).items()},
+        cuda_ordinal=ordinal if isinstance(ordinal, int) and not isinstance(ordinal, bool) else None,
+        uuid=str(g.get("uuid") or ""),
+        pci_bus_id=str(g.get("pci_bus_id") or ""),
     )
 
 

@@ -469,32 +469,39 @@ class Recording:
         df["sampler_stall"] = pd.Series(self._stalls(df), index=df.index, dtype=object)
         return df
 
-    @cached_property
-    def _power_samples(self) -> np.ndarray:
-        """(t_ns, power_w) rows of the run's GPU, in time order."""
-        gpu = self.meta.get("gpu", {}).get("index", 0)
-        # Two columns straight from SQLite: the cross-check must not cost loading every
-        # sample column of an hour-long recording.
+    def _power_samples(self, gpu: int) -> np.ndarray:
+        """(t_ns, power_w) rows of one GPU, in time order. Two columns straight from
+        SQLite: the cross-check must not cost loading every sample column of an hour-long
+        recording."""
         rows = self._db.execute(
             "SELECT t_ns, power_w FROM samples WHERE gpu = ? ORDER BY t_ns", (gpu,)
         ).fetchall()
         return np.array(rows, dtype=float).reshape(-1, 2)
 
+    def _gpu_indices(self) -> list[int]:
+        return [g.index for g in metrics.run_meta(self.meta).gpus] or [0]
+
     def _integrated(self, windows: pd.DataFrame) -> np.ndarray:
+        """Each window's energy from the instant-power samples: over every GPU the run
+        measured (a window's counter energy is their sum)."""
         if windows.empty:
             return np.array([], dtype=float)
-        tp = self._power_samples
-        return _integrate(
-            tp[:, 0],
-            tp[:, 1],
-            windows["start_ns"].to_numpy(float),
-            windows["end_ns"].to_numpy(float),
-        )
+        total = np.zeros(len(windows))
+        for index in self._gpu_indices():
+            tp = self._power_samples(index)
+            total += _integrate(
+                tp[:, 0],
+                tp[:, 1],
+                windows["start_ns"].to_numpy(float),
+                windows["end_ns"].to_numpy(float),
+            )
+        return total
 
     def _stalls(self, windows: pd.DataFrame) -> list[str | None]:
         """Per measured window, why the sampler did not cover it (metrics.sampler_stall)."""
         rate = self.meta.get("sampler", {}).get("rate_hz")
-        times = self._power_samples[:, 0].astype(np.int64)
+        # The sampler reads every GPU in one loop: a stall shows on the first as on all.
+        times = self._power_samples(self._gpu_indices()[0])[:, 0].astype(np.int64)
         out: list[str | None] = []
         for role, start, end in zip(windows["role"], windows["start_ns"], windows["end_ns"]):
             if role != "measure":

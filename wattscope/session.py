@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from wattscope import host, metrics, provenance
-from wattscope.config import Sweep, check_gpus
+from wattscope.config import Sweep
 from wattscope.events import (
     RUN_ENDINGS,
     SCHEMA_VERSION,
@@ -44,6 +44,15 @@ from wattscope.events import (
 from wattscope.recording import Recorder, RecordingWriteError
 from wattscope.state import RunState
 from wattscope.telemetry import SensorSpec, measure_refresh_periods, open_sensor
+from wattscope.telemetry.gpu_map import (
+    VISIBLE_ENV,
+    GpuBinding,
+    other_process_warning,
+    other_processes,
+    resolve,
+    resolve_machine,
+    simulated_gpus,
+)
 
 ENERGY_SIGNAL = (
     "NVML total energy counter; after a GPU synchronize each window edge waits for the next counter update"
@@ -51,6 +60,7 @@ ENERGY_SIGNAL = (
 POLL_S = 0.1
 REFRESH_MEASURE_S = 1.0
 MAX_RUNNER_RESTARTS = 3
+SIM_MACHINE_GPUS = 8  # the simulated machine's cards: --sim maps GPUs like a real 8-GPU host
 
 
 def default_output(sweep: Sweep, sim: bool, directory: Path = Path("recordings")) -> Path:
@@ -144,13 +154,17 @@ def watched(session: Session, on_signal: Callable[[], None] | None = None) -> It
 
 
 class Session:
+    """``gpus_from`` names where ``sweep.run.gpus`` came from, for error messages (default:
+    the config's ``run.gpus`` key)."""
+
     def __init__(
         self, sweep: Sweep, output: Path, *, sim: bool = False, state: RunState | None = None,
-        on_event: Callable[[Event], None] | None = None,
+        on_event: Callable[[Event], None] | None = None, gpus_from: str | None = None,
     ) -> None:
         self.sweep = sweep.for_simulation() if sim else sweep
         # Called with every event, right after it is recorded (``run --jsonl``).
         self._on_event = on_event
+        self._gpus_from = gpus_from or f"{sweep.source}: 'run.gpus'"
         self.output = Path(output)
         self.sim = sim
         self.state = state if state is not None else RunState()
@@ -163,7 +177,9 @@ class Session:
         self._ctx = mp.get_context("spawn")
         self._queue: Any = None
         self._recorder: Recorder | None = None
-        self._sim_gpu: Any = None
+        self._sim_gpus: list[Any] = []
+        self._bindings: tuple[GpuBinding, ...] = ()
+        self._others: dict[int, list[tuple[int, int]]] = {}
         self._thread: threading.Thread | None = None
         self._windows: dict[str | None, list[Window]] = defaultdict(list)
         self._started: dict[str, ConfigStarted] = {}
@@ -186,6 +202,7 @@ class Session:
                 # before anything needs it, it outlives a hangup and cleans up after us.
                 resource_tracker.ensure_running()
             self._host = host.plan(self.sweep.host, host.available_cpus(), self.sweep.source)
+            self._bindings = self._bind_gpus()
             specs = self._specs = self._sensor_specs()
             meta = self._describe(specs)
             self._health_gpu = meta["gpu"]["index"]
@@ -193,10 +210,16 @@ class Session:
             started = RunStarted(now_ns(), meta)
             self._recorder.write(started)  # a write error here ends the start: nothing is kept
             self.state.apply(started)
+            if self._on_event is not None:
+                self._on_event(started)
+            for b in self._bindings:
+                message = other_process_warning(b, self._others.get(b.nvml_index, []))
+                if message:
+                    self._emit(RunWarning(now_ns(), "session", message))
             self._queue = self._ctx.Queue()
             with _children_ignore_stop_signals():
                 self._sampler = self._start_sampler(specs)
-                self._runner = self._start_runner(specs[0], start_index=0)
+                self._runner = self._start_runner(start_index=0)
             if self._host.parent_cpus is not None:
                 host.pin_set(0, self._host.parent_cpus)
         except BaseException:
@@ -215,8 +238,8 @@ class Session:
                 child.stop()
         if self._recorder is not None:
             self._recorder.discard()
-        if self._sim_gpu is not None:
-            self._sim_gpu.close()
+        for gpu in self._sim_gpus:
+            gpu.close()
 
     def stop(self, status: str = "interrupted", reason: str = "stopped by the user") -> None:
         """Ask for a clean stop: the runner ends at its next window edge, the recording
@@ -231,19 +254,31 @@ class Session:
 
     # -- setup -----------------------------------------------------------------------
 
+    def _bind_gpus(self) -> tuple[GpuBinding, ...]:
+        """The run's GPUs (``run.gpus``, CUDA ordinals) bound to NVML cards; a simulated
+        machine's cards go through the same binding. Other processes already on a card
+        are noted for the meta and a warning."""
+        ordinals = self.sweep.run.gpus
+        if self.sim:
+            machine = simulated_gpus(SIM_MACHINE_GPUS, self.sweep.sim.seed)
+            return resolve(ordinals, machine, where=self._gpus_from)
+        bindings = resolve_machine(ordinals, where=self._gpus_from)
+        self._others = {b.nvml_index: other_processes(b.nvml_index) for b in bindings}
+        return bindings
+
     def _sensor_specs(self) -> list[SensorSpec]:
         if self.sim:
             from wattscope.telemetry.sim import SimGPU, SimSpec
 
-            # One simulated GPU: an index a real machine would refuse is refused here too.
-            check_gpus(self.sweep, 1, "the simulated machine")
-            self._sim_gpu = SimGPU.create(SimSpec(seed=self.sweep.sim.seed, refresh_s=self.sweep.sim.refresh_s))
-            return [SensorSpec.simulated(self._sim_gpu)]
-        return [SensorSpec.nvml(i) for i in self.sweep.sampler.gpus]
+            for b in self._bindings:
+                spec = SimSpec(seed=self.sweep.sim.seed + b.nvml_index, refresh_s=self.sweep.sim.refresh_s)
+                self._sim_gpus.append(SimGPU.create(spec))
+            return [SensorSpec.simulated(g, b.nvml_index) for g, b in zip(self._sim_gpus, self._bindings)]
+        return [SensorSpec.nvml(b.nvml_index) for b in self._bindings]
 
     def _describe(self, specs: list[SensorSpec]) -> dict[str, Any]:
         gpus = []
-        for spec in specs:
+        for spec, binding in zip(specs, self._bindings):
             sensor = open_sensor(spec)
             try:
                 info = dict(sensor.info())
@@ -251,6 +286,9 @@ class Session:
                 info["refresh_s"] = measure_refresh_periods(sensor, 0.3 if self.sim else REFRESH_MEASURE_S)
             finally:
                 sensor.close()
+            info["binding"] = binding.to_meta()
+            info["other_processes"] = [{"pid": pid, "used_mib": round(used / 2**20)}
+                                       for pid, used in self._others.get(binding.nvml_index, [])]
             gpus.append(info)
         synthetic = {c.synthetic for c in self.sweep.configs}
         return {
@@ -264,6 +302,8 @@ class Session:
             "weights": "synthetic" if synthetic == {True} else "real" if synthetic == {False} else "mixed",
             "gpu": gpus[0],
             "gpus": gpus,
+            # The user's numbering as the run saw it; each gpus[i]["binding"] pairs it with NVML.
+            "cuda_visible_devices": None if self.sim else os.environ.get(VISIBLE_ENV),
             "energy_signal": ("simulated " if self.sim else "") + ENERGY_SIGNAL,
             "sampler": {
                 "signal": "power_w",  # what the live graph and the cross-check integrate
@@ -286,11 +326,12 @@ class Session:
             host.pin(s.pid, self._host.sampler_cpu)
         return s
 
-    def _start_runner(self, spec: SensorSpec, start_index: int) -> Any:
+    def _start_runner(self, start_index: int) -> Any:
         from wattscope.bench.runner import RunnerProcess
 
-        r = RunnerProcess(self.sweep, spec, self._queue, sim=self.sim, start_index=start_index,
-                          cpu=self._host.runner_cpu)
+        devices = tuple(b.device for b in self._bindings)
+        r = RunnerProcess(self.sweep, self._specs, self._queue, sim=self.sim, devices=devices,
+                          start_index=start_index, cpu=self._host.runner_cpu)
         r.start()
         return r
 
@@ -328,7 +369,7 @@ class Session:
                     break
                 self._emit(RunWarning(now_ns(), "session", f"restarting the runner at configuration {next_index + 1}"))
                 with _children_ignore_stop_signals():
-                    self._runner = self._start_runner(self._specs[0], next_index)
+                    self._runner = self._start_runner(next_index)
         except Exception as e:  # the recording must still be finalised
             status, reason = "failed", f"{type(e).__name__}: {e}"
             self.error = reason
@@ -444,8 +485,8 @@ class Session:
             self.state.apply(ended)
             self.status, self.reason = ended.status, ended.reason
         finally:
-            if self._sim_gpu is not None:
-                self._sim_gpu.close()
+            for gpu in self._sim_gpus:
+                gpu.close()
             if self.status not in RUN_ENDINGS:
                 self.status = "failed"
             self.done.set()

@@ -8,6 +8,13 @@ get random weights: the fp16 model is built once per sweep directly on the devic
 CPU copy on CUDA), saved as safetensors into a cache directory, and every precision is
 loaded from that cache, so INT8 and NF4 are quantised from the very weights FP16 runs.
 
+A model may span several GPUs (``devices`` of more than one ``cuda:N``): transformers
+places it with ``device_map="auto"`` limited (``max_memory``) to exactly those cards. A
+synthetic model in FP16 or BF16 is then built in place, already split (its weights may
+not fit one card, nor the disk), and every precision's layer placement is recorded in
+``info["device_map"]``; a quantised synthetic row is quantised from the cached FP16
+weights, which are built on the first card.
+
 On CPU (tests, no GPU) "fp16" runs in float32, because CPU half-precision matmuls are
 slow and partly unsupported, and "bf16" in bfloat16; INT8 and NF4 need CUDA and
 bitsandbytes and fail with a clear reason.
@@ -19,6 +26,7 @@ import gc
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -154,19 +162,99 @@ def _build_synthetic(model: str, sweep: Sweep, device: str, out: Path) -> None:
     release_memory()
 
 
-def load_model(rc: RunConfig, sweep: Sweep, device: str, cache: WeightCache, info: dict[str, Any]) -> Any:
-    """The model of one configuration, in its precision, on the device. What is learned
-    on the way (versions, device, settings, load time, size) goes into ``info``, also
-    when loading fails with a WorkloadError (short reason) or another exception."""
+# Share of a card's free memory the weights may take when a model spans several cards;
+# the rest holds activations and the KV cache.
+WEIGHT_SHARE = 0.92
+
+
+def _devices(device: str | Sequence[str]) -> tuple[str, ...]:
+    devices = (device,) if isinstance(device, str) else tuple(device)
+    if not devices:
+        raise WorkloadError("no device to run the model on")
+    if len(devices) > 1 and not all(d.startswith("cuda:") for d in devices):
+        raise WorkloadError(f"a model split over several devices needs cuda:N devices, got {', '.join(devices)}")
+    return devices
+
+
+def _max_memory(devices: tuple[str, ...]) -> dict[int | str, int]:
+    """What device_map="auto" may put on each listed card: nothing on any other card,
+    nothing on the CPU (an offloaded layer would measure the PCIe bus, not the GPUs)."""
+    import torch
+
+    budget: dict[int | str, int] = {}
+    for d in devices:
+        free, _ = torch.cuda.mem_get_info(torch.device(d))
+        budget[torch.device(d).index or 0] = int(free * WEIGHT_SHARE)
+    budget["cpu"] = 0
+    return budget
+
+
+def _placement(model: Any) -> dict[str, str]:
+    """Module -> device of a split model, as transformers/accelerate placed it."""
+    return {k: str(v) for k, v in (getattr(model, "hf_device_map", None) or {}).items()}
+
+
+def _build_split(rc: RunConfig, sweep: Sweep, devices: tuple[str, ...], dtype: Any) -> Any:
+    """A synthetic model built in place over several cards: empty on the meta device,
+    placed by device_map="auto" within ``_max_memory``, each weight then drawn on its own
+    card (seeded), and dispatched so activations move between the cards."""
+    import torch
+    from accelerate import dispatch_model, infer_auto_device_map, init_empty_weights
+    from accelerate.utils import get_balanced_memory, set_module_tensor_to_device
+    from transformers import AutoModelForCausalLM
+
+    try:
+        cfg = _hf_config(synthetic_config(rc.model, Path(sweep.source).parent))
+    except (ValueError, KeyError, TypeError) as e:
+        raise WorkloadError(short_reason(f"{rc.model}: cannot build the synthetic model: {e}")) from None
+    # Buffers (rotary frequencies) are computed for real; only the weights start empty.
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    no_split = getattr(model, "_no_split_modules", None) or []
+    budget = _max_memory(devices)
+    balanced = get_balanced_memory(model, max_memory=budget, no_split_module_classes=no_split, dtype=dtype)
+    device_map = infer_auto_device_map(model, max_memory=balanced, no_split_module_classes=no_split, dtype=dtype)
+    if any(v in ("cpu", "disk") for v in device_map.values()):
+        # Balancing keeps a margin per card; a model that fills the cards needs them whole.
+        device_map = infer_auto_device_map(model, max_memory=budget, no_split_module_classes=no_split, dtype=dtype)
+    if any(v in ("cpu", "disk") for v in device_map.values()):
+        raise WorkloadError(f"{rc.model} does not fit on {', '.join(devices)} in {rc.precision}")
+    std = float(getattr(cfg, "initializer_range", 0.02))
+    generator: dict[int, Any] = {}
+    for name, param in list(model.named_parameters()):
+        where = next(v for k, v in sorted(device_map.items(), key=lambda kv: -len(kv[0]))
+                     if k == "" or name == k or name.startswith(k + "."))
+        dev = torch.device("cuda", where) if isinstance(where, int) else torch.device(where)
+        gen = generator.setdefault(dev.index or 0, torch.Generator(dev).manual_seed(sweep.protocol.seed))
+        value = torch.empty(param.shape, dtype=dtype, device=dev)
+        if param.dim() >= 2:
+            value.normal_(0.0, std, generator=gen)
+        else:  # norms' scales start at 1, biases at 0, as transformers initialises them
+            value.fill_(1.0 if name.endswith("weight") else 0.0)
+        set_module_tensor_to_device(model, name, dev, value=value)
+    model.tie_weights()
+    model = dispatch_model(model, device_map=device_map)
+    model.hf_device_map = device_map
+    return model
+
+
+def load_model(rc: RunConfig, sweep: Sweep, device: str | Sequence[str], cache: WeightCache,
+               info: dict[str, Any]) -> Any:
+    """The model of one configuration, in its precision, on the device (or split over
+    the devices). What is learned on the way (versions, device, settings, load time,
+    size) goes into ``info``, also when loading fails with a WorkloadError (short
+    reason) or another exception."""
     import torch
     import transformers
     from transformers import AutoModelForCausalLM
 
+    devices = _devices(device)
+    device = devices[0]
     info.update(
         model=rc.model,
         precision=rc.precision,
         synthetic=rc.synthetic,
-        device=device,
+        device=device if len(devices) == 1 else list(devices),
         bitsandbytes=bnb_settings(rc.precision, sweep.bitsandbytes),
         versions={"torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__},
     )
@@ -174,7 +262,8 @@ def load_model(rc: RunConfig, sweep: Sweep, device: str, cache: WeightCache, inf
         major, minor = torch.cuda.get_device_capability(device)
         info["compute_capability"] = f"{major}.{minor}"
         info["device_name"] = torch.cuda.get_device_name(device)
-        torch.cuda.reset_peak_memory_stats(device)
+        for d in devices:
+            torch.cuda.reset_peak_memory_stats(d)
     elif not _is_cuda(device):
         info["device_name"] = device
     _check_device(rc.precision, device)
@@ -189,28 +278,40 @@ def load_model(rc: RunConfig, sweep: Sweep, device: str, cache: WeightCache, inf
         raise WorkloadError(f"model path {rc.model} does not exist")
     if not rc.synthetic and local.exists():
         source = local
-    if rc.synthetic:
-        source, build_s = cache.path_for(rc.model, sweep, device)
-        info["synthetic_build_s"] = round(build_s, 3)
     dtype = _dtype(rc.precision, device)
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if _is_cuda(device):
-        kwargs["device_map"] = {"": torch.device(device)}
-    qc = _quantization_config(rc.precision, sweep.bitsandbytes)
-    if qc is not None:
-        kwargs["quantization_config"] = qc
-    t0 = time.perf_counter()
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as e:
-        raise WorkloadError(short_reason(f"model {rc.model} failed to load: {e}")) from e
+    split = len(devices) > 1
+    if split and rc.synthetic and rc.precision not in QUANTISED:
+        t0 = time.perf_counter()
+        model = _build_split(rc, sweep, devices, dtype)
+        info["synthetic_build_s"] = round(time.perf_counter() - t0, 3)
+    else:
+        if rc.synthetic:
+            source, build_s = cache.path_for(rc.model, sweep, device)
+            info["synthetic_build_s"] = round(build_s, 3)
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if split:
+            kwargs["device_map"] = "auto"
+            kwargs["max_memory"] = _max_memory(devices)
+        elif _is_cuda(device):
+            kwargs["device_map"] = {"": torch.device(device)}
+        qc = _quantization_config(rc.precision, sweep.bitsandbytes)
+        if qc is not None:
+            kwargs["quantization_config"] = qc
+        t0 = time.perf_counter()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        except (OSError, ValueError) as e:
+            raise WorkloadError(short_reason(f"model {rc.model} failed to load: {e}")) from e
     if not _is_cuda(device):
         # transformers types .to() for a PreTrainedModel receiver its stubs cannot see here.
         cast(Any, model).to(device)
     model.eval()
-    if _is_cuda(device):
-        torch.cuda.synchronize(device)
+    for d in devices:
+        if _is_cuda(d):
+            torch.cuda.synchronize(d)
     info["load_s"] = round(time.perf_counter() - t0, 3)
+    if split:
+        info["device_map"] = _placement(model)
     info["dtype"] = str(dtype).removeprefix("torch.")
     info["params"] = int(model.num_parameters())
     info["memory_footprint_bytes"] = int(model.get_memory_footprint())
@@ -223,11 +324,14 @@ class ModelWorkload:
     decode_run() reads a value back to the host, so a window's calls queue on the GPU
     without a synchronisation until the window's edge."""
 
-    def __init__(self, model: Any, ids: list[list[int]], device: str) -> None:
+    def __init__(self, model: Any, ids: list[list[int]], device: str, devices: Sequence[str] = ()) -> None:
+        """``device`` holds the inputs (the first card); ``devices`` every card the model
+        spans (default: ``device`` alone), which synchronize() waits for."""
         import torch
 
         self.model = model
         self.device = device
+        self.devices = tuple(devices) or (device,)
         self.batch = len(ids)
         self.prompt_len = len(ids[0])
         self.ids: Any = torch.tensor(ids, dtype=torch.long, device=device)
@@ -269,14 +373,19 @@ class ModelWorkload:
         if _is_cuda(self.device):
             import torch
 
-            torch.cuda.synchronize(self.device)
+            for d in self.devices:
+                torch.cuda.synchronize(d)
 
     def run_info(self) -> dict[str, Any]:
         if not _is_cuda(self.device):
             return {}
         import torch
 
-        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(self.device))}
+        peaks = [int(torch.cuda.max_memory_allocated(d)) for d in self.devices]
+        out: dict[str, Any] = {"peak_memory_bytes": sum(peaks)}
+        if len(peaks) > 1:
+            out["peak_memory_bytes_per_device"] = peaks
+        return out
 
     def close(self) -> None:
         self._cache = self._first = self.ids = None
@@ -303,7 +412,7 @@ def release_memory() -> None:
 
 
 def model_and_prompt(
-    rc: RunConfig, sweep: Sweep, device: str, cache: WeightCache, info: dict[str, Any]
+    rc: RunConfig, sweep: Sweep, device: str | Sequence[str], cache: WeightCache, info: dict[str, Any]
 ) -> tuple[Any, list[list[int]]]:
     """The configuration's model and its seeded prompt (the same for every precision)."""
     model = load_model(rc, sweep, device, cache, info)
@@ -315,14 +424,18 @@ def model_and_prompt(
     return model, ids
 
 
-def build_workload(rc: RunConfig, sweep: Sweep, device: str, cache: WeightCache, info: dict[str, Any]) -> ModelWorkload:
+def build_workload(rc: RunConfig, sweep: Sweep, device: str | Sequence[str], cache: WeightCache,
+                   info: dict[str, Any]) -> ModelWorkload:
     """The configuration's workload on its engine: "eager" (this module's forward loop)
     or "graphs" (``wattscope.bench.graphs``, imported only when asked for, since it
-    builds on this module)."""
-    model, ids = model_and_prompt(rc, sweep, device, cache, info)
+    builds on this module), on one device or split over several (eager only)."""
+    devices = _devices(device)
+    if rc.engine == "graphs" and len(devices) > 1:
+        raise WorkloadError(f"the graphs engine runs on one GPU; {rc.config_id} lists {len(devices)}: use engine = \"eager\"")
+    model, ids = model_and_prompt(rc, sweep, devices, cache, info)
     info["engine"] = rc.engine
     if rc.engine == "graphs":
         from wattscope.bench.graphs import GraphsWorkload
 
-        return GraphsWorkload(model, ids, device, max_steps=sweep.protocol.decode_steps)
-    return ModelWorkload(model, ids, device)
+        return GraphsWorkload(model, ids, devices[0], max_steps=sweep.protocol.decode_steps)
+    return ModelWorkload(model, ids, devices[0], devices)

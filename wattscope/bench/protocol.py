@@ -45,6 +45,7 @@ from wattscope.events import (
     now_ns,
 )
 from wattscope.bench.workload import Workload, describe_exception
+from wattscope.telemetry.counter import EnergySensor, counter_edge, parts_between
 
 Emit = Callable[[Event], None]
 # Builds the workload of one configuration, writing what it learns into the info dict
@@ -54,13 +55,6 @@ Build = Callable[[RunConfig, dict[str, Any]], Workload]
 # Calibration times calls one by one until this share of min_window_s has passed; it
 # only sizes the first warm-up window, each later window is sized from the one before.
 CALIBRATION_SHARE = 0.05
-# Longer than any counter refresh period seen (H100: ~100 ms), short enough not to stall.
-EDGE_TIMEOUT_NS = 500_000_000
-
-
-class EnergySensor(TypingProtocol):
-    def energy_j(self) -> float: ...
-
 
 class StopFlag(TypingProtocol):
     def is_set(self) -> bool: ...
@@ -84,33 +78,6 @@ class PhaseSpec:
 def _check(stop: StopFlag) -> None:
     if stop.is_set():
         raise Stopped()
-
-
-def _read_edge(sensor: EnergySensor) -> tuple[int, float]:
-    """Counter value and the time it stands for: the middle of the (slow) read."""
-    t_a = now_ns()
-    e = sensor.energy_j()
-    t_b = now_ns()
-    return (t_a + t_b) // 2, e
-
-
-def _counter_edge(sensor: EnergySensor) -> tuple[int, float]:
-    """Wait for the energy counter's next update and return it with its time.
-
-    The counter refreshes only every ~100 ms on an H100: read at an arbitrary moment,
-    it lags the truth by up to one refresh, which over a 2 s window is up to +-5% of its
-    energy. Taking both edges on an update makes the window span whole refresh
-    periods exactly. Falls back to a plain read if the counter does not move within
-    EDGE_TIMEOUT_NS (a stalled or very slow counter). A sensor whose counter is exact
-    at every read says so with ``counter_steps = False`` and is read once."""
-    t, first = _read_edge(sensor)
-    if not getattr(sensor, "counter_steps", True):
-        return t, first
-    deadline = now_ns() + EDGE_TIMEOUT_NS
-    while True:
-        t, e = _read_edge(sensor)
-        if e != first or t >= deadline or math.isnan(e):
-            return t, e
 
 
 @contextmanager
@@ -147,7 +114,8 @@ def _window(
     ``gc_paused=False`` lets the collector run inside (to measure what pausing it buys)."""
     workload.synchronize()
     with _gc_paused(gc_paused):
-        start_ns, e0 = _counter_edge(sensor)
+        start = counter_edge(sensor)
+        start_ns = start.t_ns
         target_ns = start_ns + int(min_window_s * 1e9)
         calls, batch = 0, n
         while True:
@@ -161,7 +129,8 @@ def _window(
                 break
             per_call_ns = max((work_end_ns - start_ns) / calls, 1.0)
             batch = max(1, math.ceil((target_ns - work_end_ns) / per_call_ns))
-        end_ns, e1 = _counter_edge(sensor)
+        end = counter_edge(sensor)
+        end_ns = end.t_ns
         return Window(
             t_ns=end_ns,
             config_id=config_id,
@@ -170,14 +139,15 @@ def _window(
             repeat=repeat,
             start_ns=start_ns,
             end_ns=end_ns,
-            energy_start_j=e0,
-            energy_end_j=e1,
+            energy_start_j=start.energy_j,
+            energy_end_j=end.energy_j,
             calls=calls,
             steps=spec.steps,
             tokens=spec.tokens_per_call * calls,
             work_end_ns=work_end_ns,
             round=repeat,
             group=group,
+            energy_parts_j=parts_between(start, end),
         )
 
 
@@ -212,11 +182,12 @@ def measure_idle(p: Protocol, sensor: EnergySensor, emit: Emit, stop: StopFlag, 
     """The idle baseline: the counter over idle_s with nothing running (with a group:
     its models loaded and the CUDA context alive, as the card idles between windows)."""
     emit(PhaseStarted(now_ns(), None, "idle"))
-    start_ns, e0 = _counter_edge(sensor)
+    start = counter_edge(sensor)
     if stop.wait(p.idle_s):
         raise Stopped()
-    end_ns, e1 = _counter_edge(sensor)
-    w = Window(end_ns, None, "idle", "idle", 1, start_ns, end_ns, e0, e1, 0, 0, 0, group=group)
+    end = counter_edge(sensor)
+    w = Window(end.t_ns, None, "idle", "idle", 1, start.t_ns, end.t_ns, start.energy_j, end.energy_j, 0, 0, 0,
+               group=group, energy_parts_j=parts_between(start, end))
     emit(w)
     return w
 

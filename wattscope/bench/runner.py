@@ -1,7 +1,9 @@
 """The runner: the process that owns the model and runs the sweep's protocol.
 
 ``RunnerProcess`` starts a 'spawn' child (a fresh interpreter: no CUDA state or threads
-inherited from the parent) that opens its own sensor from a picklable spec, runs
+inherited from the parent; its environment, CUDA_VISIBLE_DEVICES included, is the
+parent's, so the parent's CUDA ordinals name the same cards here) that opens its own
+sensors from picklable specs (one per GPU the model runs on), runs
 ``run_sweep`` and puts every event on the queue (Event objects: frozen dataclasses that
 pickle as they are). The model never shares its process with the sampler
 or the UI. ``run_sweep`` is the same code in-process, for tests.
@@ -13,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,40 +30,7 @@ PARENT_POLL_S = 0.5
 EXIT_PARENT_DIED = 3
 
 
-def _nvml_query(index: int, query: Callable[[Any, Any], Any]) -> Any:
-    """``query(pynvml, handle)`` on NVML GPU ``index``; None when NVML is not available
-    or the query fails."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:
-        return None
-    try:
-        return query(pynvml, pynvml.nvmlDeviceGetHandleByIndex(index))
-    except Exception:
-        return None
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
-
-
-def other_gpu_processes(index: int) -> list[tuple[int, int]]:
-    """(pid, used bytes) of compute processes on NVML GPU ``index`` other than this one;
-    empty when NVML is not available."""
-    procs = _nvml_query(index, lambda nv, h: nv.nvmlDeviceGetComputeRunningProcesses(h))
-    return [(p.pid, int(p.usedGpuMemory or 0)) for p in procs or () if p.pid != os.getpid()]
-
-
-def card_memory_mib(index: int) -> float | None:
-    """Total memory of NVML GPU ``index`` in MiB; None when NVML cannot say."""
-    mem = _nvml_query(index, lambda nv, h: nv.nvmlDeviceGetMemoryInfo(h))
-    return None if mem is None else mem.total / 2**20
-
-
-def _model_builder(sweep: Sweep, device: str, cache_dir: str | None) -> tuple[Build, Callable[[], None], Callable[[], None]]:
+def _model_builder(sweep: Sweep, devices: tuple[str, ...], cache_dir: str | None) -> tuple[Build, Callable[[], None], Callable[[], None]]:
     """Build, release-after-each-config and end-of-sweep cleanup for real models."""
     from wattscope.bench import models
 
@@ -70,7 +39,7 @@ def _model_builder(sweep: Sweep, device: str, cache_dir: str | None) -> tuple[Bu
 
     def build(rc: RunConfig, info: dict[str, Any]) -> Workload:
         done.append(rc)
-        return models.build_workload(rc, sweep, device, cache, info)
+        return models.build_workload(rc, sweep, devices, cache, info)
 
     def release() -> None:
         models.release_memory()
@@ -126,37 +95,36 @@ def run_sweep(
     stop: StopFlag | None = None,
     *,
     sim: bool = False,
-    device: str = "cuda",
+    device: str | Sequence[str] = "cuda:0",
     start_index: int = 0,
     cache_dir: str | None = None,
-    gpu_index: int | None = None,
 ) -> bool:
-    """Run the sweep in this process; returns False if it was stopped. With ``sim`` the
-    sensor must be a simulated one (it has ``.gpu`` with ``set_load_w``) and the sweep
-    runs unchanged (pass ``sweep.for_simulation()`` for the fast timing)."""
+    """Run the sweep in this process; returns False if it was stopped. ``device`` is
+    where the model runs: one device, or several (CUDA) that the model is split over,
+    whose summed counter ``sensor`` reads. With ``sim`` the sensor must be a simulated
+    one (it has ``.gpu`` with ``set_load_w``; a ``SensorGroup`` of simulated cards spreads
+    the load) and the sweep runs unchanged (pass ``sweep.for_simulation()`` for the fast
+    timing)."""
     stop = stop if stop is not None else threading.Event()
     if not 0 <= start_index <= len(sweep.configs):
         raise ValueError(f"start_index = {start_index} is not allowed; expected 0..{len(sweep.configs)}")
+    infos = sensor.infos() if hasattr(sensor, "infos") else [sensor.info()]
+    # The memory a row may fill: every card the model may be split over.
+    sizes = [i.get("memory_total_mib") for i in infos]
+    card_mib = sum(sizes) if sizes and all(isinstance(m, (int, float)) for m in sizes) else None
     if sim:
         from wattscope.bench.sim_workload import sim_builder
 
         gpu = getattr(sensor, "gpu", None)
         if gpu is None or not hasattr(gpu, "set_load_w"):
             raise ValueError("run_sweep(sim=True) needs a simulated sensor (open_sensor of a 'sim' spec)")
-        info = sensor.info()
-        idle_w = float(info.get("sim_spec", {}).get("idle_w", 72.0))
-        build = sim_builder(sweep, gpu, idle_w, float(info["tdp_w"]))
+        idle_w = sum(float(i.get("sim_spec", {}).get("idle_w", 72.0)) for i in infos)
+        build = sim_builder(sweep, gpu, idle_w, sum(float(i["tdp_w"]) for i in infos))
         release: Callable[[], None] = lambda: None
         cleanup: Callable[[], None] = lambda: None
-        card_mib = info.get("memory_total_mib")
     else:
-        card_mib = None if gpu_index is None else card_memory_mib(gpu_index)
-        if gpu_index is not None:
-            others = other_gpu_processes(gpu_index)
-            if others:
-                listed = ", ".join(f"pid {pid} ({used / 2**20:.0f} MiB)" for pid, used in others)
-                emit(RunWarning(now_ns(), "runner", f"other processes are using GPU {gpu_index}: {listed}; figures may include their energy"))
-        build, release, cleanup = _model_builder(sweep, device, cache_dir)
+        devices = (device,) if isinstance(device, str) else tuple(device)
+        build, release, cleanup = _model_builder(sweep, devices, cache_dir)
     build = memory_guard(sweep, build, card_mib)
     try:
         return run_protocol(sweep, build, sensor, emit, stop, start_index, release)
@@ -187,22 +155,21 @@ def _isolate(cpu: int | None, sim: bool) -> None:
         models.single_cpu_thread()
 
 
-def _child_main(sweep: Sweep, sensor_spec: Any, queue: Any, sim: bool, device: str, start_index: int,
-                cpu: int | None, stop: Any) -> None:
+def _child_main(sweep: Sweep, sensor_specs: list[Any], queue: Any, sim: bool, devices: tuple[str, ...],
+                start_index: int, cpu: int | None, stop: Any) -> None:
     # Ctrl-C reaches the whole process group; the parent decides and sets the stop flag.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _isolate(cpu, sim)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
-    from wattscope.telemetry.open import open_sensor
+    from wattscope.telemetry.open import open_energy_sensor
 
     def emit(event: Event) -> None:
         queue.put(event)
 
     sensor = None
     try:
-        sensor = open_sensor(sensor_spec)
-        gpu_index = None if sim else getattr(sensor_spec, "index", None)
-        run_sweep(sweep, sensor, emit, stop, sim=sim, device=device, start_index=start_index, gpu_index=gpu_index)
+        sensor = open_energy_sensor(sensor_specs)
+        run_sweep(sweep, sensor, emit, stop, sim=sim, device=devices, start_index=start_index)
     except BaseException as e:
         emit(RunWarning(now_ns(), "runner", f"runner failed: {type(e).__name__}: {e}"))
         raise
@@ -215,9 +182,10 @@ class RunnerProcess(ChildProcess):
     """The runner child. ``start_index`` lets a session restart it after a hard crash
     for the configurations that remain (the idle baseline is only measured from 0)."""
 
-    def __init__(self, sweep: Sweep, sensor_spec: Any, queue: Any, sim: bool, device: str = "cuda", start_index: int = 0,
-                 cpu: int | None = None) -> None:
-        super().__init__(_child_main, "wattscope-runner", (sweep, sensor_spec, queue, sim, device, start_index, cpu))
+    def __init__(self, sweep: Sweep, sensor_specs: Sequence[Any], queue: Any, sim: bool,
+                 devices: Sequence[str] = ("cuda:0",), start_index: int = 0, cpu: int | None = None) -> None:
+        super().__init__(_child_main, "wattscope-runner",
+                         (sweep, list(sensor_specs), queue, sim, tuple(devices), start_index, cpu))
 
     def stop(self, timeout: float = 30.0) -> None:
         """Ask the child to stop between two calls; terminate it if it does not exit in time."""

@@ -284,8 +284,20 @@ class NvmlSensor:
             self._nv.nvmlShutdown()
 
 
+def _mig_on(nv: Any, h: Any) -> bool:
+    """MIG mode is on (a card without MIG support, or NVML bindings too old to ask, say no)."""
+    get = getattr(nv, "nvmlDeviceGetMigMode", None)
+    if get is None:
+        return False
+    try:
+        return int(get(h)[0]) == 1
+    except nv.NVMLError:
+        return False
+
+
 def list_devices() -> list[dict[str, Any]]:
-    """The machine's NVIDIA GPUs (index, name, uuid, pci_bus_id, memory_total_mib, tdp_w).
+    """The machine's NVIDIA GPUs (index, name, uuid, pci_bus_id, memory_total_mib, tdp_w,
+    mig: MIG mode is on).
     Raises NvmlUnavailable with a message for the user when there are none."""
     nv = _pynvml()
     try:
@@ -305,6 +317,7 @@ def list_devices() -> list[dict[str, Any]]:
                     "pci_bus_id": _text(nv.nvmlDeviceGetPciInfo(h).busId),
                     "memory_total_mib": mem.total / _MIB,
                     "tdp_w": tdp,
+                    "mig": _mig_on(nv, h),
                 }
             )
         return out

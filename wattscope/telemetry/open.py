@@ -8,8 +8,10 @@ it dispatches to; ``sensor.py`` below them holds only the contract.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from wattscope.telemetry.group import SensorGroup
 from wattscope.telemetry.nvml import NvmlSensor
 from wattscope.telemetry.sensor import Sensor
 from wattscope.telemetry.sim import SimGPU, SimRef, SimSensor, SimSpec
@@ -60,3 +62,19 @@ def open_sensor(spec: SensorSpec | tuple) -> Sensor:
         return NvmlSensor(spec.index)
     assert spec.sim is not None  # SensorSpec refuses kind "sim" without one
     return SimSensor(spec.sim, spec.index)
+
+
+def open_energy_sensor(specs: Sequence[SensorSpec]) -> Sensor | SensorGroup:
+    """The energy sensor of the GPUs a model runs on: the one sensor, or a group whose
+    counter is the sum of theirs. A sensor that fails to open closes the ones before it."""
+    if not specs:
+        raise ValueError("open_energy_sensor needs at least one SensorSpec")
+    sensors: list[Sensor] = []
+    try:
+        for spec in specs:
+            sensors.append(open_sensor(spec))
+    except BaseException:
+        for s in sensors:
+            s.close()
+        raise
+    return sensors[0] if len(sensors) == 1 else SensorGroup(sensors)

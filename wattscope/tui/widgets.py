@@ -15,7 +15,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from wattscope import events as ev
-from wattscope.metrics import precision_label
+from wattscope.metrics import percent_of_tdp, precision_label
 from wattscope.render import (
     PHASE_LABEL,
     config_number,
@@ -136,7 +136,8 @@ def time_axis(elapsed_s: float, window_s: float, width: int) -> str:
 
 class PowerGraph(SnapshotView, Widget):
     """Power of each GPU over the last window, coloured by phase, with a row of phase
-    marks and a time axis beneath and the current value in the heading.
+    marks and a time axis beneath and the current value in the heading; a model split
+    over several GPUs gets a first line with their total against the summed TDP.
 
     The scale is fixed at 0..TDP (so a low-power INT8 run looks low) unless
     ``auto_zoom`` spans it from the lowest to the highest power shown. ``whole``, a
@@ -172,11 +173,21 @@ class PowerGraph(SnapshotView, Widget):
         snap = self.whole or self.snap
         if snap is None or not snap.gpus:
             return [Strip([Segment("waiting for samples…", _DIM)])]
-        per = max(4, height // len(snap.gpus))
         out: list[Strip] = []
+        if len(snap.gpus) > 1:
+            out.append(self._total_line(snap))
+        per = max(4, (height - len(out)) // len(snap.gpus))
         for g in snap.gpus:
             out.extend(self._gpu_lines(snap, g, width, per))
         return out[:height]
+
+    @staticmethod
+    def _total_line(snap: Snapshot) -> Strip:
+        known = [g.latest_w for g in snap.gpus if g.latest_w is not None]
+        total = sum(known) if len(known) == len(snap.gpus) else None
+        tdp = (f"  {fmt_percent(percent_of_tdp(total, snap.tdp_w))} of {fmt_watts(snap.tdp_w)} TDP"
+               if snap.tdp_w else "  TDP unknown")
+        return Strip([Segment(f"{len(snap.gpus)} GPUs {fmt_watts(total)}", _BOLD), Segment(tdp)])
 
     def _gpu_lines(self, snap: Snapshot, g, width: int, height: int) -> list[Strip]:
         tdp_w = g.tdp_w or (max(float(np.nanmax(g.power_w)), 1.0) if len(g.power_w) else 1.0)
