@@ -174,8 +174,8 @@ def test_run_without_a_gpu_says_so_and_writes_nothing(tmp_path: Path) -> None:
         ("[sim]\nseed = -1\n" + MINIMAL, ["sim.seed", "0 to 2^63 - 1"]),
         ("[protocol]\ncooldown_s = inf\n" + MINIMAL, ["protocol.cooldown_s", "0 to 3600"]),
         ("[bitsandbytes]\nllm_int8_threshold = 1e9\n" + MINIMAL, ["bitsandbytes.llm_int8_threshold", "from 0 to 1000"]),
-        ("[sampler]\ngpus = [0, 0]\n" + MINIMAL, ["sampler.gpus", "distinct GPU indices from 0 to 255"]),
-        ("[sampler]\ngpus = [256]\n" + MINIMAL, ["sampler.gpus", "from 0 to 255"]),
+        ("[run]\ngpus = [0, 0]\n" + MINIMAL, ["run.gpus", "distinct CUDA ordinals from 0 to 255"]),
+        ("[run]\ngpus = [256]\n" + MINIMAL, ["run.gpus", "from 0 to 255"]),
         ("[host]\nrunner_cpu = 5000\n" + MINIMAL, ["host.runner_cpu", "from 0 to 4095"]),
         ('name = "../../x"\n' + MINIMAL, ["'name' = '../../x'", "no path"]),
         ('name = "/tmp/x"\n' + MINIMAL, ["'name' = '/tmp/x'", "no path"]),
@@ -215,11 +215,12 @@ def test_names_and_models_that_are_allowed(tmp_path: Path, monkeypatch: pytest.M
 
 def test_simulated_machine_refuses_a_gpu_it_lacks(tmp_path: Path) -> None:
     from wattscope.session import Session
+    from wattscope.telemetry.gpu_map import GpuMapError
 
-    sweep = config.parse("[sampler]\ngpus = [0, 7]\n" + MINIMAL, "g.toml")
+    sweep = config.parse("[run]\ngpus = [0, 8]\n" + MINIMAL, "g.toml")
     out = tmp_path / "r.wattscope"
-    with pytest.raises(config.ConfigError, match=r"g.toml: 'sampler.gpus' = \[0, 7\] is not allowed; the simulated "
-                                                 r"machine has 1 GPU \(indices 0 to 0\), no GPU 7"):
+    with pytest.raises(GpuMapError, match=r"^g.toml: 'run.gpus': GPU 8 does not exist: this process sees 8 GPU\(s\), "
+                                          r"CUDA ordinals 0..7$"):
         Session(sweep, out, sim=True).start()
     assert not out.exists()
 

@@ -144,7 +144,7 @@ def test_reference_lists_every_key_with_its_default() -> None:
     table = reference_markdown()
     assert "| `protocol.max_warmup_rounds` | `4` |" in table
     assert "| `protocol.cooldown_s` | `3.0` |" in table
-    assert "| `sampler.gpus` | `[0]` |" in table
+    assert "| `run.gpus` | `[0]` |" in table
     rows = [line for line in table.splitlines() if line.startswith("| `")]
     assert len(rows) == 1 + sum(len(keys) for _, keys in config.SECTIONS.values()) + len(config.MATRIX)
 

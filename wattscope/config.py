@@ -339,6 +339,13 @@ def _valid_name(v: str) -> bool:
     return re.fullmatch(NAME_PATTERN, v) is not None
 
 
+def _name_from(stem: str) -> str:
+    """The default name, from the config file's name: what a name may not hold becomes
+    '-' (a file "my sweep.toml" is named "my-sweep"; text given as "<string>", "string")."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._")[:64]
+    return name if name and _valid_name(name) else "sweep"
+
+
 NAME_KEY = Key(str, "a name of letters, digits, '.', '_' or '-' (up to 64, no path)", _valid_name,
                "names the default recording, recordings/NAME-DATE.wattscope (default: the file's name)")
 _MATRIX_KEYS = tuple(MATRIX)
@@ -426,7 +433,7 @@ def parse(text: str, path: str = "<string>") -> Sweep:
     for key in data:
         if key not in _TOP_KEYS:
             raise ConfigError(f"{path}: unknown key '{key}'; allowed: {', '.join(_TOP_KEYS)}")
-    name = data.get("name", Path(path).stem)
+    name = data.get("name", _name_from(Path(path).stem))
     # The name becomes a file name under recordings/: a path in it would write elsewhere.
     if not isinstance(name, str) or not _valid_name(name):
         raise ConfigError(f"{path}: 'name' = {name!r} is not allowed; expected {NAME_KEY.allowed}")

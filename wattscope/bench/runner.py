@@ -108,16 +108,14 @@ def run_sweep(
     stop = stop if stop is not None else threading.Event()
     if not 0 <= start_index <= len(sweep.configs):
         raise ValueError(f"start_index = {start_index} is not allowed; expected 0..{len(sweep.configs)}")
-    infos = sensor.infos() if hasattr(sensor, "infos") else [sensor.info()]
-    # The memory a row may fill: every card the model may be split over.
-    sizes = [i.get("memory_total_mib") for i in infos]
-    card_mib = sum(sizes) if sizes and all(isinstance(m, (int, float)) for m in sizes) else None
+    card_mib = _memory_mib(sensor)
     if sim:
         from wattscope.bench.sim_workload import sim_builder
 
         gpu = getattr(sensor, "gpu", None)
         if gpu is None or not hasattr(gpu, "set_load_w"):
             raise ValueError("run_sweep(sim=True) needs a simulated sensor (open_sensor of a 'sim' spec)")
+        infos = sensor.infos() if hasattr(sensor, "infos") else [sensor.info()]
         idle_w = sum(float(i.get("sim_spec", {}).get("idle_w", 72.0)) for i in infos)
         build = sim_builder(sweep, gpu, idle_w, sum(float(i["tdp_w"]) for i in infos))
         release: Callable[[], None] = lambda: None
@@ -130,6 +128,19 @@ def run_sweep(
         return run_protocol(sweep, build, sensor, emit, stop, start_index, release)
     finally:
         cleanup()
+
+
+def _memory_mib(sensor: Any) -> float | None:
+    """The memory a row may fill: that of every card the model may be split over (None
+    when a sensor does not say)."""
+    if hasattr(sensor, "infos"):
+        infos = sensor.infos()
+    elif hasattr(sensor, "info"):
+        infos = [sensor.info()]
+    else:
+        return None
+    sizes = [i.get("memory_total_mib") for i in infos]
+    return float(sum(sizes)) if sizes and all(isinstance(m, (int, float)) for m in sizes) else None
 
 
 def _exit_with_parent(parent_pid: int) -> None:
