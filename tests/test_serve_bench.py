@@ -285,9 +285,12 @@ def test_sim_run_recovers_the_engine_costs_and_sums(tmp_path: Path) -> None:
         f = r.fit
         assert f.idle_j + f.prefill_j + f.decode_j == pytest.approx(f.measured_j, rel=1e-9)
         assert r.failed == 0 and r.ok > 10
-        if f.ok:  # a busy test host can make a fit poor; when it is not, it holds the truth
-            assert f.prefill_j_per_token.low < 0.02 < f.prefill_j_per_token.high
-            assert f.decode_j_per_token.low < 0.2 < f.decode_j_per_token.high
+        if f.ok:
+            # A busy test host can make a fit poor; when it is not, it is near the truth. Not
+            # "inside the 95% interval": four intervals would all hold it only ~81% of the
+            # time; their coverage is tested over many seeds in test_attribution.
+            assert f.prefill_j_per_token.value == pytest.approx(0.02, rel=0.25)
+            assert f.decode_j_per_token.value == pytest.approx(0.2, rel=0.25)
         parts = [(q.prefill_j, q.decode_j) for q in r.requests]
         if f.ok:
             assert sum(a + b for a, b in parts) == pytest.approx(f.prefill_j + f.decode_j, rel=1e-9)

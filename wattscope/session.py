@@ -484,6 +484,8 @@ class Session:
                     ended = RunEnded(ended.t_ns, "write-error", recorder.error)
             self.state.apply(ended)
             self.status, self.reason = ended.status, ended.reason
+            if self._on_event is not None:
+                self._on_event(ended)
         finally:
             for gpu in self._sim_gpus:
                 gpu.close()
