@@ -60,7 +60,15 @@ def test_checkout_paths_are_the_package_files() -> None:
 def test_bundled_recording_loads() -> None:
     rec = load(resources.bundled_recording())
     assert rec.meta["gpu"]["name"].startswith("NVIDIA H100")
-    assert len(rec.results) == 15
+    assert rec.status == "completed"
+    # Every row its own config asked for finished, with an interval on each ratio.
+    from wattscope import config, metrics
+
+    sweep = config.parse(rec.meta["sweep"]["text"], "bundled.toml")
+    assert len(rec.results) == len(sweep.configs) and rec.results["ok"].all()
+    for row in rec.results.to_dict("records"):
+        if not metrics.is_baseline(row["precision"]):
+            assert all(metrics.ratio_value(row, name).half_width > 0 for name in metrics.RATIO_NAMES)
 
 
 def test_bundled_configs_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -105,13 +105,14 @@ def test_timeline_draws_the_samples_and_the_phase_spans() -> None:
     bands = _artists(fig, "phase|")
     assert len(bands) == len(tl.phases)
     labels = [t.get_text() for t in _artists(fig, "config-label|").values()]
-    assert len(labels) == 15 and "Yi-1.5-6B b8 NF4" in labels
+    # Rows measured together in rounds share their span: one label per group.
+    assert len(labels) == len({c.group for c in tl.configs}) == 5 and "Yi-1.5-6B b8 (graphs)" in labels
 
 
 def test_timeline_of_one_configuration_keeps_to_its_span() -> None:
     rec = load(SEED_REC)
     tl = timeline.of_recording(rec)
-    c = next(c for c in tl.configs if c.config_id == "Qwen2.5-3B/b1/nf4")
+    c = next(c for c in tl.configs if c.config_id == "Qwen2.5-3B/b1/graphs/nf4")
     fig = plot.figure([str(SEED_REC)], "timeline", config=c.config_id)
     x = _artists(fig, "power|0")["power|0"].get_xdata()
     assert x.min() >= (c.start_ns - tl.start_ns) / 1e9 and x.max() <= (c.end_ns - tl.start_ns) / 1e9
@@ -141,7 +142,7 @@ def test_svg_is_the_same_file_every_time(tmp_path) -> None:
     [
         (["-o", "{tmp}/f.jpg"], "unknown figure format '.jpg'; allowed: .png, .svg, .pdf"),
         (["-o", "{tmp}/f.png", "--kind", "ratios", "--config", "x"], "--config narrows a timeline"),
-        (["-o", "{tmp}/f.png", "--kind", "timeline", "--config", "nope"], "no configuration 'nope'; allowed: Qwen2-1.5B/b1/fp16"),
+        (["-o", "{tmp}/f.png", "--kind", "timeline", "--config", "nope"], "no configuration 'nope'; allowed: Qwen2-1.5B/b1/graphs/fp16"),
         ([str(SEED_REC), "-o", "{tmp}/f.png", "--kind", "timeline"], "a timeline draws one recording; got 2 sources"),
     ],
 )

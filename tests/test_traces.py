@@ -18,6 +18,8 @@ from wattscope.metrics import run_meta
 from wattscope.recording import load
 
 SEED_REC = Path(__file__).resolve().parent.parent / "recordings" / "h100-seed.wattscope"
+# Made before recordings kept a clock anchor: the 0.1.0 seed recording.
+OLD_REC = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "h100-seed-0.1.0-2026-11-27.wattscope"
 ANCHOR = {"unix_ns": 1_795_000_000_123_456_789, "monotonic_ns": synthetic_run.STREAM_T0_NS - 5_000_000}
 
 
@@ -81,7 +83,8 @@ def test_the_session_records_an_anchor_that_places_now_in_wall_time() -> None:
 
 
 def test_an_older_recording_is_placed_by_its_created_time_and_says_it_is_approximate() -> None:
-    rec = load(SEED_REC)
+    rec = load(OLD_REC)
+    assert "clock_anchor" not in rec.meta
     tl = timeline.of_recording(rec)
     clock = timeline.wall_clock(run_meta(rec.meta), tl.start_ns)
     assert clock is not None and not clock.exact

@@ -542,7 +542,9 @@ def format_compare(a: Any, b: Any = None, fmt: str = "md") -> str:
     else:
         diffs = ["- none: the findings agree (ranges at two decimals)"]
     only = c.table[c.table["present"] != "both"]
-    missing = [f"- {say(r['model'])} batch {r['batch']} {say(r['precision'])}: {r['present']}" for _, r in only.iterrows()]
+    missing = [f"- {say(r['model'])} batch {r['batch']} {say(r['precision'])}"
+               f"{'' if r['engine'] == 'eager' else say(' (' + r['engine'] + ')')}: {r['present']}"
+               for _, r in only.iterrows()]
     h2 = "## " if fmt == "md" else ""
     intro = "Ratios to FP16 of the same model and batch within each source; B-A is B minus A."
     parts = [f"{h2}Compare: A = {say(la)}, B = {say(lb)}", intro, table, f"{h2}Findings that differ", "\n".join(diffs)]
