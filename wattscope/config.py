@@ -266,7 +266,7 @@ _PROTOCOL_KEYS: dict[str, Key] = {
     "max_row_s": Key((int, float), "a number of seconds > 0 and <= 86400, at least one round", _above(0, 86400),
                      "measured-round budget of each model x batch group"),
     "engine": Key(str, "one of " + ", ".join(ENGINES), lambda v: v in ENGINES,
-                  "decode engine: eager (transformers loop) or graphs (static cache, CUDA graph per step)"),
+                  "engine: eager (transformers loop) or graphs (static caches; prefill and each decode step replayed from CUDA graphs)"),
     "cooldown_s": Key((int, float), "a number of seconds from 0 to 3600", _between(0, 3600),
                       "pause after each group"),
     "idle_s": Key((int, float), "a number of seconds > 0 and <= 3600", _above(0, 3600),

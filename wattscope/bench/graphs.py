@@ -4,8 +4,8 @@ hundreds of kernels, and batch-1 work is no longer paced by the Python process.
 
 Measured on an H100 (benchmarks/switch_probe.py, 2026-11-27): with the eager engine,
 windows of batch-1 prefill and decode varied 9-14% from round to round even with the
-process pinned, and the first window after a switch was not the cause (it was within 1-6%
-of the later ones); the host launching kernels was. Batch-8 prefill varied 1-2%.
+process pinned, and the first window after a switch was not the cause (it was 0.92-1.06
+times the later ones); the host launching kernels was. Batch-8 prefill varied 1-2%.
 
 Why an earlier attempt failed (``index_copy_(): index out of bounds`` on replay 27 of 32):
 in transformers 5.x each StaticCache layer writes at its own device counter
