@@ -121,6 +121,16 @@ def _say(line: str) -> None:
         pass
 
 
+def _sweeps_only(label: str, meta: dict, command: str) -> None:
+    """Refuse a serve-bench recording where a command reads sweeps (it has no
+    configurations, rounds or ratios), naming the table that does show it."""
+    from wattscope.serve.analysis import is_serving
+
+    if is_serving(meta):
+        raise UsageError(f"{label}: a serving recording (serve-bench); {command} reads sweep recordings; "
+                         f"its results: wattscope export {label} --table serving")
+
+
 def _replay(path: str | Path, args: argparse.Namespace) -> int:
     from wattscope.recording import load
 
@@ -128,6 +138,7 @@ def _replay(path: str | Path, args: argparse.Namespace) -> int:
     if not args.speed > 0:  # also NaN
         raise UsageError(f"--speed {args.speed:g} is not allowed; expected a playback speed > 0")
     rec = load(path)
+    _sweeps_only(str(path), rec.meta, "replay")
     if _headless(args):
         from wattscope.headless import run_replay
 
@@ -212,6 +223,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     sources = [open_source(p) for p in args.inputs]
     if args.format == "perfetto":
         return _export_perfetto(sources, args)
+    if not args.traces:
+        for path, src in zip(args.inputs, sources):
+            _sweeps_only(path, src.meta, "export --table " + args.table)
     if args.traces:
         if len(args.inputs) != 1:
             raise UsageError("--traces exports one recording at a time")
@@ -242,8 +256,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from wattscope.analysis import open_source
     from wattscope.plot import plot
 
+    for path in args.sources:
+        _sweeps_only(path, open_source(path).meta, "plot")
     print(plot(args.sources, args.output, args.kind, config=args.config), file=sys.stderr)
     return 0
 
@@ -287,6 +304,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from wattscope.analysis import open_source
 
     a, b = open_source(args.a), open_source(args.b)
+    for path, src in ((args.a, a), (args.b, b)):
+        _sweeps_only(path, src.meta, "compare")
     sys.stdout.write(export.format_compare(a, b, fmt=args.format))
     return 0
 
