@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from wattscope import config  # noqa: E402
-from wattscope.bench import models  # noqa: E402
+from wattscope.bench import engines, models  # noqa: E402
 from wattscope.bench.protocol import PhaseSpec, _window, calls_for  # noqa: E402
 from wattscope.telemetry import SensorSpec, open_sensor  # noqa: E402
 
@@ -95,7 +95,7 @@ def main() -> int:
             sweep = _sweep(batch)
             p = replace(sweep.protocol, min_window_s=args.window_s)
             info: dict[str, Any] = {}
-            w = models.build_workload(sweep.configs[0], sweep, args.device, cache, info)
+            w = engines.build_workload(sweep.configs[0], sweep, args.device, cache, info)
             w.prepare_decode()
             call = w.prefill if phase == "prefill" else (lambda: w.decode_run(p.decode_steps))
             spec = PhaseSpec(phase, call, p.min_calls if phase == "prefill" else 1, 0 if phase == "prefill" else 32, 0)

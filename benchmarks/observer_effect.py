@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from wattscope import config, host  # noqa: E402
-from wattscope.bench import models  # noqa: E402
+from wattscope.bench import engines, models  # noqa: E402
 from wattscope.stats import paired_ratio  # noqa: E402
 from wattscope.telemetry import SamplerProcess, SensorSpec, SimGPU, SimSpec  # noqa: E402
 
@@ -141,7 +141,7 @@ def main() -> int:
         torch.set_num_threads(1)
     rng = random.Random(f"observer-effect/{args.seed}")
     try:
-        w = models.build_workload(sweep.configs[0], sweep, args.device, cache, info)
+        w = engines.build_workload(sweep.configs[0], sweep, args.device, cache, info)
         w.prefill()  # the graphs engine captures its prefill at the first call
         w.prepare_decode()
         for _ in range(5):

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from wattscope import config, stats  # noqa: E402
-from wattscope.bench import models  # noqa: E402
+from wattscope.bench import engines, models  # noqa: E402
 from wattscope.bench.protocol import PhaseSpec, _window, calls_for  # noqa: E402
 from wattscope.telemetry import SensorSpec, open_sensor  # noqa: E402
 
@@ -110,7 +110,7 @@ def main() -> int:
             loaded: dict[str, Any] = {}
             for rc in sweep.configs:
                 info: dict[str, Any] = {}
-                w = models.build_workload(rc, sweep, args.device, cache, info)
+                w = engines.build_workload(rc, sweep, args.device, cache, info)
                 w.prepare_decode()
                 out["device_name"] = info.get("device_name")
                 loaded[rc.precision] = w

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from wattscope import config
-from wattscope.bench import models
+from wattscope.bench import engines, models
 from wattscope.bench.graphs import GraphsWorkload, StaticDecode, StaticPrefill, _check_logits, _counters, _first_error
 from wattscope.bench.workload import WorkloadError
 
@@ -39,7 +39,7 @@ precisions = ["fp16"]
 
 def _eager(tmp_path: Path, device: str = "cpu") -> models.ModelWorkload:
     sw = _sweep()
-    return models.build_workload(sw.configs[0], sw, device, models.WeightCache(tmp_path), {})
+    return engines.build_workload(sw.configs[0], sw, device, models.WeightCache(tmp_path), {})
 
 
 def _eager_logits(w: models.ModelWorkload, steps: int) -> list:

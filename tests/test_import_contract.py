@@ -46,8 +46,9 @@ FLOOR_RANK = {**{n: 0 for n in LOWER}, **{n: 1 for n in DISPLAY}, **{n: 2 for n 
 FLOOR_NAME = ("a lower floor", "the display floor", "the front end")
 
 HEAVY = ("torch", "transformers", "bitsandbytes", "accelerate")
-# The modules that build and run a model: models.py and the graphs engine built on it.
-MODEL_MODULES = ("wattscope.bench.models", "wattscope.bench.graphs", "wattscope.bench.serve_engine")
+# The modules that build and run a model: models.py, the graphs engine built on it, and the
+# in-process serving engine.
+MODEL_MODULES = ("wattscope.bench.models", "wattscope.bench.graphs", "wattscope.serve.transformers_engine")
 
 
 @dataclass(frozen=True)

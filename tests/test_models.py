@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from wattscope import config
-from wattscope.bench import models
+from wattscope.bench import engines, models
 from wattscope.architectures import ARCHITECTURES, SyntheticModelError, parameter_count, synthetic_config
 from wattscope.bench.workload import WorkloadError, prompt_ids
 
@@ -101,7 +101,7 @@ def test_cpu_dtypes_and_info(tmp_path):
     cfg = synthetic_config("synthetic:tiny_qwen2.json", DATA)
     for rc, dtype, width in zip(sw.configs, (torch.float32, torch.bfloat16), (4, 2)):
         info: dict = {}
-        w = models.build_workload(rc, sw, "cpu", cache, info)
+        w = engines.build_workload(rc, sw, "cpu", cache, info)
         assert next(w.model.parameters()).dtype == dtype
         assert info["dtype"] == str(dtype).removeprefix("torch.")
         assert info["params"] == parameter_count(cfg)
@@ -154,7 +154,7 @@ def test_missing_local_model_path_fails_clearly(tmp_path):
 
 def _tiny_workload(tmp_path, decode_steps=5):
     sw = _sweep()
-    w = models.build_workload(sw.configs[0], sw, "cpu", models.WeightCache(tmp_path), {})
+    w = engines.build_workload(sw.configs[0], sw, "cpu", models.WeightCache(tmp_path), {})
     return sw, w
 
 
@@ -211,7 +211,7 @@ def test_decode_before_prepare_is_an_error(tmp_path):
 def test_synthetic_model_is_built_on_the_gpu(tmp_path):
     sw = _sweep()
     info: dict = {}
-    w = models.build_workload(sw.configs[0], sw, "cuda", models.WeightCache(tmp_path), info)
+    w = engines.build_workload(sw.configs[0], sw, "cuda", models.WeightCache(tmp_path), info)
     assert next(w.model.parameters()).device.type == "cuda"
     assert next(w.model.parameters()).dtype == torch.float16
     assert info["compute_capability"] and info["device_name"]
@@ -227,7 +227,7 @@ def test_bitsandbytes_precisions_on_the_gpu(precision, tmp_path):
     bnb = pytest.importorskip("bitsandbytes")
     sw = _sweep([precision], llm_int8_threshold=0.0, nf4_compute_dtype="float16")
     info: dict = {}
-    w = models.build_workload(sw.configs[0], sw, "cuda", models.WeightCache(tmp_path), info)
+    w = engines.build_workload(sw.configs[0], sw, "cuda", models.WeightCache(tmp_path), info)
     layer = w.model.model.layers[0].mlp.up_proj
     if precision == "int8":
         assert isinstance(layer, bnb.nn.Linear8bitLt) and layer.state.threshold == 0.0

@@ -167,7 +167,8 @@ def _build_synthetic(model: str, sweep: Sweep, device: str, out: Path) -> None:
 WEIGHT_SHARE = 0.92
 
 
-def _devices(device: str | Sequence[str]) -> tuple[str, ...]:
+def device_list(device: str | Sequence[str]) -> tuple[str, ...]:
+    """One device or several, as a tuple; several must be CUDA devices (a split model)."""
     devices = (device,) if isinstance(device, str) else tuple(device)
     if not devices:
         raise WorkloadError("no device to run the model on")
@@ -248,7 +249,7 @@ def load_model(rc: RunConfig, sweep: Sweep, device: str | Sequence[str], cache: 
     import transformers
     from transformers import AutoModelForCausalLM
 
-    devices = _devices(device)
+    devices = device_list(device)
     device = devices[0]
     info.update(
         model=rc.model,
@@ -422,20 +423,3 @@ def model_and_prompt(
     info["prompt_sha1"] = prompt_digest(ids)
     info["prompt_tokens"] = p.prompt_tokens
     return model, ids
-
-
-def build_workload(rc: RunConfig, sweep: Sweep, device: str | Sequence[str], cache: WeightCache,
-                   info: dict[str, Any]) -> ModelWorkload:
-    """The configuration's workload on its engine: "eager" (this module's forward loop)
-    or "graphs" (``wattscope.bench.graphs``, imported only when asked for, since it
-    builds on this module), on one device or split over several (eager only)."""
-    devices = _devices(device)
-    if rc.engine == "graphs" and len(devices) > 1:
-        raise WorkloadError(f"the graphs engine runs on one GPU; {rc.config_id} lists {len(devices)}: use engine = \"eager\"")
-    model, ids = model_and_prompt(rc, sweep, devices, cache, info)
-    info["engine"] = rc.engine
-    if rc.engine == "graphs":
-        from wattscope.bench.graphs import GraphsWorkload
-
-        return GraphsWorkload(model, ids, devices[0], max_steps=sweep.protocol.decode_steps)
-    return ModelWorkload(model, ids, devices[0], devices)

@@ -32,14 +32,14 @@ EXIT_PARENT_DIED = 3
 
 def _model_builder(sweep: Sweep, devices: tuple[str, ...], cache_dir: str | None) -> tuple[Build, Callable[[], None], Callable[[], None]]:
     """Build, release-after-each-config and end-of-sweep cleanup for real models."""
-    from wattscope.bench import models
+    from wattscope.bench import engines, models
 
     cache = models.WeightCache(cache_dir)
     done: list[RunConfig] = []
 
     def build(rc: RunConfig, info: dict[str, Any]) -> Workload:
         done.append(rc)
-        return models.build_workload(rc, sweep, devices, cache, info)
+        return engines.build_workload(rc, sweep, devices, cache, info)
 
     def release() -> None:
         models.release_memory()

@@ -124,7 +124,7 @@ class ServeSession:
             from wattscope.serve.sim_engine import SimServeEngine
 
             return SimServeEngine(self.bench.sim, self._sim_gpu, serve.max_batch, self._emit)
-        from wattscope.bench.serve_engine import TransformersEngine
+        from wattscope.serve.transformers_engine import TransformersEngine
 
         return TransformersEngine(serve, precision, self.bench.bitsandbytes, self._emit, self.bench.source)
 
