@@ -3,7 +3,7 @@
 Floors, lowest first; a module may import its own floor and those below it, never above:
 
   lower floors   events, config, errors, architectures, metrics, state, source, analysis,
-                 tables, recording, replay, session, meter, child, provenance, safe_text,
+                 tables, recording, replay, session, meter, child, provenance, safe_text, version,
                  resources, files, config_reference, extras, timeline, telemetry/, bench/
   display floor  render, headless, export, plot, perfetto, jsonl, tui/
   front end      cli, __main__, the package's __init__
@@ -38,7 +38,7 @@ LOWER = {
     "events", "config", "errors", "architectures", "stats", "metrics", "host", "state", "source", "analysis",
     "attribution", "serve",
     "tables", "recording", "replay", "session", "meter", "child", "provenance", "telemetry", "bench",
-    "safe_text", "resources", "files", "config_reference", "extras", "timeline",
+    "safe_text", "version", "resources", "files", "config_reference", "extras", "timeline",
 }
 DISPLAY = {"render", "headless", "export", "plot", "perfetto", "jsonl", "tui", "serve_report"}
 FRONT = {"cli", "__main__", "__init__"}

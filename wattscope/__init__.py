@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0.dev0"
+from wattscope.version import __version__
 __all__ = ["load", "measure", "Meter", "__version__"]
 
 if TYPE_CHECKING:

@@ -9,13 +9,16 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from wattscope.events import now_ns
+from wattscope.version import __version__
 
 PACKAGES = (
     "wattscope",
@@ -38,6 +41,31 @@ def package_versions() -> dict[str, str | None]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
+    # The code that runs, not what an installer last recorded: a source tree on PYTHONPATH
+    # has no metadata, and an editable install keeps the version it was installed at.
+    out["wattscope"] = __version__
+    return out
+
+
+def source() -> dict[str, Any]:
+    """Which wattscope code made a recording: its version and, when it runs from a git
+    checkout, the commit and whether the tree had uncommitted changes (None from a wheel,
+    or where git cannot say), so a figure can be traced to the code that measured it."""
+    root = Path(__file__).resolve().parent.parent
+    out: dict[str, Any] = {"version": __version__, "git_commit": None, "git_dirty": None}
+    if not (root / ".git").exists():
+        return out
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
+                                capture_output=True, text=True, timeout=5)
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return out
+    if commit.returncode == 0:
+        out["git_commit"] = commit.stdout.strip()
+    if status.returncode == 0:
+        out["git_dirty"] = bool(status.stdout.strip())
     return out
 
 

@@ -298,6 +298,7 @@ class Session:
             "clock": "CLOCK_MONOTONIC ns",
             "host": provenance.host(),
             "packages": provenance.package_versions(),
+            "wattscope": provenance.source(),
             "simulated": self.sim,
             "weights": "synthetic" if synthetic == {True} else "real" if synthetic == {False} else "mixed",
             "gpu": gpus[0],

@@ -100,6 +100,7 @@ class ServeSession:
             "clock": "CLOCK_MONOTONIC ns",
             "host": provenance.host(),
             "packages": provenance.package_versions(),
+            "wattscope": provenance.source(),
             "simulated": self.sim,
             "weights": "synthetic" if model.startswith("synthetic:") or self.bench.serve.engine == "sim" else "real",
             "gpu": gpus[0],
