@@ -316,3 +316,22 @@ async def test_command_palette_offers_the_app_commands(events) -> None:
         await pilot.press("enter")
         await pilot.pause(0.2)
         assert app.display_paused
+
+
+@sync
+async def test_the_palette_offers_every_key_in_its_bindings_words(events) -> None:
+    app = make_app(_frozen(events))
+    async with app.run_test(size=(80, 24)) as pilot:
+        titles = {c.title: c.help for c in app.get_system_commands(app.screen)}
+        keyed = [b for b in app.BINDINGS if b.id not in (None, "quit")]
+        for b in keyed:
+            # A frozen source has no replay controls: its replay keys are not offered.
+            assert (b.description in titles) == (not b.id.startswith("replay.")), b.id
+        assert titles["Zoom"] == next(b.tooltip for b in keyed if b.id == "graph.zoom")
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"zoom")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert app.query_one(PowerGraph).auto_zoom

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
@@ -138,7 +139,7 @@ class WattscopeApp(App[None]):
         Binding("q", "quit", "Quit", id="quit",
                 tooltip="quit (live sweep: asks, stops the runner, keeps the recording)"),
         Binding("e", "export", "Export", id="export",
-                tooltip="export the tables (Markdown, CSV) beside the recording"),
+                tooltip="export Markdown and CSV beside the recording (or here)"),
         Binding("p", "pause_display", "Pause display", id="pause-display",
                 tooltip="pause / resume the display (the run goes on)"),
         Binding("question_mark", "help", "Help", id="help", key_display="?",
@@ -472,15 +473,14 @@ class WattscopeApp(App[None]):
         self.notify(markup_text(message), severity=severity, timeout=8)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
-        yield SystemCommand("Export tables", "Markdown and CSV beside the recording", self.action_export)
-        yield SystemCommand("Pause display", "Freeze / resume the display (the run goes on)",
-                            self.action_pause_display)
-        yield SystemCommand("Help", "Keys and what the screen shows", self.action_help)
-        if self.replay:
-            yield SystemCommand("Play / pause replay", "Toggle replay", self.action_toggle_play)
-            yield SystemCommand("Replay: go to start", "Seek to the first event", self.action_to_start)
-            yield SystemCommand("Replay: go to end", "Seek to the last event", self.action_to_end)
+        """The palette offers every key of the app, in the words its binding gives (the
+        help screen is made from the same bindings); replay keys only in a replay."""
+        yield from super().get_system_commands(screen)  # Textual's own, Quit among them
+        for b in self.BINDINGS:
+            assert isinstance(b, Binding)
+            if b.id in (None, "quit") or (b.id.startswith("replay.") and not self.replay):
+                continue
+            yield SystemCommand(b.description, b.tooltip, partial(self.run_action, b.action))
 
 
 def whole_run(recording: Any, start_ns: int, end_ns: int) -> Snapshot:
