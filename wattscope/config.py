@@ -518,12 +518,16 @@ def _check_budget(path: str, sweep: Sweep) -> None:
         )
 
 
-def load(path: str | Path) -> Sweep:
+def read(path: str | Path) -> str:
+    """A config file's text; a missing or unreadable one is a ConfigError naming it."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: cannot read config: {e}") from None
-    return parse(text, str(p))
+
+
+def load(path: str | Path) -> Sweep:
+    return parse(read(path), str(path))
