@@ -241,6 +241,31 @@ def test_bad_config_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.Ca
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("[run]\ngpus = [0, 1]", "x.toml: 'run.gpus' = [0, 1] is not allowed; expected one GPU (serve-bench attributes "
+                                  "one card's energy counter)"),
+        ("[sampler]\ngpus = [0]", "x.toml: 'sampler.gpus' is no longer a key; use run.gpus"),
+    ],
+)
+def test_the_gpu_is_one_run_gpus_as_in_sweeps(table: str, message: str) -> None:
+    assert sc.parse(BASE + "\n[run]\ngpus = [3]\n").run.gpus == (3,)
+    with pytest.raises(ConfigError) as e:
+        sc.parse(BASE + "\n" + table + "\n", "x.toml")
+    assert str(e.value).startswith(message)
+
+
+def test_a_gpu_the_machine_lacks_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(BASE + 'engine = "sim"\n[run]\ngpus = [9]\n')
+    out = tmp_path / "r.wattscope"
+    assert main(["serve-bench", str(cfg), "-o", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"wattscope: error: {cfg}: 'run.gpus': GPU 9 does not exist: this process sees 8 GPU(s), CUDA ordinals 0..7")
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------------ whole runs
 
 SIM_RUN = """

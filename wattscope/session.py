@@ -45,6 +45,7 @@ from wattscope.recording import Recorder, RecordingWriteError
 from wattscope.state import RunState
 from wattscope.telemetry import SensorSpec, measure_refresh_periods, open_sensor
 from wattscope.telemetry.gpu_map import (
+    SIM_MACHINE_GPUS,
     VISIBLE_ENV,
     GpuBinding,
     other_process_warning,
@@ -60,7 +61,6 @@ ENERGY_SIGNAL = (
 POLL_S = 0.1
 REFRESH_MEASURE_S = 1.0
 MAX_RUNNER_RESTARTS = 3
-SIM_MACHINE_GPUS = 8  # the simulated machine's cards: --sim maps GPUs like a real 8-GPU host
 
 
 def default_output(sweep: Sweep, sim: bool, directory: Path = Path("recordings")) -> Path:

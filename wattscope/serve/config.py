@@ -28,13 +28,16 @@ from typing import Any
 
 from wattscope.config import (
     _BNB_KEYS,
+    _RUN_KEYS,
     _SAMPLER_KEYS,
     PRECISIONS,
     BitsAndBytes,
     ConfigError,
     Key,
+    Run,
     _check_model,
     _table,
+    read,
 )
 
 ENGINES = ("http", "sim", "transformers")
@@ -105,7 +108,6 @@ class Serve:
 class ServeSampler:
     rate_hz: float = 100.0
     energy_hz: float = 10.0  # the attribution's intervals sit on these readings
-    gpus: tuple[int, ...] = (0,)
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ class ServeBench:
     sampler: ServeSampler
     sim: SimEngine
     bitsandbytes: BitsAndBytes = BitsAndBytes()
+    run: Run = Run()  # the GPU, as in sweeps: a CUDA ordinal bound to its NVML card
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -125,6 +128,7 @@ class ServeBench:
             "text": self.text,
             "serve": asdict(self.serve),
             "sampler": asdict(self.sampler),
+            "run": asdict(self.run),
             "sim": asdict(self.sim),
             "bitsandbytes": asdict(self.bitsandbytes),
         }
@@ -174,7 +178,7 @@ _SIM_ENGINE_KEYS: dict[str, Key] = {
                      "the simulated counter's refresh period"),
     "seed": Key(int, "an integer", None, "seeds the simulated engine"),
 }
-_TOP_KEYS = ("name", "serve", "sampler", "sim", "bitsandbytes")
+_TOP_KEYS = ("name", "serve", "run", "sampler", "sim", "bitsandbytes")
 
 
 def _lengths(path: str, where: str, value: dict[str, Any]) -> Lengths:
@@ -236,20 +240,15 @@ def parse(text: str, path: str = "<string>") -> ServeBench:
                           "expected one precision (the one the server runs)")
     if serve.engine == "transformers":
         _check_model(path, "serve.model", serve.model, Path(path).parent)
-    sampler_d = _table(path, "sampler", data.get("sampler", {}), _SAMPLER_KEYS)
-    if "gpus" in sampler_d:
-        sampler_d["gpus"] = tuple(sampler_d["gpus"])
+    sampler = ServeSampler(**_table(path, "sampler", data.get("sampler", {}), _SAMPLER_KEYS))
+    run = Run(**{k: tuple(v) for k, v in _table(path, "run", data.get("run", {}), _RUN_KEYS).items()})
+    if len(run.gpus) != 1:
+        raise ConfigError(f"{path}: 'run.gpus' = {list(run.gpus)} is not allowed; expected one GPU "
+                          "(serve-bench attributes one card's energy counter)")
     sim = SimEngine(**_table(path, "sim", data.get("sim", {}), _SIM_ENGINE_KEYS))
     bnb = BitsAndBytes(**_table(path, "bitsandbytes", data.get("bitsandbytes", {}), _BNB_KEYS))
-    return ServeBench(name, path, text, serve, ServeSampler(**sampler_d), sim, bnb)
+    return ServeBench(name, path, text, serve, sampler, sim, bnb, run)
 
 
 def load(path: str | Path) -> ServeBench:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: cannot read config: {e}") from None
-    return parse(text, str(p))
+    return parse(read(path), str(path))

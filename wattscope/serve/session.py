@@ -25,6 +25,7 @@ from wattscope.recording import Recorder
 from wattscope.serve.config import ServeBench
 from wattscope.serve.driver import Backend, ServeError, run_load, schedule
 from wattscope.telemetry import SensorSpec, measure_refresh_periods, open_sensor
+from wattscope.telemetry.gpu_map import SIM_MACHINE_GPUS, GpuBinding, resolve, resolve_machine, simulated_gpus
 
 ENERGY_SIGNAL = "NVML total energy counter, read by the sampler at sampler.energy_hz"
 
@@ -48,6 +49,7 @@ class ServeSession:
         self._lock = threading.Lock()
         self._recorder: Recorder | None = None
         self._sim_gpu: Any = None
+        self._binding: GpuBinding | None = None
         self._sampler: Any = None
         self._drainer: threading.Thread | None = None
         self._counts: dict[tuple[str, int], list[int]] = {}
@@ -74,12 +76,21 @@ class ServeSession:
     # -- setup --------------------------------------------------------------------------
 
     def _specs(self) -> list[SensorSpec]:
+        """The run's GPU bound as a sweep's is (``telemetry.gpu_map``): the engine runs on
+        that CUDA device and the sampler reads that card; a simulated machine's cards go
+        through the same binding."""
+        where = f"{self.bench.source}: 'run.gpus'"
         if self.sim:
             from wattscope.telemetry.sim import SimGPU, SimSpec
 
-            self._sim_gpu = SimGPU.create(SimSpec(seed=self.bench.sim.seed, refresh_s=self.bench.sim.refresh_s))
-            return [SensorSpec.simulated(self._sim_gpu)]
-        return [SensorSpec.nvml(i) for i in self.bench.sampler.gpus]
+            machine = simulated_gpus(SIM_MACHINE_GPUS, self.bench.sim.seed)
+            (self._binding,) = resolve(self.bench.run.gpus, machine, where=where)
+            # Card i of the simulated machine is the SimSpec of seed + i (its UUID says so).
+            seed = self.bench.sim.seed + self._binding.nvml_index
+            self._sim_gpu = SimGPU.create(SimSpec(seed=seed, refresh_s=self.bench.sim.refresh_s))
+            return [SensorSpec.simulated(self._sim_gpu, self._binding.nvml_index)]
+        (self._binding,) = resolve_machine(self.bench.run.gpus, where=where)
+        return [SensorSpec.nvml(self._binding.nvml_index)]
 
     def _describe(self, specs: list[SensorSpec]) -> dict[str, Any]:
         gpus = []
@@ -91,6 +102,8 @@ class ServeSession:
                 info["refresh_s"] = measure_refresh_periods(sensor, 0.3 if self.sim else 1.0)
             finally:
                 sensor.close()
+            if self._binding is not None:
+                info["binding"] = self._binding.to_meta()
             gpus.append(info)
         model = self.bench.serve.model
         return {
@@ -127,7 +140,9 @@ class ServeSession:
             return SimServeEngine(self.bench.sim, self._sim_gpu, serve.max_batch, self._emit)
         from wattscope.serve.transformers_engine import TransformersEngine
 
-        return TransformersEngine(serve, precision, self.bench.bitsandbytes, self._emit, self.bench.source)
+        assert self._binding is not None  # _specs ran first
+        return TransformersEngine(serve, precision, self.bench.bitsandbytes, self._emit, self.bench.source,
+                                  device=self._binding.device)
 
     # -- the run ------------------------------------------------------------------------
 

@@ -177,6 +177,10 @@ def resolve(
     return tuple(out)
 
 
+# The simulated machine's cards: --sim binds GPUs as on a real 8-GPU host.
+SIM_MACHINE_GPUS = 8
+
+
 def simulated_gpus(count: int, seed: int = 0) -> list[PhysicalGpu]:
     """A simulated machine of ``count`` cards; card i is the SimSpec of seed ``seed + i``
     (its UUID is the one ``SimSensor.info`` reports)."""
