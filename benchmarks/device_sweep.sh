@@ -10,21 +10,7 @@
 set -u
 cmd=$1
 dir=/tmp/sweeps
-mkdir -p "$dir"
-if [ ! -d /tmp/site/bitsandbytes ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-fi
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-follow() {
-  local name=$1 deadline=$((SECONDS + ${2:-540}))
-  while [ $SECONDS -lt $deadline ]; do
-    if [ -f "$dir/$name.rc" ]; then
-      echo "== $name ended with exit code $(cat "$dir/$name.rc")"; tail -n 40 "$dir/$name.log"; return 0
-    fi
-    sleep 5
-  done
-  echo "== $name still running"; tail -n 5 "$dir/$name.log"
-}
+. "$(dirname "$0")/device_lib.sh"
 case $cmd in
   start)
     name=$2 config=$3 times=${5:-1}
