@@ -23,6 +23,7 @@ import numpy as np
 
 from wattscope import events as ev
 from wattscope.config import model_labels
+from wattscope.timeline import phase_at
 from wattscope.metrics import (
     NO_RATIOS,
     GpuMeta,
@@ -431,7 +432,7 @@ class RunState:
         sel = (t >= lo) & (t <= now_ns)
         t, p = t[sel], p[sel].copy()
         if len(phase_t):
-            k = np.searchsorted(phase_t, t, side="right") - 1
+            k = phase_at(phase_t, t)
             codes = np.where(k >= 0, phase_c[np.clip(k, 0, None)], NO_PHASE).astype(np.int8)
         else:
             codes = np.full(len(t), NO_PHASE, dtype=np.int8)

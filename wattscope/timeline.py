@@ -66,7 +66,7 @@ class Timeline:
         """For each time, the index into ``phases`` of the phase it falls in; -1 before
         the first phase."""
         starts = np.fromiter((s.start_ns for s in self.phases), dtype=np.int64, count=len(self.phases))
-        return np.searchsorted(starts, np.asarray(t_ns, dtype=np.int64), side="right") - 1
+        return phase_at(starts, t_ns)
 
     def label(self, t_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(config_id, phase) of each time by the rule above, as object arrays; None where
@@ -76,6 +76,13 @@ class Timeline:
         configs = np.array([*(s.config_id for s in self.phases), None], dtype=object)
         phases = np.array([*(s.phase for s in self.phases), None], dtype=object)
         return configs[idx], phases[idx]
+
+
+def phase_at(starts_ns: np.ndarray, t_ns: Any) -> np.ndarray:
+    """The rule every surface places a sample by: a time falls in the latest phase started
+    at or before it. For each time, the index into ``starts_ns`` (sorted); -1 before the
+    first phase."""
+    return np.searchsorted(starts_ns, np.asarray(t_ns, dtype=np.int64), side="right") - 1
 
 
 def timeline(events: Iterable[ev.Event]) -> Timeline:
