@@ -247,12 +247,15 @@ def test_bad_config_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.Ca
         ("[run]\ngpus = [0, 1]", "x.toml: 'run.gpus' = [0, 1] is not allowed; expected one GPU (serve-bench attributes "
                                   "one card's energy counter)"),
         ("[sampler]\ngpus = [0]", "x.toml: 'sampler.gpus' is no longer a key; use run.gpus"),
+        # The name becomes recordings/NAME-serve.wattscope: a name, as in sweeps, not a path.
+        ('name = "../../x"', "x.toml: 'name' = '../../x' is not allowed; expected a name of letters, digits"),
     ],
 )
-def test_the_gpu_is_one_run_gpus_as_in_sweeps(table: str, message: str) -> None:
+def test_gpu_and_name_are_checked_as_in_sweeps(table: str, message: str) -> None:
     assert sc.parse(BASE + "\n[run]\ngpus = [3]\n").run.gpus == (3,)
+    text = table + BASE.replace('name = "t"\n', "") if table.startswith("name") else BASE + "\n" + table + "\n"
     with pytest.raises(ConfigError) as e:
-        sc.parse(BASE + "\n" + table + "\n", "x.toml")
+        sc.parse(text, "x.toml")
     assert str(e.value).startswith(message)
 
 

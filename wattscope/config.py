@@ -425,18 +425,25 @@ def _order(precisions: list[str], order: str, rng: random.Random) -> list[str]:
     return list(precisions)
 
 
-def parse(text: str, path: str = "<string>") -> Sweep:
+def document(text: str, path: str, top_keys: tuple[str, ...]) -> tuple[dict[str, Any], str]:
+    """A config file's TOML with only ``top_keys`` at its top, and its name: the ``name``
+    key, or one made from the file's name. Shared by sweep and serve-bench configs."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     for key in data:
-        if key not in _TOP_KEYS:
-            raise ConfigError(f"{path}: unknown key '{key}'; allowed: {', '.join(_TOP_KEYS)}")
+        if key not in top_keys:
+            raise ConfigError(f"{path}: unknown key '{key}'; allowed: {', '.join(top_keys)}")
     name = data.get("name", _name_from(Path(path).stem))
     # The name becomes a file name under recordings/: a path in it would write elsewhere.
     if not isinstance(name, str) or not _valid_name(name):
         raise ConfigError(f"{path}: 'name' = {name!r} is not allowed; expected {NAME_KEY.allowed}")
+    return data, name
+
+
+def parse(text: str, path: str = "<string>") -> Sweep:
+    data, name = document(text, path, _TOP_KEYS)
     protocol = Protocol(**_table(path, "protocol", data.get("protocol", {}), _PROTOCOL_KEYS))
     sampler = Sampler(**_table(path, "sampler", data.get("sampler", {}), _SAMPLER_KEYS))
     run_d = _table(path, "run", data.get("run", {}), _RUN_KEYS)

@@ -21,7 +21,6 @@ key and what is allowed, and is raised before anything starts or is written.
 from __future__ import annotations
 
 import random
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from wattscope.config import (
     Run,
     _check_model,
     _table,
+    document,
     read,
 )
 
@@ -213,16 +213,7 @@ def _lengths(path: str, where: str, value: dict[str, Any]) -> Lengths:
 
 
 def parse(text: str, path: str = "<string>") -> ServeBench:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    for key in data:
-        if key not in _TOP_KEYS:
-            raise ConfigError(f"{path}: unknown key '{key}'; allowed: {', '.join(_TOP_KEYS)}")
-    name = data.get("name", Path(path).stem)
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{path}: 'name' = {name!r} is not allowed; expected a non-empty string")
+    data, name = document(text, path, _TOP_KEYS)
     if "serve" not in data:
         raise ConfigError(f"{path}: '[serve]' is missing; expected a table with keys {', '.join(_SERVE_KEYS)}")
     s = _table(path, "serve", data["serve"], _SERVE_KEYS)
