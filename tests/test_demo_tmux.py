@@ -143,7 +143,8 @@ def test_replay_of_a_recording_file_keys_and_no_color(tmp_path: Path) -> None:
         strip = next(line for line in text.splitlines() if "└" in line)
         assert {".", "l", "P", "D"} <= set(strip), strip
         pane.keys("G")
-        text = pane.wait_for(fp16[0], int8[3], timeout=10)
+        # The table and the warnings line are separate widgets: wait for both to be drawn.
+        text = pane.wait_for(fp16[0], int8[3], "Results 3/3", "Qwen2-1.5B/b1/nf4: decode speed", timeout=10)
         # 80x24 shows the first rows; the noisy NF4 row is named by the warning under them.
         assert fp16[0] in text and int8[3] in text, text
         assert "completed" in text and "Results 3/3" in text and "Qwen2-1.5B/b1/nf4: decode speed" in text, text
