@@ -94,6 +94,20 @@ def test_residual_of_an_interval_without_tokens_goes_to_idle() -> None:
     assert f.idle_j + f.prefill_j + f.decode_j == pytest.approx(e.sum(), rel=1e-12)
 
 
+def test_parts_still_sum_when_a_coefficient_comes_out_negative() -> None:
+    # Prefill that costs nothing, and noise: the fitted J per prefill token is negative,
+    # so intervals of prefill alone are fitted below zero; their energy goes to idle.
+    iv, idle = _synthetic(11, n=60, noise_j=30.0)
+    rng = np.random.default_rng(11)
+    p = iv.prefill_tokens.copy()
+    d = iv.decode_tokens.copy()
+    d[::4] = 0  # intervals with prefill only
+    e = IDLE_W * iv.dt_s + B * d + rng.normal(0, 30.0, len(iv)) - 2e-3 * p
+    f = at.fit(at.Intervals(iv.start_ns, iv.end_ns, e, p, d), idle)
+    assert f.prefill_j_per_token.value < 0 and not f.ok
+    assert f.idle_j + f.prefill_j + f.decode_j == pytest.approx(e.sum(), rel=1e-12)
+
+
 def test_idle_share_is_the_idle_energy_over_the_measured() -> None:
     iv, idle = _synthetic(2)
     f = at.fit(iv, idle)

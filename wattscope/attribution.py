@@ -40,7 +40,8 @@ fraction of the mean interval energy (``nrmse``) is reported beside it.
 
 **Sum rule.** The attributed parts sum to the measured energy exactly. Each interval's
 residual ``e_i`` goes to the tokens of that interval in proportion to their fitted
-energy (``a P_i`` and ``b D_i``); an interval without tokens gives its residual to idle.
+energy (``a P_i`` and ``b D_i``); an interval whose tokens are fitted at no energy (none ran, or
+a coefficient came out negative in a poor fit) gives all its energy above idle to idle.
 A request's prefill (decode) part is its share of its intervals' attributed prefill
 (decode) energy, by its tokens there.
 
@@ -302,7 +303,9 @@ def fit(intervals: Intervals, idle: IdleFit) -> Fit:
     active = fitted > 0
     scale = np.where(active, 1.0 + u / np.where(active, fitted, 1.0), 0.0)
     pre_i, dec_i = fa * scale, fb * scale
-    idle_j = idle_fit_j + float(u[~active].sum())
+    # An interval whose tokens are fitted at no energy (none ran, or a coefficient came
+    # out negative in a poor fit) has all its energy above idle counted as idle.
+    idle_j = idle_fit_j + float(y[~active].sum())
     prefill_j, decode_j = float(pre_i.sum()), float(dec_i.sum())
 
     reasons = []

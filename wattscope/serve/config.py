@@ -68,6 +68,11 @@ class Lengths:
             return rng.randint(self.min, self.max)
         return max(1, min(self.max, round(self.median * rng.lognormvariate(0.0, self.sigma))))
 
+    @property
+    def longest(self) -> int:
+        """The most tokens a draw can give."""
+        return self.value if self.dist == "fixed" else self.max
+
 
 @dataclass(frozen=True)
 class SimEngine:

@@ -141,6 +141,15 @@ class ServeSession:
         from wattscope.serve.transformers_engine import TransformersEngine
 
         assert self._binding is not None  # _specs ran first
+        if self.sim:
+            # No real card behind a simulated one: the engine runs on the CPU and its steps
+            # are what the simulated GPU draws (sim_engine.StepPower).
+            from wattscope.serve.sim_engine import StepPower
+
+            self._emit(RunWarning(now_ns(), "serve", f"{precision}: simulated GPU: the {serve.engine} engine runs "
+                                  "on the CPU and its logged steps set the power at the [sim] costs; not a measurement"))
+            return TransformersEngine(serve, precision, self.bench.bitsandbytes, self._emit, self.bench.source,
+                                      device="cpu", power=StepPower(self.bench.sim, self._sim_gpu))
         return TransformersEngine(serve, precision, self.bench.bitsandbytes, self._emit, self.bench.source,
                                   device=self._binding.device)
 

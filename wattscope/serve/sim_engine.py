@@ -7,8 +7,10 @@ prefill_s_per_token * P + decode_s_per_seq * D`` and costs ``prefill_j_per_token
 decode_j_per_token * D`` above idle, which the engine puts on the simulated GPU as power.
 Sleeps overrun on a busy host, so the power of each step is set from the energy still
 owed (all steps' cost so far minus what was delivered), which keeps the counter's total
-on the known costs to within one step. Every step is logged (``EngineSteps``) as the
-ground truth the attribution is checked against. Demo and tests only: not a measurement.
+on the known costs to within one step (``StepPower``, which also puts the steps of a real
+in-process engine on the simulated GPU under ``serve-bench --sim``). Every step is logged
+(``EngineSteps``) as the ground truth the attribution is checked against. Demo and tests
+only: not a measurement.
 """
 
 from __future__ import annotations
@@ -34,6 +36,46 @@ class _Seq:
     prompt: int
     remaining: int
     out: queue.Queue[int] = field(default_factory=queue.Queue)
+
+
+class StepPower:
+    """Engine steps as power on the simulated GPU, at known energies per token.
+
+    ``begin`` sets the power for a step from the energy still owed over the step's
+    expected length, ``end`` counts what was delivered and drops back to idle, so the
+    counter's total stays on the known cost of the steps so far to within one step,
+    however long the steps really last."""
+
+    def __init__(self, costs: SimCosts, gpu: SimGPU) -> None:
+        self.costs = costs
+        self.gpu = gpu
+        self._owed_j = 0.0
+        self._extra_w = 0.0
+        self._start = 0
+
+    def begin(self, prefill_tokens: int, decode_tokens: int, expected_s: float, t_ns: int) -> None:
+        c = self.costs
+        self._owed_j += c.prefill_j_per_token * prefill_tokens + c.decode_j_per_token * decode_tokens
+        self._extra_w = max(0.0, self._owed_j / max(expected_s, 1e-4))
+        self._start = t_ns
+        self.gpu.set_load_w(self.gpu.spec.idle_w + self._extra_w, t_ns)
+
+    def end(self, t_ns: int) -> None:
+        self._owed_j -= self._extra_w * (t_ns - self._start) / 1e9
+        self._extra_w = 0.0
+        self.idle(t_ns)
+
+    def reset(self) -> None:
+        """Forget what is owed or was delivered beyond it (a warm-up's steps are not part
+        of the run, and their misjudged lengths must not move energy into it)."""
+        self._owed_j = 0.0
+        self.idle()
+
+    def idle(self, t_ns: int | None = None) -> None:
+        try:
+            self.gpu.set_load_w(self.gpu.spec.idle_w, t_ns)
+        except ValueError:
+            pass  # the GPU was closed under us at the end of the run
 
 
 class SimServeEngine:
@@ -80,16 +122,16 @@ class SimServeEngine:
             yield n
 
     def _loop(self) -> None:
-        c, idle_w = self.costs, self.gpu.spec.idle_w
+        c = self.costs
+        power = StepPower(c, self.gpu)
         running: list[_Seq] = []
         steps: list[list[int]] = []
-        owed_j = 0.0  # energy of the steps so far not yet delivered as power
         last_batch = now_ns()
         try:
             while True:
                 with self._wake:
                     while not running and not self._waiting and not self._stop:
-                        self.gpu.set_load_w(idle_w)
+                        power.idle()
                         self._flush(steps)
                         self._wake.wait(0.5)
                     if self._stop:
@@ -100,13 +142,11 @@ class SimServeEngine:
                 p = sum(s.prompt for s in admitted)
                 d = len(running)
                 planned = c.step_s + c.prefill_s_per_token * p + c.decode_s_per_seq * d
-                owed_j += c.prefill_j_per_token * p + c.decode_j_per_token * d
                 start = now_ns()
-                extra_w = max(0.0, owed_j / planned)
-                self.gpu.set_load_w(idle_w + extra_w, start)
+                power.begin(p, d, planned, start)
                 time.sleep(planned)
                 end = now_ns()
-                owed_j -= extra_w * (end - start) / 1e9
+                power.end(end)
                 steps.append([start, end, p, d])
                 for s in running:
                     s.remaining -= 1
@@ -125,10 +165,7 @@ class SimServeEngine:
             self._error = f"simulated engine failed: {type(e).__name__}: {e}"
         finally:
             self._flush(steps)
-            try:
-                self.gpu.set_load_w(idle_w)
-            except ValueError:
-                pass  # the GPU was closed under us at the end of the run
+            power.idle()
             for s in [*running, *self._waiting]:
                 s.out.put(-2)
 
