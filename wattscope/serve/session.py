@@ -7,7 +7,10 @@ recording; the recording is finalised whatever happens (status "failed" with the
 when the engine could not start or died, "interrupted" on Ctrl-C).
 
 The engine runs in this process (an HTTP server in its own), the sampler in its own, as
-in sweeps; serve-bench has no live app, so no display shares the engine's process.
+in sweeps. The live app (``serve-bench`` on a terminal) runs in this process too, on the
+main thread, with this run on another: it reads a state fed through ``on_event`` and
+stops the run by setting ``stop``, which ends it "interrupted" at the next request or
+phase edge.
 """
 
 from __future__ import annotations
@@ -38,13 +41,15 @@ def server_log_path(output: Path) -> Path:
 class ServeSession:
     def __init__(
         self, bench: ServeBench, output: Path, *, sim: bool = False, precisions: tuple[str, ...] | None = None,
-        progress: Callable[[str], None] = lambda line: None,
+        progress: Callable[[str], None] = lambda line: None, on_event: Callable[[Event], None] | None = None,
     ) -> None:
         self.bench = bench
         self.output = Path(output)
         self.sim = sim or bench.serve.engine == "sim"
         self.precisions = precisions or bench.serve.precisions
         self.progress = progress
+        # Called with every event right after it is recorded (the live app's state).
+        self._on_event = on_event
         self.stop = threading.Event()
         self._lock = threading.Lock()
         self._recorder: Recorder | None = None
@@ -60,6 +65,8 @@ class ServeSession:
         with self._lock:
             assert self._recorder is not None
             self._recorder.write(ev)
+            if self._on_event is not None:
+                self._on_event(ev)
             if isinstance(ev, Request):
                 c = self._counts.setdefault((ev.precision, ev.rate_index), [0, 0])
                 c[0 if ev.ok else 1] += 1
@@ -170,6 +177,9 @@ class ServeSession:
             self._drainer = threading.Thread(target=self._drain_sampler, args=(q, done), daemon=True)
             self._drainer.start()
             for precision in self.precisions:
+                if self.stop.is_set():
+                    status, reason = "interrupted", "stopped by the user"
+                    break
                 status, reason = self._run_precision(precision)
                 if status != "completed":
                     break
@@ -219,6 +229,8 @@ class ServeSession:
                 if out.failure:
                     self._emit(RunWarning(now_ns(), "serve", f"{precision}: {out.failure}"))
                     return "failed", out.failure
+                if self.stop.is_set():
+                    return "interrupted", "stopped by the user"
             return "completed", ""
         finally:
             backend.close()
