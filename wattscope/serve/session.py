@@ -9,7 +9,7 @@ when the engine could not start or died, "interrupted" on Ctrl-C).
 The engine runs in this process (an HTTP server in its own), the sampler in its own, as
 in sweeps. The live app (``serve-bench`` on a terminal) runs in this process too, on the
 main thread, with this run on another: it reads a state fed through ``on_event`` and
-stops the run by setting ``stop``, which ends it "interrupted" at the next request or
+stops the run with ``halt`` (a status and a reason), which ends it at the next request or
 phase edge.
 """
 
@@ -51,6 +51,7 @@ class ServeSession:
         # Called with every event right after it is recorded (the live app's state).
         self._on_event = on_event
         self.stop = threading.Event()
+        self._halt = ("interrupted", "stopped by the user")  # how a stop ends the run (``halt``)
         self._lock = threading.Lock()
         self._recorder: Recorder | None = None
         self._sim_gpu: Any = None
@@ -58,6 +59,13 @@ class ServeSession:
         self._sampler: Any = None
         self._drainer: threading.Thread | None = None
         self._counts: dict[tuple[str, int], list[int]] = {}
+
+    def halt(self, status: str = "interrupted", reason: str = "stopped by the user") -> None:
+        """Stop the run from another thread; it ends with ``status`` (events.RUN_ENDINGS)
+        and ``reason`` at the next request or phase edge. The first ending asked for stands."""
+        if not self.stop.is_set():
+            self._halt = (status, reason)
+        self.stop.set()
 
     # -- recording ----------------------------------------------------------------------
 
@@ -178,7 +186,7 @@ class ServeSession:
             self._drainer.start()
             for precision in self.precisions:
                 if self.stop.is_set():
-                    status, reason = "interrupted", "stopped by the user"
+                    status, reason = self._halt
                     break
                 status, reason = self._run_precision(precision)
                 if status != "completed":
@@ -217,7 +225,7 @@ class ServeSession:
             self.progress(f"{precision}: idle window {serve.idle_s:g} s")
             for i, rate in enumerate(serve.rates):
                 if self.stop.is_set():
-                    return "interrupted", "stopped by the user"
+                    return self._halt
                 arrivals = schedule(serve, i, precision)
                 self.progress(f"{precision}: rate {rate:g}/s, {len(arrivals)} requests over {serve.duration_s:g} s")
                 out = run_load(backend, arrivals, i, self._emit, drain_s=serve.drain_s, precision=precision,
@@ -230,7 +238,7 @@ class ServeSession:
                     self._emit(RunWarning(now_ns(), "serve", f"{precision}: {out.failure}"))
                     return "failed", out.failure
                 if self.stop.is_set():
-                    return "interrupted", "stopped by the user"
+                    return self._halt
             return "completed", ""
         finally:
             backend.close()

@@ -17,6 +17,7 @@ from wattscope.replay import ReplayController
 from wattscope.serve.session import ServeSession
 from wattscope.serve.state import ServeSnapshot, ServeState
 from wattscope.source import ReplayControls
+from wattscope.state import Snapshot
 
 STARTED_POLL_S = 0.05
 
@@ -34,6 +35,7 @@ class ServeSource(Protocol):
     def status(self) -> str: ...
 
     def serving(self) -> ServeSnapshot: ...
+    def snapshot(self) -> Snapshot: ...
     def stop(self) -> None: ...
     def wait(self, timeout: float | None = None) -> bool: ...
 
@@ -78,6 +80,9 @@ class LiveServe:
     def serving(self) -> ServeSnapshot:
         return self.state.serving(self.clock())
 
+    def snapshot(self) -> Snapshot:
+        return self.state.snapshot(self.clock())
+
     @property
     def done(self) -> bool:
         return self._done.is_set()
@@ -91,7 +96,11 @@ class LiveServe:
         return self._status if self._done.is_set() else self.state.snapshot(self.clock()).status
 
     def stop(self) -> None:
-        self.session.stop.set()
+        self.session.halt()
+
+    def halt(self, status: str, reason: str) -> None:
+        """Stop the run with this ending (a signal's, a failed display's)."""
+        self.session.halt(status, reason)
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
