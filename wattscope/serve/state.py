@@ -18,7 +18,9 @@ What is known when:
   ``PhaseStarted`` at those instants.
 * A ``Request`` arrives when it ends. Requests in flight are the arrivals due so far by
   the config's seeded schedule (``driver.schedule``, what the driver sends) that have not
-  ended.
+  ended. Their energy is in the counter before their tokens are in the stream, so while
+  many are in flight the running J per token reads high; the phase's final figures have
+  every request.
 * The running load phase's figures are ``analyse`` of that phase from its start to now,
   recomputed at most every ``RECOMPUTE_S`` seconds (of wall clock: a fast replay costs
   no more). An ended phase's figures are final once the next phase ended or the run
