@@ -352,8 +352,12 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
         from wattscope.serve.source import LiveServe
         from wattscope.tui.serving import run_serve_app
 
-        status = run_serve_app(LiveServe(lambda on_event: ServeSession(
-            bench, output, sim=args.sim, precisions=precisions, on_event=on_event)), frame_s)
+        live = LiveServe(lambda on_event: ServeSession(
+            bench, output, sim=args.sim, precisions=precisions, on_event=on_event))
+        session = live.session
+        status = run_serve_app(live, frame_s)
+    if status in RUN_FAULTS and session.reason:
+        _say(f"wattscope: error: {session.reason}; the run was stopped, the recording keeps what was measured")
     from wattscope.serve_report import export_serving
 
     sys.stdout.write(str(export_serving(output, "text")))

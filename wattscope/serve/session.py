@@ -52,6 +52,7 @@ class ServeSession:
         self._on_event = on_event
         self.stop = threading.Event()
         self._halt = ("interrupted", "stopped by the user")  # how a stop ends the run (``halt``)
+        self.reason = ""  # how the run ended, in words (RunEnded.reason), once it has
         self._lock = threading.Lock()
         self._recorder: Recorder | None = None
         self._sim_gpu: Any = None
@@ -202,6 +203,7 @@ class ServeSession:
             done.set()
             if self._drainer is not None:
                 self._drainer.join(5)
+            self.reason = reason
             self._emit(RunEnded(now_ns(), status, reason))
             assert self._recorder is not None
             self._recorder.close()
