@@ -207,3 +207,15 @@ def test_quitting_the_live_app_finalises_the_recording(tmp_path: Path) -> None:
         assert rec.meta["end_reason"] == "stopped by the user"
         phases = [e for e in rec.events(samples=False) if isinstance(e, ev.ServePhase)]
     assert [p.phase for p in phases] == ["idle", "load"]  # the first rate, cut short
+
+
+def test_a_bad_fps_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from wattscope.cli import main
+
+    cfg = tmp_path / "sim.toml"
+    cfg.write_text(SIM)
+    out = tmp_path / "x.wattscope"
+    assert main(["serve-bench", str(cfg), "--fps", "100", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wattscope: error: --fps 100") and len(err.strip().splitlines()) == 1
+    assert not out.exists()
