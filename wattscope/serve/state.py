@@ -245,12 +245,10 @@ class ServeState(RunState):
         throttle allows, the others and the running phase so far."""
         due = self._computed_wall is None or self._wall() - self._computed_wall >= self._recompute_s
         jobs = []
-        loads = 0
         for k, ph in enumerate(self._ended_phases):
             if ph.phase != "load":
                 continue
             key = (ph.precision, ph.index)
-            loads += 1
             if key in self._final:
                 continue
             final = self._settled(k)
@@ -290,7 +288,7 @@ class ServeState(RunState):
         replay). The analyses run outside the lock, so the stream keeps folding."""
         with self._lock:
             jobs = self._jobs(now_ns)
-            if any(not j.final for j in jobs):  # the throttled ones ran
+            if any(not j.final for j in jobs):  # the throttle restarts from this computation
                 self._computed_wall = self._wall()
         done = [(j, analyse(j.slice)) for j in jobs]
         with self._lock:
@@ -328,7 +326,8 @@ class ServeState(RunState):
             model=str(cfg.get("model", "")),
             engine=str(cfg.get("engine", "")),
             now=now,
-            phase_elapsed_s=max(0.0, (now_ns - self._now_since) / 1e9) if now is not None and self._now_since else 0.0,
+            phase_elapsed_s=(max(0.0, (now_ns - self._now_since) / 1e9)
+                             if now is not None and self._now_since is not None else 0.0),
             in_flight=self._in_flight(now, now_ns) if now is not None else None,
             ok=ok,
             failed=failed,
