@@ -328,7 +328,7 @@ def test_sim_run_recovers_the_engine_costs_and_sums(tmp_path: Path) -> None:
     per_req = _run(["export", str(out), "--table", "serving", "--format", "json", "--per-request"])
     assert len(json.loads(per_req.stdout)["serving"]) == sum(r.ok + r.failed for r in results)
     # Commands that read sweeps refuse it by name and point at its table, writing nothing.
-    for argv in (["replay", str(out), "--headless"], ["export", str(out)], ["compare", str(out), str(out)],
+    for argv in (["export", str(out)], ["compare", str(out), str(out)],
                  ["plot", str(out), "-o", str(tmp_path / "x.png")]):
         p = _run(argv)
         assert p.returncode == 2, argv

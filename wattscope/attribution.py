@@ -344,3 +344,11 @@ def split_requests(f: Fit, prefill: np.ndarray, decode: np.ndarray) -> tuple[np.
         return np.asarray(tokens @ w)
 
     return share(prefill, f.interval_prefill_j), share(decode, f.interval_decode_j)
+
+
+def energy_shares(f: Fit) -> tuple[float, float, float]:
+    """Idle, prefill and decode parts of the measured energy as fractions of it (they sum
+    to 1 by the sum rule); NaN when the fit is poor, as its other figures are."""
+    if not (f.ok and f.measured_j > 0):
+        return (math.nan, math.nan, math.nan)
+    return (f.idle_j / f.measured_j, f.prefill_j / f.measured_j, f.decode_j / f.measured_j)

@@ -138,7 +138,10 @@ def _replay(path: str | Path, args: argparse.Namespace) -> int:
     if not args.speed > 0:  # also NaN
         raise UsageError(f"--speed {args.speed:g} is not allowed; expected a playback speed > 0")
     rec = load(path)
-    _sweeps_only(str(path), rec.meta, "replay")
+    from wattscope.serve.analysis import is_serving
+
+    if is_serving(rec.meta):
+        return _replay_serving(rec, args, frame_s)
     if _headless(args):
         from wattscope.headless import run_replay
 
@@ -147,6 +150,23 @@ def _replay(path: str | Path, args: argparse.Namespace) -> int:
         from wattscope.tui.app import run_replay_app
 
         run_replay_app(rec, speed=args.speed, frame_s=frame_s)
+    return 0
+
+
+def _replay_serving(rec: object, args: argparse.Namespace, frame_s: float) -> int:
+    """A serve-bench recording: the serving screen, or headless its phases table as the
+    replayed state ends with it."""
+    if _headless(args):
+        from wattscope.serve.source import ServeReplay
+        from wattscope.serve_report import format_serving
+
+        replay = ServeReplay(rec)
+        replay.run_fast()
+        sys.stdout.write(str(format_serving(list(replay.serving().rates), "text")))
+    else:
+        from wattscope.tui.serving import run_serve_replay_app
+
+        run_serve_replay_app(rec, speed=args.speed, frame_s=frame_s)
     return 0
 
 
@@ -320,16 +340,29 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else Path("recordings") / f"{bench.name}-serve.wattscope"
     if output.exists():
         raise UsageError(f"{output}: already exists; choose another file with -o")
+    frame_s = _frame_s(args)
     from wattscope.serve.session import ServeSession
 
-    session = ServeSession(bench, output, sim=args.sim, precisions=tuple(args.precision or ()) or None,
-                           progress=lambda line: print(line, flush=True))
-    status = session.run()
+    precisions = tuple(args.precision or ()) or None
+    if _headless(args):
+        session = ServeSession(bench, output, sim=args.sim, precisions=precisions,
+                               progress=lambda line: print(line, flush=True))
+        status = session.run()
+    else:
+        from wattscope.serve.source import LiveServe
+        from wattscope.tui.serving import run_serve_app
+
+        live = LiveServe(lambda on_event: ServeSession(
+            bench, output, sim=args.sim, precisions=precisions, on_event=on_event))
+        session = live.session
+        status = run_serve_app(live, frame_s)
+    if status in RUN_FAULTS and session.reason:
+        _say(f"wattscope: error: {session.reason}; the run was stopped, the recording keeps what was measured")
     from wattscope.serve_report import export_serving
 
     sys.stdout.write(str(export_serving(output, "text")))
     print(f"recording: {output}", file=sys.stderr)
-    return {"completed": 0, "interrupted": EXIT_INTERRUPTED}.get(status, EXIT_FAILED)
+    return RUN_EXIT_CODES.get(status, EXIT_FAILED)
 
 
 def _serve_bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -338,6 +371,10 @@ def _serve_bench_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--sim", action="store_true", help="simulated GPU (with engine 'sim' always; demo/test)")
     s.add_argument("--precision", action="append", help="run only this one of serve.precisions (repeatable)")
     s.add_argument("-o", "--output", help="recording file (default recordings/NAME-serve.wattscope)")
+    s.add_argument("--headless", action="store_true",
+                   help="print progress lines instead of opening the app (automatic when stdout is not a terminal)")
+    s.add_argument("--fps", type=float, default=DEFAULT_FPS,
+                   help=f"the app's refresh rate, frames per second ({MIN_FPS:g}-{MAX_FPS:g}, default {DEFAULT_FPS:g})")
     s.set_defaults(func=cmd_serve_bench)
 
 

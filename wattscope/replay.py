@@ -71,7 +71,14 @@ class ReplayController:
         clock: Callable[[], int] = ev.now_ns,
         window_s: float = 60.0,
         speed: float = 1.0,
+        new_state: Callable[[float], RunState] = RunState,
+        refold_all: bool = False,
     ) -> None:
+        # ``new_state(window_s)`` makes the state the stream is folded into; a state whose
+        # figures need the whole stream so far (a serving run's) asks for ``refold_all``:
+        # a seek then folds everything up to the target, samples included.
+        self._new_state = new_state
+        self._refold_all = refold_all
         self.recording = recording
         self.path: str | None = getattr(recording, "path", None)
         self._clock = clock
@@ -95,7 +102,7 @@ class ReplayController:
     # ------------------------------------------------------------------ stream
 
     def _reset_cursor(self, start_ns: int | None) -> None:
-        self.state = RunState(window_s=self._window_s)
+        self.state = self._new_state(self._window_s)
         self._it = iter(self.recording.events(start_ns=start_ns))
         self._next: ev.Event | None = None
         self._exhausted = False
@@ -278,6 +285,11 @@ class ReplayController:
     def _rebuild(self, t_ns: int) -> None:
         """State at ``t_ns`` from the non-sample events up to it plus the samples of the
         graph window (and of the current phase, for its running mean)."""
+        if self._refold_all:
+            self._reset_cursor(None)
+            self._pos = t_ns
+            self._apply_due()
+            return
         idx = self._non_sample_events()
         phase_start = next(
             (e.t_ns for e in reversed(idx) if e.t_ns <= t_ns and isinstance(e, ev.PhaseStarted)),

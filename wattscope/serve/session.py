@@ -7,7 +7,10 @@ recording; the recording is finalised whatever happens (status "failed" with the
 when the engine could not start or died, "interrupted" on Ctrl-C).
 
 The engine runs in this process (an HTTP server in its own), the sampler in its own, as
-in sweeps; serve-bench has no live app, so no display shares the engine's process.
+in sweeps. The live app (``serve-bench`` on a terminal) runs in this process too, on the
+main thread, with this run on another: it reads a state fed through ``on_event`` and
+stops the run with ``halt`` (a status and a reason), which ends it at the next request or
+phase edge.
 """
 
 from __future__ import annotations
@@ -38,14 +41,18 @@ def server_log_path(output: Path) -> Path:
 class ServeSession:
     def __init__(
         self, bench: ServeBench, output: Path, *, sim: bool = False, precisions: tuple[str, ...] | None = None,
-        progress: Callable[[str], None] = lambda line: None,
+        progress: Callable[[str], None] = lambda line: None, on_event: Callable[[Event], None] | None = None,
     ) -> None:
         self.bench = bench
         self.output = Path(output)
         self.sim = sim or bench.serve.engine == "sim"
         self.precisions = precisions or bench.serve.precisions
         self.progress = progress
+        # Called with every event right after it is recorded (the live app's state).
+        self._on_event = on_event
         self.stop = threading.Event()
+        self._halt = ("interrupted", "stopped by the user")  # how a stop ends the run (``halt``)
+        self.reason = ""  # how the run ended, in words (RunEnded.reason), once it has
         self._lock = threading.Lock()
         self._recorder: Recorder | None = None
         self._sim_gpu: Any = None
@@ -54,12 +61,21 @@ class ServeSession:
         self._drainer: threading.Thread | None = None
         self._counts: dict[tuple[str, int], list[int]] = {}
 
+    def halt(self, status: str = "interrupted", reason: str = "stopped by the user") -> None:
+        """Stop the run from another thread; it ends with ``status`` (events.RUN_ENDINGS)
+        and ``reason`` at the next request or phase edge. The first ending asked for stands."""
+        if not self.stop.is_set():
+            self._halt = (status, reason)
+        self.stop.set()
+
     # -- recording ----------------------------------------------------------------------
 
     def _emit(self, ev: Event) -> None:
         with self._lock:
             assert self._recorder is not None
             self._recorder.write(ev)
+            if self._on_event is not None:
+                self._on_event(ev)
             if isinstance(ev, Request):
                 c = self._counts.setdefault((ev.precision, ev.rate_index), [0, 0])
                 c[0 if ev.ok else 1] += 1
@@ -179,6 +195,9 @@ class ServeSession:
             self._drainer = threading.Thread(target=self._drain_sampler, args=(q, done), daemon=True)
             self._drainer.start()
             for precision in self.precisions:
+                if self.stop.is_set():
+                    status, reason = self._halt
+                    break
                 status, reason = self._run_precision(precision)
                 if status != "completed":
                     break
@@ -193,6 +212,7 @@ class ServeSession:
             done.set()
             if self._drainer is not None:
                 self._drainer.join(5)
+            self.reason = reason
             self._emit(RunEnded(now_ns(), status, reason))
             assert self._recorder is not None
             self._recorder.close()
@@ -216,7 +236,7 @@ class ServeSession:
             self.progress(f"{precision}: idle window {serve.idle_s:g} s")
             for i, rate in enumerate(serve.rates):
                 if self.stop.is_set():
-                    return "interrupted", "stopped by the user"
+                    return self._halt
                 arrivals = schedule(serve, i, precision)
                 self.progress(f"{precision}: rate {rate:g}/s, {len(arrivals)} requests over {serve.duration_s:g} s")
                 out = run_load(backend, arrivals, i, self._emit, drain_s=serve.drain_s, precision=precision,
@@ -228,6 +248,8 @@ class ServeSession:
                 if out.failure:
                     self._emit(RunWarning(now_ns(), "serve", f"{precision}: {out.failure}"))
                     return "failed", out.failure
+                if self.stop.is_set():
+                    return self._halt
             return "completed", ""
         finally:
             backend.close()

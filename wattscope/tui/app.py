@@ -64,11 +64,15 @@ class HelpScreen(ModalScreen[None]):
 
     BINDINGS = [Binding("escape,question_mark,q", "dismiss", "Close")]
 
-    def __init__(self, keys: list[tuple[str, str]], columns: list[tuple[str, str]], no_color: bool = False) -> None:
+    RESULTS = "Results: ratios are to FP16 of the same model, batch and engine."
+
+    def __init__(self, keys: list[tuple[str, str]], columns: list[tuple[str, str]], no_color: bool = False,
+                 results: str = RESULTS) -> None:
         super().__init__()
         self.keys = keys
         self.columns = columns
         self.no_color = no_color
+        self.results = results
 
     def compose(self) -> ComposeResult:
         text = Text("wattscope keys\n\n", style="bold")
@@ -78,7 +82,7 @@ class HelpScreen(ModalScreen[None]):
         text.append("\nGraph: power on a fixed 0..TDP scale (z: zoomed to what is shown);\n"
                     "phase marks and the run time beneath:\n")
         text.append_text(phase_legend(self.no_color))
-        text.append("\n\nResults: ratios are to FP16 of the same model, batch and engine.\n", style="bold")
+        text.append(f"\n\n{self.results}\n", style="bold")
         for heading, meaning in self.columns:
             text.append(f"{heading}", style="bold")
             text.append(f"  {meaning}\n")
@@ -119,10 +123,16 @@ class ConfirmQuit(ModalScreen[bool]):
         Binding("n,escape", "answer(False)", "Keep running"),
     ]
 
+    QUESTION = "A sweep is running.\n\nStop the runner and quit?"
+
+    def __init__(self, question: str = QUESTION) -> None:
+        super().__init__()
+        self.question = question
+
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm"):
             yield Static(
-                "A sweep is running.\n\nStop the runner and quit? Everything measured so "
+                f"{self.question} Everything measured so "
                 "far stays in the recording.\n\n[b]y[/b] stop and quit    [b]n[/b] keep running"
             )
 
