@@ -5,6 +5,12 @@ mkdir -p "$dir"
 if [ ! -d /tmp/site/bitsandbytes ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 fi
+# Textual and its pure-Python dependencies (the image has none), for the live app on the
+# device (observer_effect.py --live); carried only when needed: with them the call is near
+# its 64 MiB (carry [".whl", ".whl-tui"]).
+if [ -d .whl-tui ] && [ ! -d /tmp/site/textual ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl-tui/*.whl || exit 1
+fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 follow() {
   local name=$1 deadline=$((SECONDS + ${2:-540}))
