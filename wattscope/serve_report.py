@@ -25,7 +25,8 @@ METHOD_NOTE = (
     "idle window; 95% intervals from Newey-West errors). Prefill tokens: each prompt spread from sending to first "
     "token; decode tokens: each later streamed token. The fit is poor (no figures) with fewer than "
     f"{MIN_INTERVALS} intervals, when the tokens explain less than {MIN_R2:.0%} of the energy above idle (R2), or "
-    "when an interval reaches zero. Residuals go to the tokens of their interval, so idle + prefill + decode = measured."
+    "when an interval reaches zero. Residuals go to the tokens of their interval (to idle where its tokens are fitted at "
+    "no energy), so idle + prefill + decode = measured."
 )
 
 
