@@ -244,6 +244,12 @@ def timeline_figure(src: Source, config: str | None = None) -> Figure:
     if serving is not None and config is not None:
         raise PlotError(f"{src.label}: a serving recording (serve-bench) has no configurations; "
                         "--config narrows a sweep's timeline")
+    if config is not None:
+        ids = [c.config_id for c in t.configs]
+        if config not in ids:
+            raise PlotError(f"{src.label}: no configuration {config!r}; allowed: {', '.join(ids)}")
+        c = next(c for c in t.configs if c.config_id == config)
+        lo, hi = c.start_ns, c.end_ns
     if serving is not None:
         # (span, key of its band's gid, whether it is the shown configuration's)
         bands = [(span, label, True) for span, label in serving]
@@ -251,12 +257,6 @@ def timeline_figure(src: Source, config: str | None = None) -> Figure:
     else:
         bands = [(span, str(span.config_id), config is None or span.config_id in (config, None)) for span in t.phases]
         labelled = _labelled_spans(t, config)
-    if config is not None:
-        ids = [c.config_id for c in t.configs]
-        if config not in ids:
-            raise PlotError(f"{src.label}: no configuration {config!r}; allowed: {', '.join(ids)}")
-        c = next(c for c in t.configs if c.config_id == config)
-        lo, hi = c.start_ns, c.end_ns
     samples = rec.samples
     samples = samples[(samples["t_ns"] >= lo) & (samples["t_ns"] <= hi)]
     gpus = sorted(int(g) for g in samples["gpu"].unique()) or [g.index for g in run.gpus] or [0]
