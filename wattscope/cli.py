@@ -421,9 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="draw a figure (png, svg, pdf) from recordings or CSV tables; needs wattscope[plot]")
     pl.add_argument("sources", nargs="+", help="recordings (.wattscope) or measurement CSV tables, side by side")
     pl.add_argument("-o", "--output", required=True, help="figure file: .png, .svg or .pdf")
-    pl.add_argument("--kind", default="ratios", choices=["timeline", "ratios", "power", "serving"],
-                    help="ratios to FP16 with their intervals (default), average power per phase, power over time, "
-                         "or J per token against the rate (serving recordings)")
+    pl.add_argument("--kind", choices=["timeline", "ratios", "power", "serving"],
+                    help="ratios to FP16 with their intervals, average power per phase, power over time, or J per "
+                         "token against the rate (default: serving for serving recordings, else ratios)")
     pl.add_argument("--rate", default="offered", choices=["offered", "achieved"],
                     help="with --kind serving: the rate on the x axis (default offered)")
     pl.add_argument("--config", help="with --kind timeline: only this configuration (its id, e.g. Qwen2-1.5B/b1/int8)")

@@ -392,17 +392,20 @@ def _check_kind(src: Source, kind: str) -> None:
                         + (" or --kind timeline" if src.kind == "recording" else ""))
 
 
-def figure(sources: Any, kind: str, *, config: str | None = None, rate: str = "offered") -> Figure:
-    """The figure of ``kind`` for ``sources`` (paths, Recordings, Tables); ``rate`` is the
+def figure(sources: Any, kind: str | None = None, *, config: str | None = None, rate: str = "offered") -> Figure:
+    """The figure of ``kind`` for ``sources`` (paths, Recordings, Tables); without a kind,
+    ``serving`` where every source is a serving recording, else ``ratios``. ``rate`` is the
     serving figure's x axis."""
-    if kind not in KINDS:
+    if kind is not None and kind not in KINDS:
         raise PlotError(f"unknown figure kind {kind!r}; allowed: {', '.join(KINDS)}")
+    _matplotlib()
+    srcs = open_sources(sources)
+    if kind is None:
+        kind = "serving" if all(is_serving(s.meta) for s in srcs) else "ratios"
     if config is not None and kind != "timeline":
         raise PlotError(f"--config narrows a timeline; --kind {kind} draws every configuration")
     if rate != "offered" and kind != "serving":
         raise PlotError(f"--rate picks the serving figure's axis; --kind {kind} has none")
-    _matplotlib()
-    srcs = open_sources(sources)
     for src in srcs:
         _check_kind(src, kind)
     if kind == "timeline":
@@ -415,7 +418,7 @@ def figure(sources: Any, kind: str, *, config: str | None = None, rate: str = "o
     return ratios_figure(a) if kind == "ratios" else power_figure(a)
 
 
-def plot(sources: Sequence[Any] | Any, out: str | Path, kind: str = "ratios", *, config: str | None = None,
+def plot(sources: Sequence[Any] | Any, out: str | Path, kind: str | None = None, *, config: str | None = None,
          rate: str = "offered") -> Path:
     """Draw ``kind`` and write it to ``out``; the format is the file's suffix (png, svg,
     pdf). Written atomically: the file is complete or absent."""
