@@ -346,6 +346,8 @@ def serving_figure(srcs: Sequence[Source], rate: str = "offered") -> Figure:
         ok = rows[rows["fit_ok"].astype(bool)]
         poor += [f"{src.label} {precision_label(precision)} at {r['offered_rps']:g}/s: {r['fit_reason']}"
                  for _, r in rows[~rows["fit_ok"].astype(bool)].iterrows()]
+        if ok.empty:
+            continue  # nothing to draw: the note names each of its rates
         label = f"{_serving_label(src)} {precision_label(precision)}"
         x = ok[f"{rate}_rps"].to_numpy(float)
         # Series side by side at the same rate: shifted on the page, not in the data.
@@ -370,8 +372,8 @@ def serving_figure(srcs: Sequence[Source], rate: str = "offered") -> Figure:
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3), fontsize=8, frameon=False)
     if poor:
-        fig.text(0.01, 0.0, "not drawn, fit poor: " + "; ".join(poor), fontsize=7, ha="left", va="top", wrap=True,
-                 gid="serving-poor")
+        note = fig.supxlabel("\n".join(["not drawn, fit poor:", *poor]), fontsize=7, x=0.01, ha="left")
+        note.set_gid("serving-poor")
     fig.suptitle("Energy per token under serving load: counter energy fitted as idle + prefill + decode tokens",
                  fontsize=10)
     return fig
