@@ -1,6 +1,6 @@
 """Figures for papers and reports (``wattscope plot``), drawn with matplotlib.
 
-Three kinds, each drawn only from what the analysis and the recording hold, never
+Four kinds, each drawn only from what the analysis and the recording hold, never
 recomputed here:
 
 - ``ratios``: each ratio to FP16 (``Analysis.phases``: the value and, where the source has
@@ -11,7 +11,15 @@ recomputed here:
   point, and % of TDP on the right-hand axis where the sources share one TDP;
 - ``timeline``: a recording's instant power per GPU over time, the phases as coloured
   bands (``wattscope.timeline``), configurations labelled, the TDP as a dashed line;
-  ``config`` narrows it to one configuration.
+  ``config`` narrows it to one configuration. A serving recording's bands are its idle and
+  load phases (``ServePhase``), labelled by precision and offered rate;
+- ``serving``: serving recordings' J per prefill and per decode token and idle share
+  (``serve.analysis.rates_frame``) against the offered or achieved rate, 95% intervals as
+  whiskers, one series per source and precision; a poor fit is not drawn but named in a
+  note under the panels.
+
+``ratios`` and ``power`` draw sweeps, ``serving`` serve-bench recordings; the wrong kind
+for a source is refused naming both.
 
 matplotlib is an optional extra (``pip install 'wattscope[plot]'``) imported only when a
 figure is made, with the non-interactive Agg canvas, so plotting works without a display.
@@ -318,10 +326,9 @@ def timeline_figure(src: Source, config: str | None = None) -> Figure:
 
 
 def _serving_label(src: Source) -> str:
-    """A serving source as the figure names it: its file and card (simulated said so)."""
+    """A serving source as the figure names it: its file and its card."""
     gpu = src.meta.get("gpu") or {}
-    card = str(gpu.get("name") or "GPU")
-    return f"{src.label} ({card}{', simulated' if src.meta.get('simulated') and 'imulated' not in card else ''})"
+    return f"{src.label} ({gpu.get('name') or 'GPU'})"
 
 
 def serving_figure(srcs: Sequence[Source], rate: str = "offered") -> Figure:
@@ -374,8 +381,9 @@ def serving_figure(srcs: Sequence[Source], rate: str = "offered") -> Figure:
     if poor:
         note = fig.supxlabel("\n".join(["not drawn, fit poor:", *poor]), fontsize=7, x=0.01, ha="left")
         note.set_gid("serving-poor")
-    fig.suptitle("Energy per token under serving load: counter energy fitted as idle + prefill + decode tokens",
-                 fontsize=10)
+    simulated = " (simulated GPU)" if any(src.meta.get("simulated") for src in srcs) else ""
+    fig.suptitle("Energy per token under serving load: counter energy fitted as idle + prefill + decode tokens"
+                 + simulated, fontsize=10)
     return fig
 
 
