@@ -299,7 +299,6 @@ def _export_serving(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from wattscope import export
     from wattscope.analysis import open_source
-
     from wattscope.serve.analysis import is_serving
 
     a, b = open_source(args.a), open_source(args.b)

@@ -102,7 +102,6 @@ def export_serving(path: Any, fmt: str, per_request: bool = False) -> str | byte
         rec.close()
 
 
-
 COMPARE_NOTE = (
     "Rows matched by precision and offered rate. B/A: B's J per token over A's, 95% interval by the delta method "
     "on the log scale (each fit's standard error from its t-interval; the two variances add; Welch-Satterthwaite "
