@@ -83,3 +83,12 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     return (yield from _guard(item, "call"))
+
+
+@pytest.fixture(scope="session")
+def serve_recordings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Small serve-bench recordings on the simulated GPU (tests/serve_sim.py), made once;
+    tests asking for them start processes and carry the process mark."""
+    import serve_sim
+
+    return serve_sim.make(tmp_path_factory.mktemp("serve"))

@@ -29,11 +29,10 @@ def rounds_rec(tmp_path_factory):
 
 def _artists(fig, prefix: str) -> dict[str, object]:
     found = {}
-    for ax in fig.axes:
-        for a in [*ax.lines, *ax.collections, *ax.texts, *ax.patches]:
-            gid = a.get_gid()
-            if gid and gid.startswith(prefix):
-                found[gid] = a
+    for a in [*fig.texts, *(a for ax in fig.axes for a in [*ax.lines, *ax.collections, *ax.texts, *ax.patches])]:
+        gid = a.get_gid()
+        if gid and gid.startswith(prefix):
+            found[gid] = a
     return found
 
 
@@ -119,7 +118,8 @@ def test_timeline_of_one_configuration_keeps_to_its_span() -> None:
     assert fig.axes[0].get_xlim() == ((c.start_ns - tl.start_ns) / 1e9, (c.end_ns - tl.start_ns) / 1e9)
 
 
-@pytest.mark.parametrize("kind, fmt", [*((k, "png") for k in plot.KINDS), ("power", "svg"), ("power", "pdf")])
+@pytest.mark.parametrize("kind, fmt", [*((k, "png") for k in (*plot.SWEEP_KINDS, "timeline")), ("power", "svg"),
+                                       ("power", "pdf")])
 def test_cli_writes_each_kind_and_each_format(tmp_path, kind, fmt) -> None:
     out = tmp_path / f"fig.{fmt}"
     assert cli.main(["plot", str(SEED_REC), "-o", str(out), "--kind", kind]) == 0
@@ -173,3 +173,113 @@ def test_without_matplotlib_the_error_names_the_pip_command(tmp_path, capsys, mo
     assert err == "wattscope: error: plotting needs matplotlib, which is not installed; " \
                   "install it with: pip install 'wattscope[plot]'\n"
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+def _serving_rows(path):
+    from wattscope.serve.analysis import analyse, rates_frame
+
+    with load(path) as rec:
+        return rates_frame(analyse(rec))
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("rate", ["offered", "achieved"])
+def test_serving_drawn_is_the_rates_frame_and_poor_fits_are_named(serve_recordings, rate) -> None:
+    a, poor = serve_recordings["a"], serve_recordings["poor"]
+    fig = plot.figure([str(a), str(poor)], "serving", rate=rate)
+    lines, whiskers = _artists(fig, "serving|"), _artists(fig, "serving-whiskers|")
+    drawn = 0
+    for label, path in (("a", a), ("poor", poor)):
+        df = _serving_rows(path)
+        for precision, rows in df.groupby("precision"):
+            ok = rows[rows["fit_ok"]]
+            for col, _ in plot.SERVING_PANELS:
+                gid = f"serving|{label}|{precision}|{col}"
+                if ok.empty:
+                    assert gid not in lines
+                    continue
+                # Exactly the table's numbers: x the rate, y the figure, whiskers its interval.
+                assert list(lines[gid].get_xdata()) == ok[f"{rate}_rps"].tolist()
+                assert list(lines[gid].get_ydata()) == ok[col].tolist()
+                segs = whiskers[f"serving-whiskers|{label}|{precision}|{col}"].get_segments()
+                assert [s[0][0] for s in segs] == ok[f"{rate}_rps"].tolist()
+                assert [s[0][1] for s in segs] == pytest.approx(ok[f"{col}_low"].tolist(), rel=1e-12)
+                assert [s[1][1] for s in segs] == pytest.approx(ok[f"{col}_high"].tolist(), rel=1e-12)
+                drawn += len(ok)
+    assert drawn > 0
+    # The short run's fits are all poor: none drawn, each named with its reason.
+    note = _artists(fig, "serving-poor")["serving-poor"].get_text()
+    bad = _serving_rows(poor)
+    assert not bad["fit_ok"].any()
+    for _, r in bad.iterrows():
+        assert f"poor FP16 at {r['offered_rps']:g}/s: {r['fit_reason']}" in note
+        assert r["fit_reason"]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["a (Simulated H100) FP16", "a (Simulated H100) NF4"][:len(legend)] and legend
+    assert fig.axes[0].get_xlabel() == f"{rate} rate (requests/s)"
+
+
+@pytest.mark.process
+def test_serving_timeline_bands_are_the_idle_and_load_phases(serve_recordings) -> None:
+    from wattscope.events import ServePhase
+
+    rec = load(serve_recordings["a"])
+    tl = timeline.of_recording(rec)
+    phases = sorted((e for e in rec.events(samples=False) if isinstance(e, ServePhase)), key=lambda e: e.start_ns)
+    fig = plot.figure([str(serve_recordings["a"])], "timeline")
+    bands = _artists(fig, "phase|")
+    expected = {}
+    for e in phases:
+        label = f"{e.precision.upper()} {'idle' if e.phase == 'idle' else f'{e.rate_rps:g}/s'}"
+        expected[f"phase|{e.phase}|{label}|{e.start_ns}"] = ((e.start_ns - tl.start_ns) / 1e9, (e.end_ns - tl.start_ns) / 1e9)
+    assert set(bands) == set(expected)
+    for gid, (x0, x1) in expected.items():
+        assert bands[gid].get_x() == x0
+        assert bands[gid].get_x() + bands[gid].get_width() == pytest.approx(x1, rel=1e-12)
+    labels = [t.get_text() for t in _artists(fig, "phase-label|").values()]
+    assert labels == ["FP16 idle", "FP16 6/s", "FP16 18/s", "NF4 idle", "NF4 6/s", "NF4 18/s"]
+    line = _artists(fig, "power|0")["power|0"]
+    s = rec.samples[rec.samples["gpu"] == 0]
+    assert np.array_equal(line.get_ydata(), s["power_w"].to_numpy(), equal_nan=True)
+
+
+@pytest.mark.process
+def test_cli_draws_a_serving_recording_and_refuses_sweep_kinds(serve_recordings, tmp_path, capsys) -> None:
+    a = serve_recordings["a"]
+    for kind in ("serving", "timeline", None):
+        out = tmp_path / f"{kind}.png"
+        assert cli.main(["plot", str(a), "-o", str(out), *(["--kind", kind] if kind else [])]) == 0
+        assert out.read_bytes().startswith(b"\x89PNG") and out.stat().st_size > 10_000
+    # Without --kind a serving recording is drawn as the serving figure.
+    assert (tmp_path / "None.png").read_bytes() == (tmp_path / "serving.png").read_bytes()
+    capsys.readouterr()
+    for argv, message in [
+        (["--kind", "ratios"], "a: a serving recording (serve-bench); --kind ratios draws sweeps; "
+                               "for this recording: --kind serving or --kind timeline"),
+        (["--kind", "power"], "--kind power draws sweeps"),
+        (["--kind", "timeline", "--config", "x"], "a: a serving recording (serve-bench) has no configurations"),
+    ]:
+        assert cli.main(["plot", str(a), "-o", str(tmp_path / "x.png"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("wattscope: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    (SEED_REC, "h100-seed: a sweep recording; --kind serving draws serving recordings (serve-bench); "
+               "for this recording: --kind ratios or --kind power or --kind timeline"),
+    (SEED_CSV, "seed_rtx_pro_6000: a sweep table; --kind serving draws serving recordings (serve-bench); "
+               "for this table: --kind ratios or --kind power\n"),
+])
+def test_the_serving_kind_refuses_a_sweep(tmp_path, capsys, source, message) -> None:
+    assert cli.main(["plot", str(source), "-o", str(tmp_path / "s.png"), "--kind", "serving"]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rate_is_the_serving_figure_s_axis_only(tmp_path, capsys) -> None:
+    assert cli.main(["plot", str(SEED_REC), "-o", str(tmp_path / "s.png"), "--rate", "achieved"]) == 2
+    assert "--rate picks the serving figure's axis; --kind ratios has none" in capsys.readouterr().err

@@ -34,6 +34,7 @@ from wattscope.metrics import (
     CV_OF,
     RATIO_NAMES,
     RATIOS,
+    RatioValue,
     is_baseline,
     percent_of_tdp,
     precision_label,
@@ -796,16 +797,21 @@ def _summary(f: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def beyond_ci(a: RatioValue | None, b: RatioValue | None) -> str:
+    """How a comparison marks a difference: 'yes' where A's and B's 95% intervals do not
+    overlap, 'no' where they do, '' where either side has no value or no interval (an
+    imported table, an older recording, a poor fit). Sweep and serving compares both ask it."""
+    sep = None if a is None or b is None else separated(a, b)
+    return "" if sep is None else ("no" if sep == 0 else "yes")
+
+
 def _beyond(row: pd.Series, name: str) -> str:
-    """'yes' where A's and B's intervals of a ratio do not overlap, 'no' where they do,
-    '' where either side has no interval (an imported table, an older recording)."""
-    def side(s: str) -> Any:
+    """The mark of one ratio of a sweep comparison's row (``beyond_ci``)."""
+    def side(s: str) -> RatioValue | None:
         return ratio_value({name: row[f"{name}_{s}"], f"{name}_low": row[f"{name}_low_{s}"],
                             f"{name}_high": row[f"{name}_high_{s}"]}, name)
 
-    a, b = side("a"), side("b")
-    sep = None if a is None or b is None else separated(a, b)
-    return "" if sep is None else ("no" if sep == 0 else "yes")
+    return beyond_ci(side("a"), side("b"))
 
 
 def compare(a: Any, b: Any, *, idle_subtracted: bool = False) -> Comparison:

@@ -217,6 +217,12 @@ def _estimate(value: float, se: float, df: int) -> Estimate:
     return Estimate(value, value - half, value + half)
 
 
+def token_dof(n_intervals: int) -> int:
+    """Degrees of freedom of the token fit's t-intervals: the intervals less its two
+    coefficients. A reader of a fit's interval recovers its standard error with it."""
+    return n_intervals - 2
+
+
 @dataclass(frozen=True)
 class IdleFit:
     """Idle power from an idle window's counter intervals, and its standard error."""
@@ -288,7 +294,7 @@ def fit(intervals: Intervals, idle: IdleFit) -> Fit:
     beta, cov, u = _ols_hac(x, y)
     g = np.linalg.inv(x.T @ x) @ x.T @ dt
     cov = cov + np.outer(g, g) * idle.se_w**2
-    df = n - 2
+    df = token_dof(n)
     a = _estimate(float(beta[0]), math.sqrt(max(cov[0, 0], 0.0)), df)
     b = _estimate(float(beta[1]), math.sqrt(max(cov[1, 1], 0.0)), df)
     nrmse = math.sqrt(float(u @ u) / df) / float(e.mean())

@@ -276,12 +276,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from wattscope.analysis import open_source
     from wattscope.plot import plot
 
-    for path in args.sources:
-        _sweeps_only(path, open_source(path).meta, "plot")
-    print(plot(args.sources, args.output, args.kind, config=args.config), file=sys.stderr)
+    print(plot(args.sources, args.output, args.kind, config=args.config, rate=args.rate), file=sys.stderr)
     return 0
 
 
@@ -322,11 +319,25 @@ def _export_serving(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from wattscope import export
     from wattscope.analysis import open_source
+    from wattscope.serve.analysis import is_serving
 
     a, b = open_source(args.a), open_source(args.b)
-    for path, src in ((args.a, a), (args.b, b)):
-        _sweeps_only(path, src.meta, "compare")
+    serving = [is_serving(a.meta), is_serving(b.meta)]
+    if all(serving):
+        return _compare_serving(a.data, b.data, args.format)
+    if any(serving):
+        kinds = ["a serving recording (serve-bench)" if s else f"a sweep {src.kind}" for s, src in zip(serving, (a, b))]
+        raise UsageError(f"compare: {args.a} is {kinds[0]} and {args.b} is {kinds[1]}; compare reads two sweeps "
+                         "or two serving recordings")
     sys.stdout.write(export.format_compare(a, b, fmt=args.format))
+    return 0
+
+
+def _compare_serving(a: object, b: object, fmt: str) -> int:
+    from wattscope.serve.compare import compare_serving
+    from wattscope.serve_report import format_serving_compare
+
+    sys.stdout.write(format_serving_compare(compare_serving(a, b), fmt))
     return 0
 
 
@@ -446,12 +457,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="draw a figure (png, svg, pdf) from recordings or CSV tables; needs wattscope[plot]")
     pl.add_argument("sources", nargs="+", help="recordings (.wattscope) or measurement CSV tables, side by side")
     pl.add_argument("-o", "--output", required=True, help="figure file: .png, .svg or .pdf")
-    pl.add_argument("--kind", default="ratios", choices=["timeline", "ratios", "power"],
-                    help="ratios to FP16 with their intervals (default), average power per phase, or power over time")
+    pl.add_argument("--kind", choices=["timeline", "ratios", "power", "serving"],
+                    help="ratios to FP16 with their intervals, average power per phase, power over time, or J per "
+                         "token against the rate (default: serving for serving recordings, else ratios)")
+    pl.add_argument("--rate", default="offered", choices=["offered", "achieved"],
+                    help="with --kind serving: the rate on the x axis (default offered)")
     pl.add_argument("--config", help="with --kind timeline: only this configuration (its id, e.g. Qwen2-1.5B/b1/int8)")
     pl.set_defaults(func=cmd_plot)
 
-    c = sub.add_parser("compare", help="two sources side by side: ratios and findings")
+    c = sub.add_parser("compare", help="two sources side by side: ratios and findings (two serving recordings: "
+                                       "J per token, B/A with its interval)")
     c.add_argument("a")
     c.add_argument("b")
     c.add_argument("--format", default="md", choices=["md", "text", "json"])

@@ -1,6 +1,6 @@
 """Figures for papers and reports (``wattscope plot``), drawn with matplotlib.
 
-Three kinds, each drawn only from what the analysis and the recording hold, never
+Four kinds, each drawn only from what the analysis and the recording hold, never
 recomputed here:
 
 - ``ratios``: each ratio to FP16 (``Analysis.phases``: the value and, where the source has
@@ -11,7 +11,15 @@ recomputed here:
   point, and % of TDP on the right-hand axis where the sources share one TDP;
 - ``timeline``: a recording's instant power per GPU over time, the phases as coloured
   bands (``wattscope.timeline``), configurations labelled, the TDP as a dashed line;
-  ``config`` narrows it to one configuration.
+  ``config`` narrows it to one configuration. A serving recording's bands are its idle and
+  load phases (``ServePhase``), labelled by precision and offered rate;
+- ``serving``: serving recordings' J per prefill and per decode token and idle share
+  (``serve.analysis.rates_frame``) against the offered or achieved rate, 95% intervals as
+  whiskers, one series per source and precision; a poor fit is not drawn but named in a
+  note under the panels.
+
+``ratios`` and ``power`` draw sweeps, ``serving`` serve-bench recordings; the wrong kind
+for a source is refused naming both.
 
 matplotlib is an optional extra (``pip install 'wattscope[plot]'``) imported only when a
 figure is made, with the non-interactive Agg canvas, so plotting works without a display.
@@ -33,15 +41,25 @@ from wattscope import timeline as tl
 from wattscope.analysis import Analysis, Source, analyze, open_sources
 from wattscope.config import RunConfig
 from wattscope.errors import WattscopeError
+from wattscope.events import ServePhase
 from wattscope.export import write_atomic
 from wattscope.metrics import RATIOS, is_baseline, precision_label, precision_rank, run_meta
 from wattscope.render import PHASE_LABEL
+from wattscope.serve.analysis import analyse, is_serving, rates_frame
 
 # matplotlib.figure.Figure: matplotlib is imported only where a figure is drawn, so the
 # annotations name it by this alias.
 Figure = Any
 
-KINDS = ("timeline", "ratios", "power")
+KINDS = ("timeline", "ratios", "power", "serving")
+SWEEP_KINDS = ("ratios", "power")  # drawn from the sweep tables; "serving" from serve-bench runs
+RATE_AXES = ("offered", "achieved")
+# What the serving figure draws, panel by panel: rates_frame's column and the panel's title.
+SERVING_PANELS = (
+    ("prefill_j_per_token", "J per prefill token"),
+    ("decode_j_per_token", "J per decode token"),
+    ("idle_share", "idle share of the measured energy"),
+)
 FORMATS = ("png", "svg", "pdf")
 INSTALL = "pip install 'wattscope[plot]'"
 # The TUI's phase colours (tui/widgets.py PHASE_STYLE), as matplotlib names.
@@ -210,20 +228,43 @@ def _labelled_spans(t: tl.Timeline, config: str | None) -> list[tuple[int, int, 
     return list(out.values())
 
 
+def _serving_spans(rec: Any) -> list[tuple[tl.Span, str]]:
+    """A serving run's idle and load phases (``ServePhase``), each with its label:
+    ``FP16 idle``, ``FP16 6/s`` (precision and offered rate)."""
+    out = []
+    for e in rec.events(samples=False):
+        if isinstance(e, ServePhase):
+            what = "idle" if e.phase == "idle" else f"{e.rate_rps:g}/s"
+            out.append((tl.Span(e.start_ns, e.end_ns, e.phase, None), f"{precision_label(e.precision)} {what}"))
+    return sorted(out, key=lambda sl: sl[0].start_ns)
+
+
 def timeline_figure(src: Source, config: str | None = None) -> Figure:
-    """Power per GPU over time with phase bands and configuration labels."""
+    """Power per GPU over time with phase bands and configuration labels; a serving
+    recording's bands are its idle and load phases, labelled by precision and rate."""
     if src.kind != "recording":
         raise PlotError(f"{src.label}: an imported table has no samples to draw over time; give a recording")
     rec = src.data
     t = tl.of_recording(rec)
     run = run_meta(rec.meta)
     lo, hi = t.start_ns, t.end_ns
+    serving = _serving_spans(rec) if is_serving(rec.meta) else None
+    if serving is not None and config is not None:
+        raise PlotError(f"{src.label}: a serving recording (serve-bench) has no configurations; "
+                        "--config narrows a sweep's timeline")
     if config is not None:
         ids = [c.config_id for c in t.configs]
         if config not in ids:
             raise PlotError(f"{src.label}: no configuration {config!r}; allowed: {', '.join(ids)}")
         c = next(c for c in t.configs if c.config_id == config)
         lo, hi = c.start_ns, c.end_ns
+    if serving is not None:
+        # (span, key of its band's gid, whether it is the shown configuration's)
+        bands = [(span, label, True) for span, label in serving]
+        labelled = [(span.start_ns, span.end_ns, label) for span, label in serving]
+    else:
+        bands = [(span, str(span.config_id), config is None or span.config_id in (config, None)) for span in t.phases]
+        labelled = _labelled_spans(t, config)
     samples = rec.samples
     samples = samples[(samples["t_ns"] >= lo) & (samples["t_ns"] <= hi)]
     gpus = sorted(int(g) for g in samples["gpu"].unique()) or [g.index for g in run.gpus] or [0]
@@ -231,13 +272,16 @@ def timeline_figure(src: Source, config: str | None = None) -> Figure:
     axes = fig.subplots(len(gpus), 1, sharex=True, squeeze=False)[:, 0]
     seen: dict[str, Any] = {}
     for ax, gpu in zip(axes, gpus):
-        for span in t.phases:
+        for span, key, mine in bands:
             if span.end_ns <= lo or span.start_ns >= hi:
                 continue
             x0, x1 = (max(span.start_ns, lo) - t.start_ns) / 1e9, (min(span.end_ns, hi) - t.start_ns) / 1e9
-            mine = config is None or span.config_id in (config, None)
-            band = ax.axvspan(x0, x1, color=PHASE_COLOR.get(span.phase, "0.8"), alpha=0.28 if mine else 0.08,
-                              linewidth=0, gid=f"phase|{span.phase}|{span.config_id}|{span.start_ns}")
+            color = PHASE_COLOR.get(span.phase, "0.8")
+            # A serving run's load phases follow one another: a white edge parts them.
+            style = {"facecolor": color, "edgecolor": "white", "linewidth": 1.5} if serving is not None else \
+                {"color": color, "linewidth": 0}
+            band = ax.axvspan(x0, x1, alpha=0.28 if mine else 0.08, gid=f"phase|{span.phase}|{key}|{span.start_ns}",
+                              **style)
             seen.setdefault(span.phase, band)
         s = samples[samples["gpu"] == gpu]
         (line,) = ax.plot((s["t_ns"].to_numpy() - t.start_ns) / 1e9, s[run.signal].to_numpy(float),
@@ -256,10 +300,10 @@ def timeline_figure(src: Source, config: str | None = None) -> Figure:
 
     top = axes[0]
     where = blended_transform_factory(top.transData, top.transAxes)
-    for s_ns, e_ns, label in _labelled_spans(t, config):
+    for s_ns, e_ns, label in labelled:
         mid = (max(s_ns, lo) + min(e_ns, hi)) / 2
         top.text((mid - t.start_ns) / 1e9, 0.98, label, transform=where, rotation=90, fontsize=7,
-                 ha="center", va="top", gid=f"config-label|{label}",
+                 ha="center", va="top", gid=f"{'phase' if serving is not None else 'config'}-label|{label}",
                  bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 1})
     top.set_xlim((lo - t.start_ns) / 1e9, (hi - t.start_ns) / 1e9)
     axes[-1].set_xlabel("time since the run started (s)")
@@ -271,32 +315,121 @@ def timeline_figure(src: Source, config: str | None = None) -> Figure:
     if clock is not None:
         started = pd.Timestamp(int(clock.unix(np.array([t.start_ns]))[0]), unit="ns", tz="UTC")
         when = f", started {started:%Y-%m-%d %H:%M:%S} UTC" + ("" if clock.exact else " (to the second)")
-    what = f"configuration {config}" if config else "whole run"
+    what = f"configuration {config}" if config else "whole serving run" if serving is not None else "whole run"
     fig.suptitle(f"{src.label}: power over time, {what}{when}" + (" (simulated GPU)" if run.simulated else ""),
                  fontsize=10)
+    return fig
+
+
+
+# -------------------------------------------------------------------------- serving
+
+
+def _serving_label(src: Source) -> str:
+    """A serving source as the figure names it: its file and its card."""
+    gpu = src.meta.get("gpu") or {}
+    return f"{src.label} ({gpu.get('name') or 'GPU'})"
+
+
+def serving_figure(srcs: Sequence[Source], rate: str = "offered") -> Figure:
+    """Per precision and source: J per prefill and per decode token and the idle share
+    against the offered (or achieved) rate, with 95% intervals; poor fits named in a note."""
+    if rate not in RATE_AXES:
+        raise PlotError(f"unknown rate axis {rate!r}; allowed: {', '.join(RATE_AXES)}")
+    frames = [(src, rates_frame(analyse(src.data))) for src in srcs]
+    if all(df.empty for _, df in frames):
+        raise PlotError(f"{', '.join(s.label for s in srcs)}: no load phases to draw")
+    from matplotlib.ticker import PercentFormatter
+    from matplotlib.transforms import ScaledTranslation
+
+    series = [(src, p) for src, df in frames
+              for p in sorted(dict.fromkeys(df["precision"]) if not df.empty else [], key=precision_rank)]
+    fig = _new_figure(13, 4.6)
+    axes = fig.subplots(1, len(SERVING_PANELS))
+    poor: list[str] = []
+    for j, (src, precision) in enumerate(series):
+        df = next(d for s, d in frames if s is src)
+        rows = df[df["precision"] == precision]
+        ok = rows[rows["fit_ok"].astype(bool)]
+        poor += [f"{src.label} {precision_label(precision)} at {r['offered_rps']:g}/s: {r['fit_reason']}"
+                 for _, r in rows[~rows["fit_ok"].astype(bool)].iterrows()]
+        if ok.empty:
+            continue  # nothing to draw: the note names each of its rates
+        label = f"{_serving_label(src)} {precision_label(precision)}"
+        x = ok[f"{rate}_rps"].to_numpy(float)
+        # Series side by side at the same rate: shifted on the page, not in the data.
+        shift = ScaledTranslation((j - (len(series) - 1) / 2) * 4 / 72, 0, fig.dpi_scale_trans)
+        for ax, (col, _) in zip(axes, SERVING_PANELS):
+            y = ok[col].to_numpy(float)
+            low, high = ok[f"{col}_low"].to_numpy(float), ok[f"{col}_high"].to_numpy(float)
+            bars = ax.errorbar(x, y, yerr=[y - low, high - y], fmt="o-", color=f"C{j}", capsize=3, markersize=5,
+                               linewidth=1, label=label)
+            bars.lines[0].set_gid(f"serving|{src.label}|{precision}|{col}")
+            bars.lines[2][0].set_gid(f"serving-whiskers|{src.label}|{precision}|{col}")
+            for artist in (bars.lines[0], *bars.lines[1], *bars.lines[2]):
+                artist.set_transform(artist.get_transform() + shift)
+    for ax, (col, title) in zip(axes, SERVING_PANELS):
+        ax.set_title(title)
+        ax.set_xlabel(f"{rate} rate (requests/s)")
+        ax.grid(color="0.9")
+        ax.set_ylim(bottom=0)
+    axes[0].set_ylabel("J per token (95% interval)")
+    axes[-1].yaxis.set_major_formatter(PercentFormatter(1.0))
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3), fontsize=8, frameon=False)
+    if poor:
+        note = fig.supxlabel("\n".join(["not drawn, fit poor:", *poor]), fontsize=7, x=0.01, ha="left")
+        note.set_gid("serving-poor")
+    simulated = " (simulated GPU)" if any(src.meta.get("simulated") for src in srcs) else ""
+    fig.suptitle("Energy per token under serving load: counter energy fitted as idle + prefill + decode tokens"
+                 + simulated, fontsize=10)
     return fig
 
 
 # --------------------------------------------------------------------------- public
 
 
-def figure(sources: Any, kind: str, *, config: str | None = None) -> Figure:
-    """The figure of ``kind`` for ``sources`` (paths, Recordings, Tables)."""
-    if kind not in KINDS:
+def _check_kind(src: Source, kind: str) -> None:
+    """A sweep kind on a serving recording, or the serving kind on a sweep, is refused
+    naming the kind and what the source is."""
+    if kind in SWEEP_KINDS and is_serving(src.meta):
+        raise PlotError(f"{src.label}: a serving recording (serve-bench); --kind {kind} draws sweeps; "
+                        "for this recording: --kind serving or --kind timeline")
+    if kind == "serving" and not is_serving(src.meta):
+        raise PlotError(f"{src.label}: a sweep {src.kind}; --kind serving draws serving recordings (serve-bench); "
+                        f"for this {src.kind}: --kind {' or --kind '.join(SWEEP_KINDS)}"
+                        + (" or --kind timeline" if src.kind == "recording" else ""))
+
+
+def figure(sources: Any, kind: str | None = None, *, config: str | None = None, rate: str = "offered") -> Figure:
+    """The figure of ``kind`` for ``sources`` (paths, Recordings, Tables); without a kind,
+    ``serving`` where every source is a serving recording, else ``ratios``. ``rate`` is the
+    serving figure's x axis."""
+    if kind is not None and kind not in KINDS:
         raise PlotError(f"unknown figure kind {kind!r}; allowed: {', '.join(KINDS)}")
-    if config is not None and kind != "timeline":
-        raise PlotError(f"--config narrows a timeline; --kind {kind} draws every configuration")
     _matplotlib()
     srcs = open_sources(sources)
+    if kind is None:
+        kind = "serving" if all(is_serving(s.meta) for s in srcs) else "ratios"
+    if config is not None and kind != "timeline":
+        raise PlotError(f"--config narrows a timeline; --kind {kind} draws every configuration")
+    if rate != "offered" and kind != "serving":
+        raise PlotError(f"--rate picks the serving figure's axis; --kind {kind} has none")
+    for src in srcs:
+        _check_kind(src, kind)
     if kind == "timeline":
         if len(srcs) != 1:
             raise PlotError(f"a timeline draws one recording; got {len(srcs)} sources")
         return timeline_figure(srcs[0], config)
+    if kind == "serving":
+        return serving_figure(srcs, rate)
     a = analyze(srcs)
     return ratios_figure(a) if kind == "ratios" else power_figure(a)
 
 
-def plot(sources: Sequence[Any] | Any, out: str | Path, kind: str = "ratios", *, config: str | None = None) -> Path:
+def plot(sources: Sequence[Any] | Any, out: str | Path, kind: str | None = None, *, config: str | None = None,
+         rate: str = "offered") -> Path:
     """Draw ``kind`` and write it to ``out``; the format is the file's suffix (png, svg,
     pdf). Written atomically: the file is complete or absent."""
     path = Path(out)
@@ -304,7 +437,7 @@ def plot(sources: Sequence[Any] | Any, out: str | Path, kind: str = "ratios", *,
     if fmt not in FORMATS:
         raise PlotError(f"{path}: unknown figure format {path.suffix or '(none)'!r}; "
                         f"allowed: {', '.join('.' + f for f in FORMATS)}")
-    fig = figure(sources, kind, config=config)
+    fig = figure(sources, kind, config=config, rate=rate)
     buf = io.BytesIO()
     # No creation date, so the same recording gives the same SVG or PDF file every time.
     meta: dict[str, Any] = {"png": {}, "svg": {"Date": None}, "pdf": {"CreationDate": None}}[fmt]

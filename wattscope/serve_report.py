@@ -18,6 +18,7 @@ from wattscope.attribution import MIN_INTERVALS, MIN_R2
 from wattscope.errors import WattscopeError
 from wattscope.render import MISSING, Grid, fmt_fixed, fmt_percent, markdown_table, text_table
 from wattscope.serve.analysis import RateResult, rates_frame, requests_frame
+from wattscope.serve.compare import FIGURES as COMPARE_FIGURES, ServeComparison
 
 FORMATS = ("text", "md", "csv", "json", "parquet")
 METHOD_NOTE = (
@@ -101,3 +102,53 @@ def export_serving(path: Any, fmt: str, per_request: bool = False) -> str | byte
     finally:
         rec.close()
 
+
+COMPARE_NOTE = (
+    "Rows matched by precision and offered rate. B/A: B's J per token over A's, 95% interval by the delta method "
+    "on the log scale (each fit's standard error from its t-interval; the two variances add; Welch-Satterthwaite "
+    "degrees of freedom). beyond CI: A's and B's 95% intervals do not overlap, the rule of sweep compares. "
+    "A poor fit has no figures and so no ratio; its reason is shown."
+)
+
+
+def _compare_grid(c: ServeComparison) -> Grid:
+    from wattscope.metrics import RatioValue
+    from wattscope.render import fmt_ratio
+
+    headers = ["Precision", "Offered /s"]
+    for short in ("J/prefill tok", "J/decode tok"):
+        headers += [f"{short} A", f"{short} B", f"{short} B/A"]
+    headers += ["Fit"]
+    rows = []
+    for _, r in c.table.iterrows():
+        row = [str(r["precision"]), fmt_fixed(r["offered_rps"], 2)]
+        for fig in COMPARE_FIGURES:
+            a, b = (_pm(r[f"{fig}_{s}"], r[f"{fig}_low_{s}"], r[f"{fig}_high_{s}"], 4) for s in ("a", "b"))
+            ratio = r[f"{fig}_ratio"]
+            low, high = r[f"{fig}_ratio_low"], r[f"{fig}_ratio_high"]
+            has_ci = math.isfinite(low) and math.isfinite(high)
+            cell = fmt_ratio(RatioValue(ratio, low if has_ci else None, high if has_ci else None), "")
+            # A difference the two intervals support says so in its cell, as in sweep compares.
+            row += [a, b, cell + (" beyond CI" if r[f"{fig}_beyond_ci"] == "yes" else "")]
+        fits = [f"{side}: {r[f'fit_{side.lower()}']}" for side in ("A", "B") if r[f"fit_{side.lower()}"] not in ("", "ok")]
+        row.append(r["present"] if r["present"] != "both" else ("; ".join(fits) or "ok"))
+        rows.append(row)
+    return Grid(headers, rows, "lr" + "rrr" * len(COMPARE_FIGURES) + "l")
+
+
+def format_serving_compare(c: ServeComparison, fmt: str = "md") -> str:
+    """Two serving recordings side by side (``wattscope compare A B``): md, text or json."""
+    if fmt not in ("md", "text", "json"):
+        raise ServeReportError(f"unknown compare format {fmt!r}; allowed: md, text, json")
+    la, lb = c.labels
+    if fmt == "json":
+        rows = json.loads(c.table.to_json(orient="records", double_precision=15))
+        return json.dumps({"a": la, "b": lb, "serving": rows, "notes": COMPARE_NOTE}, indent=2) + "\n"
+    from wattscope.render import md_text
+    from wattscope.safe_text import printable
+
+    say = md_text if fmt == "md" else printable
+    grid = _compare_grid(c)
+    table = markdown_table(grid) if fmt == "md" else text_table(grid)
+    h2 = "## " if fmt == "md" else ""
+    return "\n\n".join([f"{h2}Compare serving: A = {say(la)}, B = {say(lb)}", table, COMPARE_NOTE, METHOD_NOTE]) + "\n"
