@@ -129,3 +129,16 @@ def paired_ratio(ratios: Sequence[float], confidence: float = CONFIDENCE) -> Rat
         return RatioEstimate(math.exp(mean), math.nan, math.nan, n)
     half = t_quantile(0.5 + confidence / 2.0, n - 1) * statistics.stdev(logs) / math.sqrt(n)
     return RatioEstimate(math.exp(mean), math.exp(mean - half), math.exp(mean + half), n)
+
+
+def binomial_interval(hits: int, trials: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``hits / trials``: how sure a simulated
+    coverage rate is (it stays inside [0, 1] and is sound near 0 and 1, where the
+    coverage of a 95% interval lies). (nan, nan) without trials."""
+    if trials <= 0:
+        return math.nan, math.nan
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    phat = hits / trials
+    centre = (phat + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(phat * (1 - phat) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
