@@ -12,14 +12,22 @@ them: a round is one prefill and one decode window of each precision, in an orde
 shuffled per round with the seed. Drift then hits every precision of a round alike and
 cancels in that round's ratio to FP16; the ratios' intervals come from the rounds
 (``wattscope.stats``). Rounds continue until every ratio's interval is within ci_target,
-or the group's budget is spent.
+or the group's budget is spent (``rounds_enough``).
+
+Why a reload mode: where the precisions do not fit in memory together (one runs out of
+memory while others are loaded), the group still runs paired rounds, loading each
+precision alone in the round's shuffled order (build, warm-up, both phases, unload), and
+says so in its rows' info, a RunWarning and the results table (metrics.RELOADED).
 
 Event order for one group:
   ConfigStarted (each row), PhaseStarted(load) + build (each row; a failure is that row's
-  ConfigFinished(ok=False) at the end, the others go on),
-  PhaseStarted(idle), Window(idle, group=g)          the card idle with the models loaded,
+  ConfigFinished(ok=False) at the end, the others go on; running out of memory with other
+  rows loaded unloads them all and switches to reload mode, with a RunWarning),
+  PhaseStarted(idle), Window(idle, group=g)          the card idle with the models loaded
+                                                     (in reload mode, none loaded),
   PhaseStarted(warmup), Window(..., warmup, round=k)  whole rounds until two agree,
-  PhaseStarted(prefill|decode, config_id, repeat=r), Window(..., measure, round=r)  rounds,
+  PhaseStarted(prefill|decode, config_id, repeat=r), Window(..., measure, round=r)  rounds
+  (in reload mode a row's windows of a round follow its own PhaseStarted(load)),
   PhaseStarted(cooldown), ConfigFinished (each row, the FP16 row first).
 """
 
