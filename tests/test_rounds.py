@@ -156,8 +156,12 @@ def _reload_run(monkeypatch, fits: int, fails_alone: str = ""):
     return sw, events, built, state["most_open"]
 
 
-def test_precisions_that_do_not_fit_together_are_reloaded_per_round(monkeypatch) -> None:
+def test_precisions_that_do_not_fit_together_are_reloaded_per_round(monkeypatch, tmp_path) -> None:
+    from synthetic_run import record
     from test_protocol import windows
+
+    from wattscope import analysis
+    from wattscope.events import RunEnded, RunStarted
 
     from wattscope.events import ConfigResult, PhaseStarted, RunWarning
     from wattscope.render import line_of, table_note
@@ -198,13 +202,19 @@ def test_precisions_that_do_not_fit_together_are_reloaded_per_round(monkeypatch)
     started = [e for e in events if isinstance(e, ConfigStarted)]
     state = RunState()
     state.apply_all(events)
+    results = []
     for f in fin.values():
         res, _ = metrics.group_result(next(s for s in started if s.config_id == f.config_id), f, started,
                                       windows(events), 0.03)
         assert res.reloaded and res.to_dict()["reloaded"] is True
         assert ConfigResult.from_dict(res.to_dict()) == res
         state.apply(res)
+        results.append(res)
     snap = state.snapshot(clock_end(events))
+    path = record([RunStarted(0, {}), *events, *results, RunEnded(clock_end(events), "completed")],
+                  tmp_path / "reload.wattscope")
+    notes = analysis.analyze(path).notes
+    assert [n["loading"] for n in notes.values() if "loading" in n] == [f"{metrics.RELOADED}: synthetic:Qwen2-1.5B b2"]
     rows = {r.precision: r for r in snap.results}
     assert rows["int8"].ratios["prefill_energy_ratio"].value == pytest.approx(2.0)
     assert rows["nf4"].ratios["decode_energy_ratio"].value == pytest.approx(1.5)
