@@ -8,6 +8,7 @@ import math
 from types import SimpleNamespace
 
 import pandas as pd
+import pytest
 
 from wattscope import analysis, export
 from wattscope.metrics import RatioValue, ratios
@@ -111,3 +112,39 @@ def test_live_rows_take_the_recorded_paired_ratio() -> None:
     assert r["prefill_energy_ratio"] == RatioValue(1.9, 1.8, 2.0)  # paired, not 2.0 / 1.0
     assert r["decode_energy_ratio"] == RatioValue(2.0)  # no paired figure: the plain rule
     assert ratios(figs, None)["prefill_energy_ratio"] is None  # no baseline row: no ratio
+
+
+def _repeatability():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "repeatability.py"
+    spec = importlib.util.spec_from_file_location("repeatability", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cross_run_criterion_uses_the_standard_error_of_the_difference() -> None:
+    rep = _repeatability()
+    from wattscope.stats import t_quantile
+
+    def est(value: float, se: float, rounds: int) -> object:
+        h = t_quantile(0.975, rounds - 1) * se
+        return rep.Estimate(RatioValue(value, value * math.exp(-h), value * math.exp(h)), rounds)
+
+    a = est(1.00, 0.01, 1000)
+    assert a.se == pytest.approx(0.01)
+    # Difference 2.5%: beyond run b's own interval (1.96%), within the difference's (2.77%).
+    b = est(math.exp(0.025), 0.01, 1000)
+    assert not rep._inside(a, b) and rep._consistent(a, b)
+    assert not rep._consistent(a, est(math.exp(0.03), 0.01, 1000))
+    # Calibrated intervals of equal width: each inside the other only ~83% of the time.
+    assert rep._expected_inclusion(a, est(1.0, 0.01, 1000)) == pytest.approx(0.834, abs=0.002)
+    # Few rounds: the t of the Welch degrees of freedom, not 1.96.
+    c, d = est(1.0, 0.01, 3), est(math.exp(0.035), 0.01, 3)  # Welch df 4: t 2.78, not 1.96
+    assert rep._consistent(c, d) and not rep._consistent(est(1.0, 0.01, 1000), est(math.exp(0.035), 0.01, 1000))
+    assert rep._expected_inclusion(None, a) == 0.0 and not rep._consistent(a, None)

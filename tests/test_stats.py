@@ -79,3 +79,14 @@ def test_interval_covers_the_true_ratio_at_its_nominal_rate() -> None:
         e = paired_ratio(ratios)
         hits += e.low <= true <= e.high
     assert 0.93 <= hits / trials <= 0.97
+
+
+def test_binomial_interval_is_the_wilson_score_interval() -> None:
+    from wattscope.stats import binomial_interval
+
+    # Published Wilson 95% intervals (Newcombe 1998, Table I): 81/263, 15/148, 0/20.
+    assert binomial_interval(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)
+    assert binomial_interval(15, 148) == pytest.approx((0.0624, 0.1605), abs=1e-4)
+    lo, hi = binomial_interval(0, 20)
+    assert lo == pytest.approx(0.0, abs=1e-12) and hi == pytest.approx(0.1611, abs=1e-4)
+    assert all(math.isnan(x) for x in binomial_interval(0, 0))

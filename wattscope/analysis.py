@@ -34,6 +34,7 @@ from wattscope.metrics import (
     CV_OF,
     RATIO_NAMES,
     RATIOS,
+    RELOADED,
     RatioValue,
     is_baseline,
     percent_of_tdp,
@@ -564,6 +565,16 @@ def _interval_note(results: pd.DataFrame) -> str:
             "the precisions of a model and batch rotate in shuffled rounds so drift cancels in each round's ratio")
 
 
+def _reload_note(results: pd.DataFrame) -> str:
+    """The groups whose precisions were loaded one at a time (ConfigResult.reloaded); ""
+    where none were, so recordings without reloads keep their notes as they were."""
+    if "reloaded" not in results:
+        return ""
+    rows = results[results["reloaded"].eq(True)]
+    groups = dict.fromkeys(f"{m} b{int(b)}" for m, b in zip(rows["model"], rows["batch"]))
+    return f"{RELOADED}: {', '.join(groups)}" if groups else ""
+
+
 def method_notes(src: Source) -> dict[str, str]:
     """What is known about how a source's numbers were made, item -> sentence."""
     meta = src.meta
@@ -625,6 +636,8 @@ def method_notes(src: Source) -> dict[str, str]:
         )
     notes["weights"] = _weights_note(src.results)
     notes["intervals"] = _interval_note(src.results)
+    if reloaded := _reload_note(src.results):
+        notes["loading"] = reloaded
     bnb = run.sweep.get("bitsandbytes") or {}
     packages = run.packages
     if bnb or packages.get("bitsandbytes"):

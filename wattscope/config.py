@@ -52,7 +52,7 @@ class Protocol:
     # least min_rounds and at most max_rounds, or until max_row_s has passed.
     max_warmup_rounds: int = 4
     steady_tolerance: float = 0.03
-    min_rounds: int = 3
+    min_rounds: int = 8  # fewer lets the stopping rule under-cover (bench.protocol.rounds_enough)
     max_rounds: int = 100
     ci_target: float = 0.03
     max_row_s: float = 240.0
@@ -258,7 +258,7 @@ _PROTOCOL_KEYS: dict[str, Key] = {
     "steady_tolerance": Key((int, float), "a fraction > 0 and < 1, e.g. 0.03", lambda v: 0 < v < 1,
                             "how closely two warm-up rounds' average powers must agree"),
     "min_rounds": Key(int, "an integer from 2 to 10000 (an interval needs two rounds)", _between(2, 10000),
-                      "measured rounds that always run"),
+                      "measured rounds that always run before the intervals are checked (fewer than 8 lets the stopped intervals cover less than 95%)"),
     "max_rounds": Key(int, "an integer from 2 to 10000, >= min_rounds", _between(2, 10000),
                       "measured rounds at most"),
     "ci_target": Key((int, float), "a fraction > 0 and < 1, e.g. 0.03 for +-3%", lambda v: 0 < v < 1,

@@ -225,6 +225,15 @@ class ConfigResult(Event):
     reason: str
     figures: dict[str, float]
     engine: str = "eager"  # the decode engine the row ran on (config.ENGINES)
+    # Its group's precisions did not fit in memory together: each was loaded, measured
+    # and unloaded in turn every round (metrics.RELOADED).
+    reloaded: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if not self.reloaded:
+            del d["reloaded"]  # rows loaded together: recordings stay as they were before reloads
+        return d
 
 
 @dataclass(frozen=True)

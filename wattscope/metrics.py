@@ -145,6 +145,16 @@ RATIOS = (
     Ratio("decode_speed_ratio", "decode_tok_s", "Decode Speed Ratio", "Speed"),
 )
 RATIO_NAMES = tuple(r.name for r in RATIOS)
+
+# A row whose group's precisions did not fit in memory together, so each round loaded,
+# measured and unloaded them one at a time: its ConfigFinished info holds this under
+# "loading", its ConfigResult is ``reloaded`` and every table notes it in these words.
+RELOADED = "reloaded per round (precisions did not fit together)"
+
+
+def reloaded(info: Mapping[str, Any]) -> bool:
+    """Whether a row's ConfigFinished info says its group was reloaded per round."""
+    return info.get("loading") == RELOADED
 # Where a table keeps a ratio's 95% interval: ``<ratio>_low`` and ``<ratio>_high``.
 CI_COLUMNS = tuple(f"{n}_{end}" for n in RATIO_NAMES for end in ("low", "high"))
 
@@ -614,7 +624,7 @@ def config_result(
         return ConfigResult(
             t_ns=t, config_id=cid, model=started.model, batch=started.batch,
             precision=started.precision, synthetic=started.synthetic,
-            ok=ok, reason=reason, figures=figures, engine=started.engine,
+            ok=ok, reason=reason, figures=figures, engine=started.engine, reloaded=reloaded(finished.info),
         )
 
     if not finished.ok:

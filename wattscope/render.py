@@ -26,6 +26,7 @@ from wattscope.metrics import (
     CV_OF,
     FIGURES,
     RATIOS,
+    RELOADED,
     RatioValue,
     common_decode_steps,
     is_baseline,
@@ -228,15 +229,17 @@ class ResultLine:
     weights: str = ""
     pct_tdp: tuple[float | None, float | None] = (None, None)  # prefill, decode
     engine: str = "eager"
+    reloaded: bool = False  # its group's precisions were loaded one at a time
 
     @property
     def note(self) -> str:
-        """What a Note column says about the row: why it failed, or why it has no ratios."""
+        """What a Note column says about the row: why it failed, why it has no ratios,
+        or that its group was reloaded per round."""
         if not self.ok:
             return f"failed: {self.reason}"
         if not is_baseline(self.precision) and _finite(_value(self.ratios.get(RATIOS[0].name))) is None:
             return "no FP16 baseline"
-        return ""
+        return RELOADED if self.reloaded else ""
 
 
 def _value(v: RatioValue | float | None) -> float | None:
@@ -247,7 +250,7 @@ def line_of(row: ResultRow) -> ResultLine:
     return ResultLine(
         model=row.model, batch=row.batch, precision=row.precision, ok=row.ok, figures=row.figures,
         ratios=row.ratios, reason=row.reason, flagged=row.flagged,
-        pct_tdp=(row.prefill_pct_tdp, row.decode_pct_tdp), engine=row.engine,
+        pct_tdp=(row.prefill_pct_tdp, row.decode_pct_tdp), engine=row.engine, reloaded=row.reloaded,
     )
 
 
@@ -408,7 +411,13 @@ def table_note(snap: Snapshot) -> str:
         notes.append("± half-width of the 95% interval over paired rounds")
     if any(r.flagged for r in snap.results):
         notes.append(f"{CV_MARK} window-to-window CV > {CV_LIMIT:.0%}")
-    return "\n".join(["; ".join(notes), *failure_lines(snap.results)])
+    return "\n".join(["; ".join(notes), *failure_lines(snap.results), *reload_lines(snap.results)])
+
+
+def reload_lines(rows: Iterable[ResultRow]) -> list[str]:
+    """One line per group whose precisions were loaded one at a time."""
+    groups = dict.fromkeys((r.model, r.batch, r.engine) for r in rows if r.ok and r.reloaded)
+    return [printable(f"{m} b{b}{'' if e == 'eager' else ' ' + e}: {RELOADED}") for m, b, e in groups]
 
 
 def snapshot_markdown(snap: Snapshot) -> str:

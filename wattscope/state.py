@@ -78,6 +78,7 @@ class ResultRow:
     decode_pct_tdp: float | None
     t_ns: int
     engine: str = "eager"
+    reloaded: bool = False  # its group's precisions were loaded one at a time (metrics.RELOADED)
 
 
 @dataclass(frozen=True)
@@ -408,6 +409,7 @@ class RunState:
                     percent_of_tdp(figs.get("decode_power_w"), tdp),
                     r.t_ns,
                     r.engine,
+                    r.reloaded,
                 )
             )
         # A failed configuration the session gave no result for still gets a row.

@@ -16,6 +16,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 CONFIDENCE = 0.95
 
@@ -66,8 +67,11 @@ def t_cdf(t: float, df: float) -> float:
     return 1.0 - tail if t > 0 else tail
 
 
+@lru_cache(maxsize=1024)
 def t_quantile(p: float, df: float) -> float:
-    """The p-quantile of Student's t with df degrees of freedom (bisection on t_cdf)."""
+    """The p-quantile of Student's t with df degrees of freedom (bisection on t_cdf).
+    Cached: the runner asks for the same few quantiles after every round, and a
+    simulation of the stopping rule asks millions of times."""
     if not 0.0 < p < 1.0 or df <= 0:
         raise ValueError(f"t_quantile needs 0 < p < 1 and df > 0, got p={p}, df={df}")
     if p < 0.5:
@@ -125,3 +129,16 @@ def paired_ratio(ratios: Sequence[float], confidence: float = CONFIDENCE) -> Rat
         return RatioEstimate(math.exp(mean), math.nan, math.nan, n)
     half = t_quantile(0.5 + confidence / 2.0, n - 1) * statistics.stdev(logs) / math.sqrt(n)
     return RatioEstimate(math.exp(mean), math.exp(mean - half), math.exp(mean + half), n)
+
+
+def binomial_interval(hits: int, trials: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``hits / trials``: how sure a simulated
+    coverage rate is (it stays inside [0, 1] and is sound near 0 and 1, where the
+    coverage of a 95% interval lies). (nan, nan) without trials."""
+    if trials <= 0:
+        return math.nan, math.nan
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    phat = hits / trials
+    centre = (phat + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(phat * (1 - phat) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
