@@ -292,9 +292,11 @@ class WattscopeApp(App[None]):
         legend, *failures = table_note(snap).split("\n")
         return Text(" · ".join([*failures, legend]), style="dim")
 
-    def _status(self) -> None:
-        snap = self.snap
-        t = Text(" wattscope ", style="bold reverse")
+    STOPPING = " stopping the runner… "
+
+    def _status_head(self, status: str | None, t: Text) -> Text:
+        """The status bar up to the run's status, the same for every screen: live or the
+        replay position, a paused display, a stop under way, then the status."""
         src = self.controls
         if src is not None:
             state = "▶" if src.playing else "⏸"
@@ -306,19 +308,28 @@ class WattscopeApp(App[None]):
         if self.display_paused:
             t.append(" DISPLAY PAUSED ", style="bold reverse yellow")
         if self.stopping:
-            t.append(" stopping the runner… ", style="yellow")
-        if snap is not None:
+            t.append(self.STOPPING, style="yellow")
+        if status is not None:
             style = {"running": "green", "completed": "cyan", "failed": "bold red",
-                     "interrupted": "yellow"}.get(snap.status, "dim")
-            t.append(f" {snap.status} ", style=style)
+                     "interrupted": "yellow"}.get(status, "dim")
+            t.append(f" {status} ", style=style)
+        return t
+
+    def _show_status(self, t: Text) -> None:
+        if t != self._last_status:
+            self._last_status = t
+            self._status_bar.update(t)
+
+    def _status(self) -> None:
+        snap = self.snap
+        t = self._status_head(None if snap is None else snap.status, Text(" wattscope ", style="bold reverse"))
+        if snap is not None:
             if snap.sweep_name:
                 t.append(f" {printable(snap.sweep_name)} ")
             if snap.gpu_name:
                 t.append(f" {printable(snap.gpu_name)}")
                 t.append(" (simulated)" if snap.simulated else "")
-        if t != self._last_status:
-            self._last_status = t
-            self._status_bar.update(t)
+        self._show_status(t)
 
     # ------------------------------------------------------------------ actions
 

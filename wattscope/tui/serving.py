@@ -238,25 +238,13 @@ class ServeApp(WattscopeApp, inherit_bindings=False):
         self._note.update(Text(" · ".join(notes) if grid.rows else
                                "no load phase yet: the first row appears when a load phase starts", style="dim"))
 
+    STOPPING = " stopping the load… "
+
     def _status(self) -> None:
         snap = self.serve_snap
-        t = Text(" wattscope ", style="bold reverse", no_wrap=True, overflow="ellipsis")
-        src = self.controls
-        if src is not None:
-            state = "▶" if src.playing else "⏸"
-            pos = (src.position_ns - src.start_ns) / 1e9
-            dur = (src.end_ns - src.start_ns) / 1e9
-            t.append(f" REPLAY {state} {src.speed:g}x {fmt_duration(pos)}/{fmt_duration(dur)} ", style="bold")
-        else:
-            t.append(" LIVE ", style="bold")
-        if self.display_paused:
-            t.append(" DISPLAY PAUSED ", style="bold reverse yellow")
-        if self.stopping:
-            t.append(" stopping the load… ", style="yellow")
+        t = self._status_head(None if snap is None else snap.status,
+                              Text(" wattscope ", style="bold reverse", no_wrap=True, overflow="ellipsis"))
         if snap is not None:
-            style = {"running": "green", "completed": "cyan", "failed": "bold red",
-                     "interrupted": "yellow"}.get(snap.status, "dim")
-            t.append(f" {snap.status} ", style=style)
             if snap.model:
                 t.append(f" {printable(snap.model)}")
             if snap.now is not None:
@@ -267,9 +255,7 @@ class ServeApp(WattscopeApp, inherit_bindings=False):
             if p.gpu_name:
                 t.append(f" · {printable(p.gpu_name)}")
                 t.append(" (simulated)" if p.simulated else "")
-        if t != self._last_status:
-            self._last_status = t
-            self._status_bar.update(t)
+        self._show_status(t)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.help_keys(), COLUMN_HELP, self.no_color,
