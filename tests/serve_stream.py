@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from wattscope import events as ev
+from wattscope.replay import MemoryRecording
 from wattscope.serve.config import Lengths, Serve
 from wattscope.serve.driver import schedule
 
@@ -105,24 +106,11 @@ def _samples(power: list[tuple[float, float, float, float]], end_s: float, rng: 
     return out
 
 
-class StreamRecording:
-    """What ``serve.analysis.analyse`` reads of a recording, from the stream."""
-
-    path = "synthetic"
+class StreamRecording(MemoryRecording):
+    """What ``serve.analysis.analyse`` reads of a recording (its samples too), from the stream."""
 
     def __init__(self, events: list[ev.Event]) -> None:
-        self._events = events
-        first = events[0]
-        assert isinstance(first, ev.RunStarted)
-        self.meta = dict(first.meta)
+        super().__init__(events, path="synthetic")
+        assert isinstance(events[0], ev.RunStarted)
         rows = [r for e in events if isinstance(e, ev.Samples) for r in e.rows]
         self.samples = pd.DataFrame(rows, columns=list(ev.SAMPLE_COLUMNS))
-
-    def events(self, start_ns: int | None = None, end_ns: int | None = None, samples: bool = True):
-        for e in self._events:
-            if start_ns is not None and e.t_ns < start_ns:
-                continue
-            if end_ns is not None and e.t_ns > end_ns:
-                break
-            if samples or not isinstance(e, ev.Samples):
-                yield e

@@ -165,37 +165,15 @@ def test_replay_seeks_back_and_forth_to_the_same_figures(stream: list[ev.Event])
     pd.testing.assert_frame_equal(rates_frame(list(end.rates)), rates_frame(analyse(StreamRecording(stream))))
 
 
-SIM = """
-name = "sim-serve"
-[serve]
-engine = "sim"
-rates = [6.0, 18.0]
-duration_s = 4
-idle_s = 1.5
-drain_s = 5
-min_interval_s = 0.15
-max_batch = 16
-prompt_tokens = { dist = "uniform", min = 64, max = 512 }
-output_tokens = { dist = "uniform", min = 8, max = 40 }
-[sampler]
-energy_hz = 50
-"""
-
-
 @pytest.mark.process
-def test_replay_of_a_sim_recording_ends_with_the_reports_table(tmp_path: Path) -> None:
-    cfg = tmp_path / "sim.toml"
-    cfg.write_text(SIM)
-    out = tmp_path / "s.wattscope"
-    p = subprocess.run([sys.executable, "-m", "wattscope", "serve-bench", str(cfg), "-o", str(out)],
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr
+def test_replay_of_a_sim_recording_ends_with_the_reports_table(serve_recordings: dict[str, Path]) -> None:
+    out = serve_recordings["a"]
     with load(out) as rec:
         report = analyse(rec)
         replay = ServeReplay(rec)
         replay.run_fast()
         snap = replay.serving()
-    assert snap.status == "completed" and snap.final == (True, True)
+    assert snap.status == "completed" and snap.final == (True,) * len(report) == (True,) * 4
     pd.testing.assert_frame_equal(rates_frame(list(snap.rates)), rates_frame(report))
     for a, b in zip(snap.rates, report):
         assert a.requests == b.requests
