@@ -6,6 +6,7 @@ display asked of it, so a test states exactly what the screen gets."""
 from __future__ import annotations
 
 from wattscope import events as ev
+from wattscope.serve.state import ServeSnapshot
 from wattscope.source import ReplayControls
 from wattscope.state import RunState, Snapshot
 
@@ -54,3 +55,22 @@ class MockSource:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.done
+
+
+class MockServeSource(MockSource):
+    """One frozen serving snapshot (the serving screen's ``ServeSource``)."""
+
+    def __init__(self, snap: ServeSnapshot, running: bool = False) -> None:
+        super().__init__(snap.power, running=running)
+        self.serve_snap = snap
+
+    def serving(self) -> ServeSnapshot:
+        return self.serve_snap
+
+    @property
+    def done(self) -> bool:
+        return self.stopped or not self._running
+
+    @property
+    def status(self) -> str:
+        return "interrupted" if self.stopped else self.serve_snap.status

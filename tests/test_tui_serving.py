@@ -20,10 +20,10 @@ from wattscope.serve.analysis import analyse
 from wattscope.serve.source import ServeReplay
 from wattscope.serve.state import ServeSnapshot, ServeState
 from wattscope.serve_report import serving_grid
-from wattscope.state import Snapshot
 from wattscope.tui.app import ConfirmQuit, HelpScreen
 from wattscope.tui.serving import RUNNING_MARK, PhasesTable, ServeApp
 
+from mock_source import MockServeSource
 from serve_stream import S, StreamRecording, event_stream
 
 
@@ -33,42 +33,6 @@ def sync(fn):
         return asyncio.run(fn(*args, **kwargs))
 
     return run
-
-
-class MockServeSource:
-    """One frozen serving snapshot; records whether the display asked to stop."""
-
-    controls = None
-    path = None
-
-    def __init__(self, snap: ServeSnapshot, running: bool = False) -> None:
-        self.snap = snap
-        self._running = running
-        self.stopped = False
-
-    def serving(self) -> ServeSnapshot:
-        return self.snap
-
-    def snapshot(self) -> Snapshot:
-        return self.snap.power
-
-    @property
-    def running(self) -> bool:
-        return self._running and not self.stopped
-
-    @property
-    def done(self) -> bool:
-        return self.stopped or not self._running
-
-    @property
-    def status(self) -> str:
-        return "interrupted" if self.stopped else self.snap.status
-
-    def stop(self) -> None:
-        self.stopped = True
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self.done
 
 
 @pytest.fixture(scope="module")
