@@ -115,17 +115,9 @@ def test_live_rows_take_the_recorded_paired_ratio() -> None:
 
 
 def _repeatability():
-    import importlib.util
-    import sys
-    from pathlib import Path
+    import benchmark_script
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "repeatability.py"
-    spec = importlib.util.spec_from_file_location("repeatability", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script.load("repeatability")
 
 
 def test_cross_run_criterion_uses_the_standard_error_of_the_difference() -> None:

@@ -261,17 +261,9 @@ def test_out_of_memory_is_told_by_type_name() -> None:
 
 
 def _coverage_script():
-    import importlib.util
-    import sys
-    from pathlib import Path
+    import benchmark_script
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "stopping_coverage.py"
-    spec = importlib.util.spec_from_file_location("stopping_coverage", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script.load("stopping_coverage")
 
 
 def test_rounds_enough_waits_for_min_rounds_then_for_every_interval() -> None:
