@@ -1,13 +1,13 @@
 # Sourced by device_sweep.sh and device_serve.sh, with $dir set: the wheels installed once
-# per machine, and `follow NAME [SECONDS]`, which waits for a background run in $dir to
+# per machine (.whl holds bitsandbytes cut to its CUDA 13.0 library by slim_wheel.py: the
+# whole wheel, 41 MiB, no longer fits beside the working tree in a call's 64 MiB), and `follow NAME [SECONDS]`, which waits for a background run in $dir to
 # write NAME.rc and shows the end of its log.
 mkdir -p "$dir"
 if [ ! -d /tmp/site/bitsandbytes ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 fi
 # Textual and its pure-Python dependencies (the image has none), for the live app on the
-# device (observer_effect.py --live); carried only when needed: with them the call is near
-# its 64 MiB (carry [".whl", ".whl-tui"]).
+# device (observer_effect.py --live); carried only when needed (carry [".whl", ".whl-tui"]).
 if [ -d .whl-tui ] && [ ! -d /tmp/site/textual ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl-tui/*.whl || exit 1
 fi
