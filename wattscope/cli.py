@@ -371,8 +371,11 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
         _say(f"wattscope: error: {session.reason}; the run was stopped, the recording keeps what was measured")
     from wattscope.serve_report import export_serving
 
-    sys.stdout.write(str(export_serving(output, "text")))
-    print(f"recording: {output}", file=sys.stderr)
+    try:
+        sys.stdout.write(str(export_serving(output, "text")))
+    except OSError:  # the output closed during the run: the recording is what stays
+        pass
+    _say(f"recording: {output}")
     return RUN_EXIT_CODES.get(status, EXIT_FAILED)
 
 

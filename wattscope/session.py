@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from multiprocessing import resource_tracker
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 from wattscope import host, metrics, provenance
 from wattscope.config import Sweep
@@ -112,8 +112,20 @@ def _silence_stdout() -> None:
         pass
 
 
+class Watchable(Protocol):
+    """What ``watched`` needs of a live run: a sweep's ``Session`` or a serving run's
+    ``serve.source.LiveServe``. ``status`` reads "starting" until the run records."""
+
+    @property
+    def status(self) -> str: ...
+
+    def stop(self, status: str = ..., reason: str = ...) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
 @contextmanager
-def watched(session: Session, on_signal: Callable[[], None] | None = None) -> Iterator[None]:
+def watched(session: Watchable, on_signal: Callable[[], None] | None = None) -> Iterator[None]:
     """Around a live run's display, so the measurement never outlives it: SIGTERM and
     SIGHUP stop the run as Ctrl-C does (the status names the signal) and call
     ``on_signal`` (an app leaves); a display that raises stops the run as
@@ -147,7 +159,7 @@ def watched(session: Session, on_signal: Callable[[], None] | None = None) -> It
             session.stop()
             while True:
                 try:  # a second Ctrl-C must not leave the recording half-finalised
-                    if session.done.wait(1.0):
+                    if session.wait(1.0):
                         break
                 except KeyboardInterrupt:
                     continue

@@ -54,6 +54,7 @@ class LiveServe:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._status = ""
+        self._started = False  # until start() returns, the status reads "starting"
         self._error: BaseException | None = None
 
     def start(self) -> None:
@@ -64,9 +65,11 @@ class LiveServe:
         self._thread.start()
         while not self._done.wait(STARTED_POLL_S):
             if self.state.snapshot(self.clock()).status != "waiting":
+                self._started = True
                 return
         if self._error is not None:
             raise self._error
+        self._started = True
 
     def _run(self) -> None:
         try:
@@ -93,13 +96,13 @@ class LiveServe:
 
     @property
     def status(self) -> str:
+        if not self._started:
+            return "starting"
         return self._status if self._done.is_set() else self.state.snapshot(self.clock()).status
 
-    def stop(self) -> None:
-        self.session.halt()
-
-    def halt(self, status: str, reason: str) -> None:
-        """Stop the run with this ending (a signal's, a failed display's)."""
+    def stop(self, status: str = "interrupted", reason: str = "stopped by the user") -> None:
+        """Stop the run with this ending (the user's, a signal's, a failed display's);
+        the first ending asked for stands."""
         self.session.halt(status, reason)
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -12,7 +12,6 @@ pause display, help, zoom, warnings and, in replay, play/seek/speed).
 from __future__ import annotations
 
 import math
-import signal
 from typing import Any, Literal
 
 from rich.text import Text
@@ -29,7 +28,6 @@ from wattscope.serve.analysis import RateResult
 from wattscope.serve.source import LiveServe, ServeReplay, ServeSource
 from wattscope.serve.state import ServeSnapshot
 from wattscope.serve_report import serving_grid
-from wattscope.session import STOP_SIGNALS, display_ending
 from wattscope.tui.app import FRAME_S, ConfirmQuit, HelpScreen, WattscopeApp
 from wattscope.tui.results import FAILED_STYLE, ResultsTable
 from wattscope.tui.widgets import PowerGraph, WarningLog
@@ -281,36 +279,17 @@ class ServeApp(WattscopeApp, inherit_bindings=False):
 
 
 def run_serve_app(source: LiveServe, frame_s: float = FRAME_S) -> str:
-    """``serve-bench`` on a terminal: start the run, show it until the user quits (or it
-    ends and the user leaves), then stop it and wait until its recording is final.
-    SIGTERM and SIGHUP stop it with their endings; a display that fails stops it as
-    'display-failed' (or 'output-closed'). Returns the run's status."""
+    """``serve-bench`` on a terminal, as ``run_app`` for sweeps: start the run, show it
+    until the user quits, wait for the recording to be finalised, return the run's status.
+    The run never outlives the app (``session.watched``)."""
+    from wattscope.session import watched
+
     app = ServeApp(source, frame_s, quiet_failure=True)
-
-    def on_signal(signum: int, frame: object) -> None:
-        source.halt(*STOP_SIGNALS[signum])
-        app.exit_soon()
-
-    caught = [s for s in STOP_SIGNALS if s != signal.SIGINT]
-    previous = {s: signal.signal(s, on_signal) for s in caught}
-    try:
+    with watched(source, on_signal=app.exit_soon):
         source.start()
-        try:
-            app.run()
-        except BaseException as e:  # the terminal went away, or the app could not run
-            source.halt(*display_ending(e))
+        app.run()
         if app.failure is not None:
-            source.halt(*display_ending(app.failure))
-    finally:
-        for s, old in previous.items():
-            signal.signal(s, old)
-        source.stop()  # the ending asked for first stands
-        while True:
-            try:  # a second Ctrl-C must not leave the recording half-finalised
-                if source.wait(1.0):
-                    break
-            except KeyboardInterrupt:
-                continue
+            raise app.failure
     return source.status
 
 
