@@ -111,8 +111,13 @@ def test_parts_still_sum_when_a_coefficient_comes_out_negative() -> None:
 def test_idle_share_is_the_idle_energy_over_the_measured() -> None:
     iv, idle = _synthetic(2)
     f = at.fit(iv, idle)
-    assert f.idle_share.value == pytest.approx(idle.watts.value * iv.dt_s.sum() / iv.energy_j.sum())
+    assert f.idle_share.value == pytest.approx(f.idle_j / iv.energy_j.sum())
+    assert f.idle_share.value + (f.prefill_j + f.decode_j) / f.measured_j == pytest.approx(1.0)
     assert f.idle_share.low < f.idle_share.value < f.idle_share.high
+    # Its interval is the idle power's uncertainty over the span.
+    half = (f.idle_share.high - f.idle_share.low) / 2
+    idle_half_w = (idle.watts.high - idle.watts.low) / 2
+    assert half == pytest.approx(idle_half_w * iv.dt_s.sum() / iv.energy_j.sum(), rel=1e-6)
 
 
 def test_noisy_intervals_make_the_fit_poor_with_a_reason() -> None:

@@ -258,7 +258,7 @@ class Fit:
     prefill_j_per_token: Estimate
     decode_j_per_token: Estimate
     idle_w: Estimate
-    idle_share: Estimate  # fitted idle energy / measured energy
+    idle_share: Estimate  # idle_j / measured_j (idle power x time, plus intervals fitted at no token energy)
     r2: float  # of the energy above idle, about its mean
     nrmse: float  # residual standard error / mean interval energy
     measured_j: float
@@ -301,7 +301,6 @@ def fit(intervals: Intervals, idle: IdleFit) -> Fit:
     spread = float((y - y.mean()) @ (y - y.mean()))
     r2 = 1.0 - float(u @ u) / spread if spread > 0 else math.nan
     idle_fit_j = idle_w * float(dt.sum())
-    share = _estimate(idle_fit_j / measured, idle.se_w * float(dt.sum()) / measured, idle.n_intervals - 1)
 
     # The sum rule: each interval's residual to its tokens, by their fitted energy.
     fa, fb = beta[0] * p, beta[1] * d
@@ -313,6 +312,9 @@ def fit(intervals: Intervals, idle: IdleFit) -> Fit:
     # out negative in a poor fit) has all its energy above idle counted as idle.
     idle_j = idle_fit_j + float(y[~active].sum())
     prefill_j, decode_j = float(pre_i.sum()), float(dec_i.sum())
+    # The idle share is the idle part of the sum rule, so it and the token parts make 100%;
+    # its uncertainty is the idle power's, over the span.
+    share = _estimate(idle_j / measured, idle.se_w * float(dt.sum()) / measured, idle.n_intervals - 1)
 
     reasons = []
     if not r2 >= MIN_R2:
@@ -357,4 +359,4 @@ def energy_shares(f: Fit) -> tuple[float, float, float]:
     to 1 by the sum rule); NaN when the fit is poor, as its other figures are."""
     if not (f.ok and f.measured_j > 0):
         return (math.nan, math.nan, math.nan)
-    return (f.idle_j / f.measured_j, f.prefill_j / f.measured_j, f.decode_j / f.measured_j)
+    return (f.idle_share.value, f.prefill_j / f.measured_j, f.decode_j / f.measured_j)

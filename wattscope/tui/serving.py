@@ -43,7 +43,7 @@ COLUMN_HELP = [
     ("J/prefill tok", "J per prompt token above idle, ± the half-width of its 95% interval"),
     ("J/decode tok", "J per generated token above idle, ± the half-width of its 95% interval"),
     ("J/decode tok (steps)", "the same fit on the engine's logged steps (the ground truth), where it logs them"),
-    ("Idle share", "idle power x time / measured energy, ± its interval"),
+    ("Idle share", "energy attributed to idle / measured energy (idle power x time, plus intervals whose tokens are fitted at no energy), ± its interval"),
     ("Measured J", "the counter's energy over the phase's intervals"),
     ("Fit", "ok, or why the fit is poor (then no per-token figures)"),
 ]
