@@ -402,3 +402,27 @@ output_tokens = {{ dist = "fixed", value = 3 }}
         phases = [e for e in rec.events(samples=False) if isinstance(e, ServePhase)]
     assert any(r.ok for r in reqs)
     assert [p.phase for p in phases] == ["idle", "load"]
+
+
+@pytest.mark.process
+def test_a_display_that_fails_stops_the_run_and_the_recording_is_final(tmp_path: Path) -> None:
+    from wattscope.events import RunEnded
+    from wattscope.serve.session import ServeSession
+
+    seen: list[str] = []
+
+    def display(ev: object) -> None:
+        seen.append(type(ev).__name__)
+        if isinstance(ev, ServePhase):  # the idle window's end: the display breaks
+            raise RuntimeError("boom")
+
+    out = tmp_path / "d.wattscope"
+    session = ServeSession(sc.parse(SIM_RUN, str(tmp_path / "sim.toml")), out, on_event=display)
+    assert session.run() == "display-failed"
+    assert seen[-1] == "ServePhase"  # not called again after it failed
+    with load(out) as rec:
+        assert rec.meta["status"] == "display-failed"
+        assert "RuntimeError: boom" in rec.meta["end_reason"]
+        ended = [e for e in rec.events() if isinstance(e, RunEnded)]
+        phases = [e for e in rec.events() if isinstance(e, ServePhase)]
+    assert len(ended) == 1 and [p.phase for p in phases] == ["idle"]  # stopped before any load

@@ -75,7 +75,11 @@ class ServeSession:
             assert self._recorder is not None
             self._recorder.write(ev)
             if self._on_event is not None:
-                self._on_event(ev)
+                try:
+                    self._on_event(ev)
+                except Exception as e:  # the measurement outlives its display: record on, stop the run
+                    self._on_event = None
+                    self.halt("display-failed", f"the display failed ({type(e).__name__}: {e})")
             if isinstance(ev, Request):
                 c = self._counts.setdefault((ev.precision, ev.rate_index), [0, 0])
                 c[0 if ev.ok else 1] += 1
@@ -213,11 +217,13 @@ class ServeSession:
             if self._drainer is not None:
                 self._drainer.join(5)
             self.reason = reason
-            self._emit(RunEnded(now_ns(), status, reason))
-            assert self._recorder is not None
-            self._recorder.close()
-            if self._sim_gpu is not None:
-                self._sim_gpu.close()
+            try:
+                self._emit(RunEnded(now_ns(), status, reason))
+            finally:
+                assert self._recorder is not None
+                self._recorder.close()
+                if self._sim_gpu is not None:
+                    self._sim_gpu.close()
         return status
 
     def _run_precision(self, precision: str) -> tuple[str, str]:
