@@ -138,6 +138,14 @@ def test_last_snapshot_carries_the_reports_figures(stream: list[ev.Event]) -> No
         assert r.fit.decode_j_per_token.value == pytest.approx(DECODE_J, rel=0.04)
 
 
+def test_the_rates_table_has_its_columns_with_or_without_a_load_phase(stream: list[ev.Event]) -> None:
+    from wattscope.serve.analysis import RATE_COLUMNS
+
+    assert list(rates_frame(analyse(StreamRecording(stream))).columns) == RATE_COLUMNS
+    assert list(rates_frame([]).columns) == RATE_COLUMNS
+    assert format_serving([], "csv") == ",".join(RATE_COLUMNS) + "\n"
+
+
 def test_a_poor_fit_has_no_shares(stream: list[ev.Event]) -> None:
     _, load0, *_ = _phases(stream)
     early = load0.start_ns + S  # ten counter intervals: too few

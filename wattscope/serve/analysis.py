@@ -113,6 +113,20 @@ def _est(prefix: str, est: at.Estimate, shown: bool = True) -> dict[str, float]:
             f"{prefix}_high": est.high if shown else nan}
 
 
+def _with_interval(*names: str) -> list[str]:
+    return [c for n in names for c in (n, f"{n}_low", f"{n}_high")]
+
+
+# Named once, so a recording without a load phase still exports its header.
+RATE_COLUMNS = [
+    "precision", "offered_rps", "achieved_rps", "duration_s", "requests_ok", "requests_failed",
+    "fit_ok", "fit_reason", "intervals", "r2", "nrmse",
+    *_with_interval("prefill_j_per_token", "decode_j_per_token", "idle_w", "idle_share"),
+    "measured_j", "idle_j", "prefill_j", "decode_j",
+    *_with_interval("steps_prefill_j_per_token", "steps_decode_j_per_token"),
+]
+
+
 def rates_frame(results: list[RateResult]) -> pd.DataFrame:
     """One row per precision and offered rate; a poor fit's per-token figures are blank
     (``fit_reason`` says why), its measured energy is still there."""
@@ -131,7 +145,7 @@ def rates_frame(results: list[RateResult]) -> pd.DataFrame:
             **_est("steps_prefill_j_per_token", sf.prefill_j_per_token if sf else at.NO_ESTIMATE, bool(sf and sf.ok)),
             **_est("steps_decode_j_per_token", sf.decode_j_per_token if sf else at.NO_ESTIMATE, bool(sf and sf.ok)),
         })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=RATE_COLUMNS)
 
 
 def requests_frame(results: list[RateResult]) -> pd.DataFrame:
