@@ -212,13 +212,15 @@ def main() -> int:
                 if sp.pid is not None:
                     host.pin(sp.pid, plan.sampler_cpu)
                 app = _LiveApp(plan.parent_cpus) if leg == "live" else None
-                time.sleep(args.settle)
-                legs[leg].append(_leg(w, args.steps, args.seconds))
-                if app is not None:
-                    app.close()
-                    app_bytes += app.bytes
-                sp.stop()
-                drain.close()
+                try:
+                    time.sleep(args.settle)
+                    legs[leg].append(_leg(w, args.steps, args.seconds))
+                finally:  # the app and the sampler never outlive their leg
+                    if app is not None:
+                        app.close()
+                        app_bytes += app.bytes
+                    sp.stop()
+                    drain.close()
                 sampler_events += drain.events
             print(f"round {i + 1} ({' then '.join(order)}): "
                   + ", ".join(f"{k} {v[-1]:.2f} tok/s" for k, v in legs.items()), flush=True)

@@ -25,13 +25,16 @@ def slim(src: Path, out_dir: Path, keep: set[str]) -> Path:
     dst = out_dir / src.name
     if dst.resolve() == src.resolve():
         raise SystemExit(f"{dst}: would overwrite its own input; choose another folder")
-    dropped: set[str] = set()
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+    if not src.is_file():
+        raise SystemExit(f"{src}: no such wheel")
+    with zipfile.ZipFile(src) as zin:
         names = zin.namelist()
-        for name in names:
-            m = NATIVE.match(name)
-            if m and m.group(1) not in keep and m.group(1) != "cpu":
-                dropped.add(name)
+    found = {m.group(1): name for name in names if (m := NATIVE.match(name))}
+    missing = sorted(keep - set(found))
+    if missing:  # a typo would otherwise leave a wheel without any GPU library
+        raise SystemExit(f"--keep {', '.join(missing)}: not in {src.name}; it holds {', '.join(sorted(found))}")
+    dropped = {name for lib, name in found.items() if lib not in keep and lib != "cpu"}
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
         for name in names:
             if name in dropped:
                 continue
