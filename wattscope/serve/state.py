@@ -13,8 +13,9 @@ What is known when:
 * A ``ServePhase`` arrives when its phase ends, so the phase now is the one after the
   last that ended, in the order the session runs them (each precision: its idle window,
   then each offered rate; from the recording's config). A running phase starts where the
-  previous one ended (the session starts the next at once; the first idle window also
-  holds the engine's start). Phase marks for the power graph are folded as
+  previous one ended (the session starts the next at once), so on the screen each
+  precision's idle phase also holds its engine's start (a model load: the recording's
+  idle window, which the report uses, begins after it). Phase marks for the power graph are folded as
   ``PhaseStarted`` at those instants.
 * A ``Request`` arrives when it ends. Requests in flight are the arrivals due so far by
   the config's seeded schedule (``driver.schedule``, what the driver sends) that have not
