@@ -261,8 +261,10 @@ def test_cli_draws_a_serving_recording_and_refuses_sweep_kinds(serve_recordings,
                                "for this recording: --kind serving or --kind timeline"),
         (["--kind", "power"], "--kind power draws sweeps"),
         (["--kind", "timeline", "--config", "x"], "a: a serving recording (serve-bench) has no configurations"),
+        # Without --kind, a serving recording beside a sweep names both kinds, not a flag.
+        ([str(SEED_CSV)], "serving recordings (a) and sweeps (seed_rtx_pro_6000) do not share a figure"),
     ]:
-        assert cli.main(["plot", str(a), "-o", str(tmp_path / "x.png"), *argv]) == 2
+        assert cli.main(["plot", str(a), *argv, "-o", str(tmp_path / "x.png")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("wattscope: error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "x.png").exists()

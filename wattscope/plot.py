@@ -411,7 +411,12 @@ def figure(sources: Any, kind: str | None = None, *, config: str | None = None, 
     _matplotlib()
     srcs = open_sources(sources)
     if kind is None:
-        kind = "serving" if all(is_serving(s.meta) for s in srcs) else "ratios"
+        serving = [s.label for s in srcs if is_serving(s.meta)]
+        if serving and len(serving) < len(srcs):
+            others = [s.label for s in srcs if not is_serving(s.meta)]
+            raise PlotError(f"serving recordings ({', '.join(serving)}) and sweeps ({', '.join(others)}) "
+                            "do not share a figure; plot each kind on its own")
+        kind = "serving" if serving else "ratios"
     if config is not None and kind != "timeline":
         raise PlotError(f"--config narrows a timeline; --kind {kind} draws every configuration")
     if rate != "offered" and kind != "serving":
