@@ -219,7 +219,13 @@ def test_serving_drawn_is_the_rates_frame_and_poor_fits_are_named(serve_recordin
         assert r["fit_reason"]
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == ["a (Simulated H100) FP16", "a (Simulated H100) NF4"][:len(legend)] and legend
-    assert fig.axes[0].get_xlabel() == f"{rate} rate (requests/s)"
+    # Only drawn series are set apart, and the axis says so.
+    gap = f"; series set {plot.SERIES_GAP_PT:g} pt apart" if len(legend) > 1 else ""
+    assert fig.axes[0].get_xlabel() == f"{rate} rate (requests/s){gap}"
+    offsets = sorted({round(lines[g].get_transform().transform((0, 0))[0] - lines[g].axes.transData.transform((0, 0))[0], 3)
+                      for g in lines if g.endswith("|decode_j_per_token")})
+    step = plot.SERIES_GAP_PT / 72 * fig.dpi
+    assert offsets == pytest.approx([(j - (len(legend) - 1) / 2) * step for j in range(len(legend))], abs=1e-3)
 
 
 @pytest.mark.process

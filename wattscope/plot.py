@@ -331,6 +331,9 @@ def _serving_label(src: Source) -> str:
     return f"{src.label} ({gpu.get('name') or 'GPU'})"
 
 
+SERIES_GAP_PT = 4.0  # sideways gap between the serving figure's series, so whiskers stay apart
+
+
 def serving_figure(srcs: Sequence[Source], rate: str = "offered") -> Figure:
     """Per precision and source: J per prefill and per decode token and the idle share
     against the offered (or achieved) rate, with 95% intervals; poor fits named in a note."""
@@ -347,18 +350,21 @@ def serving_figure(srcs: Sequence[Source], rate: str = "offered") -> Figure:
     fig = _new_figure(13, 4.6)
     axes = fig.subplots(1, len(SERVING_PANELS))
     poor: list[str] = []
-    for j, (src, precision) in enumerate(series):
+    drawn = []  # (series, its rows with a fit that holds)
+    for src, precision in series:
         df = next(d for s, d in frames if s is src)
         rows = df[df["precision"] == precision]
         ok = rows[rows["fit_ok"].astype(bool)]
         poor += [f"{src.label} {precision_label(precision)} at {r['offered_rps']:g}/s: {r['fit_reason']}"
                  for _, r in rows[~rows["fit_ok"].astype(bool)].iterrows()]
-        if ok.empty:
-            continue  # nothing to draw: the note names each of its rates
+        if not ok.empty:  # else nothing to draw: the note names each of its rates
+            drawn.append((src, precision, ok))
+    for j, (src, precision, ok) in enumerate(drawn):
         label = f"{_serving_label(src)} {precision_label(precision)}"
         x = ok[f"{rate}_rps"].to_numpy(float)
-        # Series side by side at the same rate: shifted on the page, not in the data.
-        shift = ScaledTranslation((j - (len(series) - 1) / 2) * 4 / 72, 0, fig.dpi_scale_trans)
+        # Series side by side at the same rate: shifted on the page (SERIES_GAP_PT apart,
+        # said under the axis), not in the data.
+        shift = ScaledTranslation((j - (len(drawn) - 1) / 2) * SERIES_GAP_PT / 72, 0, fig.dpi_scale_trans)
         for ax, (col, _) in zip(axes, SERVING_PANELS):
             y = ok[col].to_numpy(float)
             low, high = ok[f"{col}_low"].to_numpy(float), ok[f"{col}_high"].to_numpy(float)
@@ -370,7 +376,8 @@ def serving_figure(srcs: Sequence[Source], rate: str = "offered") -> Figure:
                 artist.set_transform(artist.get_transform() + shift)
     for ax, (col, title) in zip(axes, SERVING_PANELS):
         ax.set_title(title)
-        ax.set_xlabel(f"{rate} rate (requests/s)")
+        ax.set_xlabel(f"{rate} rate (requests/s)"
+                      + (f"; series set {SERIES_GAP_PT:g} pt apart" if len(drawn) > 1 else ""))
         ax.grid(color="0.9")
         ax.set_ylim(bottom=0)
     axes[0].set_ylabel("J per token (95% interval)")
