@@ -261,3 +261,12 @@ def test_counter_tail_is_removed_at_idle_power_and_kept_in_the_raw_figure() -> N
     assert g["decode_energy_raw_j"] == pytest.approx(125.0)
     assert g["prefill_energy_j"] == pytest.approx((600.0 - 100.0 * 0.05) / 50)
     assert g["decode_power_w"] == pytest.approx((500.0 - 8.0) / 1.92)
+
+
+def test_reloaded_groups_name_each_measured_group_once_with_its_engine() -> None:
+    from wattscope.metrics import reloaded_groups
+
+    rows = [("Qwen", 1, "eager", True, True), ("Qwen", 1, "eager", True, True), ("Qwen", 8, "graphs", True, True),
+            ("Qwen", 8, "eager", True, False), ("Yi", 1, "eager", False, True)]
+    # A failed row says nothing of how its group was measured; eager is the default, unnamed.
+    assert reloaded_groups(rows) == ["Qwen b1", "Qwen b8 graphs"]

@@ -43,6 +43,7 @@ from wattscope.metrics import (
     ratio_text,
     ratio_value,
     ratios,
+    reloaded_groups,
     run_meta,
     separated,
     sorted_rows,
@@ -570,8 +571,8 @@ def _reload_note(results: pd.DataFrame) -> str:
     where none were, so recordings without reloads keep their notes as they were."""
     if "reloaded" not in results:
         return ""
-    rows = results[results["reloaded"].eq(True)]
-    groups = dict.fromkeys(f"{m} b{int(b)}" for m, b in zip(rows["model"], rows["batch"]))
+    groups = reloaded_groups(zip(results["model"], results["batch"], results["engine"], results["ok"],
+                                 results["reloaded"].eq(True)))
     return f"{RELOADED}: {', '.join(groups)}" if groups else ""
 
 

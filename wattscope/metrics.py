@@ -155,6 +155,14 @@ RELOADED = "reloaded per round (precisions did not fit together)"
 def reloaded(info: Mapping[str, Any]) -> bool:
     """Whether a row's ConfigFinished info says its group was reloaded per round."""
     return info.get("loading") == RELOADED
+
+
+def reloaded_groups(rows: Iterable[tuple[str, int, str, bool, bool]]) -> list[str]:
+    """The groups, named "model bN[ engine]", whose measured rows (model, batch, engine,
+    ok, reloaded) were loaded one precision at a time; in the rows' order."""
+    groups = dict.fromkeys((m, int(b), e) for m, b, e, ok, r in rows if ok and r)
+    return [f"{m} b{b}{'' if e == 'eager' else ' ' + e}" for m, b, e in groups]
+
 # Where a table keeps a ratio's 95% interval: ``<ratio>_low`` and ``<ratio>_high``.
 CI_COLUMNS = tuple(f"{n}_{end}" for n in RATIO_NAMES for end in ("low", "high"))
 

@@ -32,6 +32,7 @@ from wattscope.metrics import (
     is_baseline,
     precision_label,
     ratio_text,
+    reloaded_groups,
     title,
 )
 from wattscope.safe_text import printable
@@ -416,8 +417,8 @@ def table_note(snap: Snapshot) -> str:
 
 def reload_lines(rows: Iterable[ResultRow]) -> list[str]:
     """One line per group whose precisions were loaded one at a time."""
-    groups = dict.fromkeys((r.model, r.batch, r.engine) for r in rows if r.ok and r.reloaded)
-    return [printable(f"{m} b{b}{'' if e == 'eager' else ' ' + e}: {RELOADED}") for m, b, e in groups]
+    groups = reloaded_groups((r.model, r.batch, r.engine, r.ok, r.reloaded) for r in rows)
+    return [printable(f"{g}: {RELOADED}") for g in groups]
 
 
 def snapshot_markdown(snap: Snapshot) -> str:
