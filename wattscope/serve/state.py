@@ -73,8 +73,8 @@ class ServeSnapshot:
     now: PlannedPhase | None  # the phase running now; None before the start or after the end
     phase_elapsed_s: float
     in_flight: int | None  # the running load phase's requests due and not yet ended
-    ok: int  # the running phase's requests that ended, well or not
-    failed: int
+    ok: int  # the running phase's requests that ended well
+    failed: int  # ... and those that failed
     current: RateResult | None  # the running load phase so far (as of ``current_ns``)
     current_ns: int | None
     rates: tuple[RateResult, ...]  # ended load phases, in the order they ran
