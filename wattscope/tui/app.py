@@ -145,6 +145,7 @@ class WattscopeApp(App[None]):
 
     CSS_PATH = "app.tcss"
     TITLE = "wattscope"
+    QUIT_QUESTION = ConfirmQuit.QUESTION  # asked before quitting a live run
     BINDINGS = [
         Binding("q", "quit", "Quit", id="quit",
                 tooltip="quit (live sweep: asks, stops the runner, keeps the recording)"),
@@ -368,7 +369,7 @@ class WattscopeApp(App[None]):
                 self._status()
                 self.stop_and_exit()
 
-        self.push_screen(ConfirmQuit(), answered)
+        self.push_screen(ConfirmQuit(self.QUIT_QUESTION), answered)
 
     @work(thread=True, exclusive=True, group="stop")
     def stop_and_exit(self) -> None:

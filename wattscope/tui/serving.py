@@ -28,7 +28,7 @@ from wattscope.serve.analysis import RateResult
 from wattscope.serve.source import LiveServe, ServeReplay, ServeSource
 from wattscope.serve.state import ServeSnapshot
 from wattscope.serve_report import serving_grid
-from wattscope.tui.app import FRAME_S, ConfirmQuit, HelpScreen, WattscopeApp
+from wattscope.tui.app import FRAME_S, HelpScreen, WattscopeApp
 from wattscope.tui.results import FAILED_STYLE, ResultsTable
 from wattscope.tui.widgets import PowerGraph, WarningLog
 
@@ -237,6 +237,7 @@ class ServeApp(WattscopeApp, inherit_bindings=False):
                                "no load phase yet: the first row appears when a load phase starts", style="dim"))
 
     STOPPING = " stopping the load… "
+    QUIT_QUESTION = "A serving run is going.\n\nStop the load and the engine and quit?"
 
     def _status(self) -> None:
         snap = self.serve_snap
@@ -258,21 +259,6 @@ class ServeApp(WattscopeApp, inherit_bindings=False):
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.help_keys(), COLUMN_HELP, self.no_color,
                                     results="Load phases: the serving report's table, per precision and offered rate."))
-
-    async def action_quit(self) -> None:
-        if self.stopping:
-            return
-        if not self._live_running():
-            self.exit()
-            return
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.stopping = True
-                self._status()
-                self.stop_and_exit()
-
-        self.push_screen(ConfirmQuit("A serving run is going.\n\nStop the load and the engine and quit?"), answered)
 
     def _live_running(self) -> bool:
         return self.source.running and self.source.status in ("waiting", "running")
