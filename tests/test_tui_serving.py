@@ -111,6 +111,9 @@ async def test_help_lists_keys_and_the_columns(stream) -> None:
         assert "Load phases: the serving report's table" in text
         assert "J/decode tok (steps)" in text and "seek back 10 s" in text
         assert "export" not in text.lower()
+        # The graph's legend has the serving run's two phases, not a sweep's.
+        assert "offered load at one rate" in text and "idle (and the engine's start)" in text
+        assert "warm-up" not in text and "cool-down" not in text
 
 
 @sync

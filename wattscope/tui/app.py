@@ -67,12 +67,13 @@ class HelpScreen(ModalScreen[None]):
     RESULTS = "Results: ratios are to FP16 of the same model, batch and engine."
 
     def __init__(self, keys: list[tuple[str, str]], columns: list[tuple[str, str]], no_color: bool = False,
-                 results: str = RESULTS) -> None:
+                 results: str = RESULTS, phases: dict[str, str] | None = None) -> None:
         super().__init__()
         self.keys = keys
         self.columns = columns
         self.no_color = no_color
         self.results = results
+        self.phases = phases
 
     def compose(self) -> ComposeResult:
         text = Text("wattscope keys\n\n", style="bold")
@@ -81,7 +82,7 @@ class HelpScreen(ModalScreen[None]):
             text.append(what + "\n")
         text.append("\nGraph: power on a fixed 0..TDP scale (z: zoomed to what is shown);\n"
                     "phase marks and the run time beneath:\n")
-        text.append_text(phase_legend(self.no_color))
+        text.append_text(phase_legend(self.no_color, self.phases))
         text.append(f"\n\n{self.results}\n", style="bold")
         for heading, meaning in self.columns:
             text.append(f"{heading}", style="bold")

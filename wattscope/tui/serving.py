@@ -151,6 +151,10 @@ class PhasesTable(ResultsTable):
         self._follow = True
 
 
+# The phases a serving run marks on the graph; "load" is its offered load here.
+SERVING_PHASES = {"idle": "idle (and the engine's start)", "load": "offered load at one rate"}
+
+
 class ServeApp(WattscopeApp, inherit_bindings=False):
     """The screen for one ``ServeSource``."""
 
@@ -258,7 +262,8 @@ class ServeApp(WattscopeApp, inherit_bindings=False):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.help_keys(), COLUMN_HELP, self.no_color,
-                                    results="Load phases: the serving report's table, per precision and offered rate."))
+                                    results="Load phases: the serving report's table, per precision and offered rate.",
+                                    phases=SERVING_PHASES))
 
     def _live_running(self) -> bool:
         return self.source.running and self.source.status in ("waiting", "running")

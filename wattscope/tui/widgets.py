@@ -45,11 +45,13 @@ GUTTER = 5
 MIN_WINDOW_S = 10.0
 
 
-def phase_legend(no_color: bool = False) -> Text:
+def phase_legend(no_color: bool = False, phases: dict[str, str] | None = None) -> Text:
+    """The graph's phase marks; ``phases`` (phase -> label) where a screen draws fewer or
+    means another thing by one (a serving run's "load" is its offered load)."""
     t = Text()
-    for p in ev.PHASES:
+    for p, label in (phases or {p: PHASE_LABEL[p] for p in ev.PHASES}).items():
         t.append(f"{PHASE_MARK[p]} ", style="bold" if no_color else f"bold {PHASE_STYLE[p]}")
-        t.append(f"{PHASE_LABEL[p]}  ")
+        t.append(f"{label}  ")
     return t
 
 
