@@ -188,6 +188,9 @@ class FakeSession:
             self.status = self.stops[0][0]
             self.done.set()
 
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.done.wait(timeout)
+
 
 @pytest.mark.parametrize("error, status", [
     (BrokenPipeError(errno.EPIPE, "Broken pipe"), "output-closed"),
