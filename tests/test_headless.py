@@ -96,6 +96,9 @@ def test_live_session_progress_and_status() -> None:
         def stop(self) -> None:
             pass
 
+        def wait(self, timeout: float | None = None) -> bool:
+            return self.done.wait(timeout)
+
     out = io.StringIO()
     status = run_live(FakeSession(), out)
     assert status == "completed"
