@@ -228,19 +228,20 @@ class WattscopeApp(App[None]):
         yield WarningLog(id="log")
         yield Footer()
 
+    PANEL_TITLE = "Run"
+    RESULTS_TITLE = "Results"
+
     def on_mount(self) -> None:
         # Held, not queried per frame: a frame may fire while the app tears down.
         self._graph = self.query_one(PowerGraph)
-        self._views: list[SnapshotView] = [self._graph, self.query_one(PhasePanel),
-                                           self.query_one(ResultsTable), self.query_one(SensorLine),
-                                           self.query_one(WarningLog)]
+        self._hold_views()
         self._note = self.query_one("#table-note", Static)
         self._status_bar = self.query_one("#status", Static)
         self._results = self.query_one("#results")
         self._error = self.query_one("#error", Static)
         self._graph_title()
-        self.query_one("#phase").border_title = "Run"
-        self._results.border_title = "Results"
+        self.query_one("#phase").border_title = self.PANEL_TITLE
+        self._results.border_title = self.RESULTS_TITLE
         self.frame()
         self.set_interval(self.frame_s, self.frame)
         self.drive()
@@ -263,6 +264,21 @@ class WattscopeApp(App[None]):
 
     # ------------------------------------------------------------------ frames
 
+    def _hold_views(self) -> None:
+        """The widgets each frame shows its snapshot in."""
+        self._views: list[SnapshotView] = [self._graph, self.query_one(PhasePanel), self.query_one(ResultsTable),
+                                           self.query_one(SensorLine), self.query_one(WarningLog)]
+
+    def _draw(self) -> Snapshot:
+        """Pull this screen's snapshot and show it in its views; return the run's part."""
+        snap = self.source.snapshot()
+        self.snap = snap
+        for view in self._views:
+            view.show(snap)
+        self._results.border_title = f"Results {len(snap.results)}/{snap.configs_total or '?'}"
+        self._note.update(self._table_note(snap))
+        return snap
+
     def frame(self) -> None:
         """Pull one snapshot and show it (skipped while the display is paused)."""
         if self._leave.is_set():
@@ -271,13 +287,8 @@ class WattscopeApp(App[None]):
         if self.display_paused:
             self._status()
             return
-        snap = self.source.snapshot()
-        self.snap = snap
-        for view in self._views:
-            view.show(snap)
+        snap = self._draw()
         self._status()
-        self._results.border_title = f"Results {len(snap.results)}/{snap.configs_total or '?'}"
-        self._note.update(self._table_note(snap))
         error = self._error
         if snap.status in ("failed", "write-error"):
             error.update(plain_text(f"run failed: {snap.error or 'no reason given'} — the recording "

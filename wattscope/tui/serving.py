@@ -15,7 +15,6 @@ import math
 from typing import Any, Literal
 
 from rich.text import Text
-from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -28,6 +27,7 @@ from wattscope.serve.analysis import RateResult
 from wattscope.serve.source import LiveServe, ServeReplay, ServeSource
 from wattscope.serve.state import ServeSnapshot
 from wattscope.serve_report import serving_grid
+from wattscope.state import Snapshot
 from wattscope.tui.app import FRAME_S, HelpScreen, WattscopeApp
 from wattscope.tui.results import FAILED_STYLE, ResultsTable
 from wattscope.tui.widgets import PowerGraph, WarningLog
@@ -189,45 +189,22 @@ class ServeApp(WattscopeApp, inherit_bindings=False):
         yield WarningLog(id="log")
         yield Footer()
 
-    def on_mount(self, event: events.Mount | None = None) -> None:
-        if event is not None:
-            event.prevent_default()  # instead of the sweep app's (Textual calls each class's in turn)
-        self._graph = self.query_one(PowerGraph)
+    PANEL_TITLE = "Serving"
+    RESULTS_TITLE = "Load phases"
+
+    def _hold_views(self) -> None:
         self._serve_panel = self.query_one(ServePanel)
         self._warn_log = self.query_one(WarningLog)
         self._phase_table = self.query_one(PhasesTable)
-        self._note = self.query_one("#table-note", Static)
-        self._status_bar = self.query_one("#status", Static)
-        self._results = self.query_one("#results")
-        self._error = self.query_one("#error", Static)
-        self._graph_title()
-        self.query_one("#phase").border_title = "Serving"
-        self._results.border_title = "Load phases"
-        self.frame()
-        self.set_interval(self.frame_s, self.frame)
-        self.drive()
 
-    def frame(self) -> None:
-        if self._leave.is_set():
-            self.exit()
-            return
-        if self.display_paused:
-            self._status()
-            return
+    def _draw(self) -> Snapshot:
         snap = self.serve_source.serving()
         self.serve_snap, self.snap = snap, snap.power
         self._graph.show(snap.power)
         self._serve_panel.show(snap)
         self._warn_log.show(snap.power)
         self._show_table(snap)
-        self._status()
-        error = self._error
-        if snap.status in ("failed", "write-error"):
-            error.update(plain_text(f"run failed: {snap.power.error or 'no reason given'} — the recording "
-                                    "keeps everything measured up to here", style="bold"))
-            error.display = True
-        else:
-            error.display = False
+        return snap.power
 
     def _show_table(self, snap: ServeSnapshot) -> None:
         grid = phases_grid(snap)
