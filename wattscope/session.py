@@ -124,6 +124,12 @@ class Watchable(Protocol):
     def wait(self, timeout: float | None = None) -> bool: ...
 
 
+class LiveRun(Watchable, Protocol):
+    """A live run a display starts: ``Watchable`` and ``start``."""
+
+    def start(self) -> None: ...
+
+
 @contextmanager
 def watched(session: Watchable, on_signal: Callable[[], None] | None = None) -> Iterator[None]:
     """Around a live run's display, so the measurement never outlives it: SIGTERM and

@@ -40,7 +40,7 @@ from wattscope.tui.widgets import (
 )
 
 if TYPE_CHECKING:
-    from wattscope.session import Session
+    from wattscope.session import LiveRun, Session
 
 FRAME_S = 1.0 / DEFAULT_FPS
 DRIVE_S = 0.05  # how often the worker advances a replay
@@ -537,16 +537,21 @@ def run_app(session: Session, frame_s: float = FRAME_S) -> str:
     recording to be finalised, return the run's status. The run never outlives the app
     (``session.watched``): an error inside the app, SIGTERM or SIGHUP close the app and
     stop the run, which is finalised before this returns."""
+    source = LiveSource(session, path=str(session.output))
+    run_watched(make_app(source, frame_s, quiet_failure=True), session)
+    return source.status
+
+
+def run_watched(app: WattscopeApp, run: LiveRun) -> None:
+    """Start a live ``run`` (a sweep's ``Session`` or a serving ``LiveServe``) and show it in ``app`` until the user quits; an error inside the app,
+    SIGTERM or SIGHUP close the app and stop the run, finalised before this returns."""
     from wattscope.session import watched
 
-    source = LiveSource(session, path=str(session.output))
-    app = make_app(source, frame_s, quiet_failure=True)
-    with watched(session, on_signal=app.exit_soon):
-        session.start()
+    with watched(run, on_signal=app.exit_soon):
+        run.start()
         app.run()
         if app.failure is not None:
             raise app.failure
-    return source.status
 
 
 def run_replay_app(recording: Any, speed: float = 1.0, frame_s: float = FRAME_S) -> None:

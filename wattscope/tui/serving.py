@@ -28,7 +28,7 @@ from wattscope.serve.source import LiveServe, ServeReplay, ServeSource
 from wattscope.serve.state import ServeSnapshot
 from wattscope.serve_report import serving_grid
 from wattscope.state import Snapshot
-from wattscope.tui.app import FRAME_S, HelpScreen, WattscopeApp
+from wattscope.tui.app import FRAME_S, HelpScreen, WattscopeApp, run_watched
 from wattscope.tui.results import FAILED_STYLE, ResultsTable
 from wattscope.tui.widgets import PowerGraph, WarningLog
 
@@ -249,15 +249,8 @@ class ServeApp(WattscopeApp, inherit_bindings=False):
 def run_serve_app(source: LiveServe, frame_s: float = FRAME_S) -> str:
     """``serve-bench`` on a terminal, as ``run_app`` for sweeps: start the run, show it
     until the user quits, wait for the recording to be finalised, return the run's status.
-    The run never outlives the app (``session.watched``)."""
-    from wattscope.session import watched
-
-    app = ServeApp(source, frame_s, quiet_failure=True)
-    with watched(source, on_signal=app.exit_soon):
-        source.start()
-        app.run()
-        if app.failure is not None:
-            raise app.failure
+    The run never outlives the app (``app.run_watched``)."""
+    run_watched(ServeApp(source, frame_s, quiet_failure=True), source)
     return source.status
 
 
