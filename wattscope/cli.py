@@ -31,6 +31,13 @@ def _headless(args: argparse.Namespace) -> bool:
     return bool(args.headless) or not (sys.stdout.isatty() or os.environ.get("TEXTUAL_DRIVER"))
 
 
+def _fps_option(parser: argparse.ArgumentParser) -> None:
+    """``--fps`` of every command that opens the app; read back by ``_frame_s``."""
+    parser.add_argument("--fps", type=float, default=DEFAULT_FPS,
+                        help=f"the app's refresh rate, frames per second ({MIN_FPS:g}-{MAX_FPS:g}, "
+                             f"default {DEFAULT_FPS:g}; lower for slow links)")
+
+
 def _frame_s(args: argparse.Namespace) -> float:
     """Seconds between the app's frames, from ``--fps`` (checked before anything starts)."""
     return frame_seconds(args.fps)
@@ -387,8 +394,7 @@ def _serve_bench_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("-o", "--output", help="recording file (default recordings/NAME-serve.wattscope)")
     s.add_argument("--headless", action="store_true",
                    help="print progress lines instead of opening the app (automatic when stdout is not a terminal)")
-    s.add_argument("--fps", type=float, default=DEFAULT_FPS,
-                   help=f"the app's refresh rate, frames per second ({MIN_FPS:g}-{MAX_FPS:g}, default {DEFAULT_FPS:g})")
+    _fps_option(s)
     s.set_defaults(func=cmd_serve_bench)
 
 
@@ -412,8 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", help="recording file (default recordings/NAME-DATE.wattscope)")
     r.add_argument("--jsonl", action="store_true",
                    help="print every event as a JSON line on stdout (the recording's vocabulary); progress goes to stderr")
-    r.add_argument("--fps", type=float, default=DEFAULT_FPS,
-                   help=f"the app's refresh rate, frames per second ({MIN_FPS:g}-{MAX_FPS:g}, default {DEFAULT_FPS:g}; lower for slow links)")
+    _fps_option(r)
     r.add_argument("--gpus", type=_gpus_arg, metavar="N[,N...]",
                    help="GPUs the model runs on and the energy is read from, as CUDA numbers them in this "
                         "shell (after CUDA_VISIBLE_DEVICES); several split the model (default: [run] gpus, else 0)")
@@ -423,15 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("recording")
     rp.add_argument("--headless", action="store_true", help="print the replayed run's tables instead of opening the app")
     rp.add_argument("--speed", type=float, default=1.0, help="playback speed (default 1.0)")
-    rp.add_argument("--fps", type=float, default=DEFAULT_FPS,
-                   help=f"the app's refresh rate, frames per second ({MIN_FPS:g}-{MAX_FPS:g}, default {DEFAULT_FPS:g}; lower for slow links)")
+    _fps_option(rp)
     rp.set_defaults(func=cmd_replay)
 
     dm = sub.add_parser("demo", help="replay the bundled real H100 recording")
     dm.add_argument("--headless", action="store_true")
     dm.add_argument("--speed", type=float, default=4.0, help="playback speed (default 4.0)")
-    dm.add_argument("--fps", type=float, default=DEFAULT_FPS,
-                   help=f"the app's refresh rate, frames per second ({MIN_FPS:g}-{MAX_FPS:g}, default {DEFAULT_FPS:g}; lower for slow links)")
+    _fps_option(dm)
     dm.set_defaults(func=cmd_demo)
 
     sv = sub.add_parser("serve", help="serve the app of run, replay or demo to a web browser (textual-serve)",
