@@ -103,10 +103,10 @@ def test_every_request_streams_its_tokens_and_the_steps_are_the_true_composition
 def test_step_pace_learns_the_decode_step_and_the_prefill_cost() -> None:
     pace = StepPace()
     for _ in range(60):
-        pace.update(0, 4, 0.02)
-        pace.update(100, 4, 0.02 + 100 * 3e-4)
-    assert pace.expected_s(0, 4) == pytest.approx(0.02, rel=1e-3)
-    assert pace.expected_s(200, 4) == pytest.approx(0.02 + 200 * 3e-4, rel=1e-2)
+        pace.update(0, 0.02)
+        pace.update(100, 0.02 + 100 * 3e-4)
+    assert pace.expected_s(0) == pytest.approx(0.02, rel=1e-3)
+    assert pace.expected_s(200) == pytest.approx(0.02 + 200 * 3e-4, rel=1e-2)
 
 
 @pytest.mark.process

@@ -60,10 +60,10 @@ class StepPace:
         self.decode_s = 0.01
         self.per_prefill_token_s = 1e-4
 
-    def expected_s(self, prefill_tokens: int, decode_seqs: int) -> float:
+    def expected_s(self, prefill_tokens: int) -> float:
         return self.decode_s + self.per_prefill_token_s * prefill_tokens
 
-    def update(self, prefill_tokens: int, decode_seqs: int, took_s: float) -> None:
+    def update(self, prefill_tokens: int, took_s: float) -> None:
         a = self.ALPHA
         if prefill_tokens == 0:
             self.decode_s += a * (took_s - self.decode_s)
@@ -135,7 +135,8 @@ class TransformersEngine:
         paged cache is also bounded to what the load can hold at once (by default it takes
         most of the free memory, which on a host means zeroing tens of GiB). The limits go
         through ``ContinuousBatchingConfig`` where this transformers has one, else onto the
-        generation config, which older versions read them from; the meta says which."""
+        generation config, which older versions read them from; the "model loaded" warning
+        says which."""
         import inspect
 
         limits: dict[str, Any] = {"max_requests_per_batch": self.serve.max_batch}
@@ -279,7 +280,7 @@ class TransformersEngine:
                     return result
                 self._open_step = [now_ns(), 0, p, d]
                 if self.power is not None:
-                    self.power.begin(p, d, self._pace.expected_s(p, d), self._open_step[0])
+                    self.power.begin(p, d, self._pace.expected_s(p), self._open_step[0])
             return result
 
         def update_batch(*args: Any, **kw: Any) -> Any:
@@ -289,7 +290,7 @@ class TransformersEngine:
                 step[1] = now_ns()
                 if self.power is not None:
                     self.power.end(step[1])
-                    self._pace.update(step[2], step[3], (step[1] - step[0]) / 1e9)
+                    self._pace.update(step[2], (step[1] - step[0]) / 1e9)
                 self._steps.append(step)
                 self._open_step = None
                 if len(self._steps) >= STEPS_BATCH:
