@@ -21,11 +21,13 @@ import pytest
 
 from wattscope.cli import main
 from wattscope.config import ConfigError
-from wattscope.events import Request, ServePhase
+from wattscope.events import EngineSteps, Request, ServePhase, now_ns
 from wattscope.recording import load
 from wattscope.serve import config as sc
 from wattscope.serve.driver import BackendError, run_load, schedule
 from wattscope.serve.http_backend import HttpBackend
+from wattscope.serve.sim_engine import SimServeEngine
+from wattscope.telemetry.sim import SimGPU, SimSpec
 
 # Prompt length -> behaviour of the fake server.
 OK, ERROR_500, NOT_JSON, SLOW, DROP, ERROR_CHUNK = 8, 9, 10, 11, 12, 13
@@ -33,6 +35,7 @@ OK, ERROR_500, NOT_JSON, SLOW, DROP, ERROR_CHUNK = 8, 9, 10, 11, 12, 13
 
 class _Fake(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    aborted: list[int] = []  # max_tokens of each stream whose client went away mid-stream
 
     def log_message(self, *args: object) -> None:
         pass
@@ -70,8 +73,12 @@ class _Fake(BaseHTTPRequestHandler):
             if kind == SLOW:
                 time.sleep(0.5)
             chunk = {"choices": [{"index": 0, "text": f"t{i}", "finish_reason": None}]}
-            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-            self.wfile.flush()
+            try:
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+            except OSError:  # the client shut the connection: a server aborts the request here
+                _Fake.aborted.append(req["max_tokens"])
+                return
         end = {"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}
         self.wfile.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
 
@@ -182,12 +189,42 @@ def test_the_drain_limit_cuts_off_slow_requests(fake_url: str) -> None:
     serve = _serve(fake_url, rates=(20.0,), duration_s=0.2, seed=1,
                    prompt_tokens=sc.Lengths("fixed", value=SLOW), output_tokens=sc.Lengths("fixed", value=10))
     events: list[Request] = []
+    _Fake.aborted.clear()
     out = run_load(HttpBackend(serve), schedule(serve, 0), 0, events.append, drain_s=0.3)  # type: ignore[arg-type]
     assert out.cut_off == out.sent > 0
     assert all(not e.ok and "serve.drain_s" in e.reason for e in events)
     assert len(events) == out.sent  # a late finish is not recorded twice
-    time.sleep(0.6)
+    # Cut off means cancelled: the phase ends with no request thread left, and the
+    # server sees every client go (its next write fails) instead of streaming on.
+    assert not [t for t in threading.enumerate() if t.name.startswith("request-")]
+    deadline = time.monotonic() + 3
+    while len(_Fake.aborted) < out.sent and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(_Fake.aborted) == out.sent
     assert len(events) == out.sent
+
+
+def test_cut_off_requests_stop_in_the_engine() -> None:
+    """The drain limit cancels what it cuts off in the engine too: no step runs after the
+    phase ends (before, a backlog ran on into the next offered rate's energy)."""
+    gpu = SimGPU.create(SimSpec())
+    steps: list[list[int]] = []
+    engine = SimServeEngine(sc.SimEngine(step_s=0.01), gpu, 4,
+                            lambda ev: steps.extend(ev.steps) if isinstance(ev, EngineSteps) else None)
+    engine.start()
+    try:
+        serve = sc.Serve(engine="sim", rates=(50.0,), duration_s=0.2, seed=1,
+                         prompt_tokens=sc.Lengths("fixed", value=16), output_tokens=sc.Lengths("fixed", value=100_000))
+        requests: list[Request] = []
+        out = run_load(engine, schedule(serve, 0), 0, requests.append, drain_s=0.3)  # type: ignore[arg-type]
+        ended = now_ns()
+        time.sleep(0.3)
+    finally:
+        engine.close()
+        gpu.close()
+    assert out.sent > 4 and out.cut_off == out.sent  # some running, some still waiting
+    assert any(s[3] > 0 for s in steps)
+    assert not [s for s in steps if s[0] > ended]
 
 
 # --------------------------------------------------------------------------- config

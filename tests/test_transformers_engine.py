@@ -12,6 +12,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,10 @@ import pytest
 pytest.importorskip("transformers")
 
 from wattscope.config import BitsAndBytes
-from wattscope.events import EngineSteps, Event, Request, RunWarning, ServePhase
+from wattscope.events import EngineSteps, Event, Request, RunWarning, ServePhase, now_ns
 from wattscope.recording import load
 from wattscope.serve import config as sc
+from wattscope.serve.driver import BackendError
 from wattscope.serve.transformers_engine import StepPace, TransformersEngine
 
 DATA = Path(__file__).parent / "data"
@@ -98,6 +100,41 @@ def test_every_request_streams_its_tokens_and_the_steps_are_the_true_composition
         assert a[0] < a[1] <= b[0], "steps are logged in order and do not overlap"
     assert engine.info["continuous_batching"]["max_requests_per_batch"] == bench.serve.max_batch
     assert "num_blocks" in engine.info["continuous_batching"]  # bounded on the CPU
+
+
+def test_a_cancelled_request_stops_in_the_engine(tmp_path: Path) -> None:
+    """What the drain limit cuts off is cancelled in the engine: its stream ends with the
+    reason, and the engine runs no further step for it."""
+    bench = sc.parse(TINY, str(tmp_path / "tiny.toml"))
+    events: list[Event] = []
+    engine = TransformersEngine(bench.serve, "fp16", BitsAndBytes(), events.append, bench.source, device="cpu")
+    engine.start()
+    got: list[int] = []
+    outcome: list[str] = []
+
+    def go() -> None:
+        try:
+            for n in engine.generate("long", 16, 5000):
+                got.append(n)
+        except BackendError as e:
+            outcome.append(str(e))
+
+    th = threading.Thread(target=go)
+    try:
+        th.start()
+        deadline = time.monotonic() + 60
+        while sum(got) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        engine.cancel("long")
+        th.join(30)
+        cancelled = now_ns()
+        time.sleep(1.0)
+        assert engine.failure() is None
+    finally:
+        engine.close()
+    assert outcome == ["cancelled"] and 3 <= sum(got) < 5000
+    late = [s for s in _steps(events) if s[0] > cancelled + 0.5e9]
+    assert not late, f"{len(late)} steps after the cancellation"
 
 
 def test_step_pace_learns_the_decode_step_and_the_prefill_cost() -> None:

@@ -8,6 +8,11 @@ never show the queue). Arrivals, prompt and output lengths come from one seeded
 Every engine sits behind ``Backend``: ``generate`` yields the number of tokens that arrived
 with each chunk of the stream, and the driver stamps them; a failure is a
 ``BackendError`` with the reason, recorded on the request, and the run goes on.
+
+A request the drain limit cuts off is cancelled in the engine, and the phase ends only
+when its thread has stopped (``CANCEL_WAIT_S`` at most): left running, its work would be
+counted in the next phase's energy. The first H100 run left hundreds of requests queued
+in the engine from one offered rate into the next.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from typing import Protocol
 from wattscope.errors import EXIT_FAILED, WattscopeError
 from wattscope.events import Event, Request, now_ns
 from wattscope.serve.config import Serve
+
+
+CANCEL_WAIT_S = 10.0  # for cancelled requests' threads to end, after the drain limit
 
 
 class BackendError(Exception):
@@ -41,6 +49,10 @@ class Backend(Protocol):
     def generate(self, request_id: str, prompt_tokens: int, max_tokens: int) -> Iterator[int]:
         """Send one request and yield the tokens that arrived with each streamed chunk."""
         ...
+
+    def cancel(self, request_id: str) -> None:
+        """Stop a request still in flight: the engine drops its work and its ``generate``
+        ends with a BackendError. Unknown or finished ids are ignored."""
 
     def failure(self) -> str | None:
         """None while the engine runs; otherwise why it is gone."""
@@ -167,4 +179,8 @@ def run_load(
         if not f.done:
             cut += 1
             f.record(emit, False, failure or ("stopped" if stop.is_set() else f"still running {drain_s:g} s after the last arrival (serve.drain_s)"))
+            backend.cancel(f.arrival.request_id)
+    deadline = time.monotonic() + CANCEL_WAIT_S
+    for th in threads:
+        th.join(max(0.0, deadline - time.monotonic()))
     return LoadOutcome(start, now_ns(), len(flights), cut, failure or backend.failure())

@@ -19,6 +19,7 @@ import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +43,8 @@ class HttpBackend:
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._socks: dict[str, socket.socket] = {}  # of requests in flight, for cancel
+        self._lock = threading.Lock()
 
     # -- the server ---------------------------------------------------------------------
 
@@ -123,6 +126,9 @@ class HttpBackend:
         try:
             try:
                 conn.request("POST", self.base + "/v1/completions", body, {"Content-Type": "application/json"})
+                if conn.sock is not None:  # the response takes it over (conn.sock goes None)
+                    with self._lock:
+                        self._socks[request_id] = conn.sock
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as e:
                 raise BackendError(_reason(e)) from None
@@ -131,7 +137,20 @@ class HttpBackend:
                 raise BackendError(f"HTTP {resp.status}: {' '.join(text.split())}")
             yield from _stream(resp, self.serve.request_timeout_s)
         finally:
+            with self._lock:
+                self._socks.pop(request_id, None)
             conn.close()
+
+    def cancel(self, request_id: str) -> None:
+        """Shut the request's connection: the reading thread wakes with an error, and
+        OpenAI-compatible servers (vLLM, SGLang, TGI) abort a request whose client left."""
+        with self._lock:
+            sock = self._socks.get(request_id)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
 
 
 def _reason(e: BaseException) -> str:

@@ -29,6 +29,7 @@ from wattscope.telemetry.sim import SimGPU
 
 STEPS_BATCH_S = 0.5  # logged steps go out in batches this far apart
 _DONE = -1
+_CANCELLED = -3
 
 
 @dataclass
@@ -36,6 +37,7 @@ class _Seq:
     prompt: int
     remaining: int
     out: queue.Queue[int] = field(default_factory=queue.Queue)
+    cancelled: bool = False
 
 
 class StepPower:
@@ -85,6 +87,7 @@ class SimServeEngine:
         self.max_batch = max_batch
         self.emit = emit
         self._waiting: deque[_Seq] = deque()
+        self._open: dict[str, _Seq] = {}
         self._wake = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -99,6 +102,13 @@ class SimServeEngine:
     def failure(self) -> str | None:
         return self._error
 
+    def cancel(self, request_id: str) -> None:
+        with self._wake:
+            seq = self._open.get(request_id)
+            if seq is not None:
+                seq.cancelled = True  # the loop drops it before its next step
+                seq.out.put(_CANCELLED)
+
     def close(self) -> None:
         with self._wake:
             self._stop = True
@@ -112,14 +122,21 @@ class SimServeEngine:
             if self._stop or self._error:
                 raise BackendError(self._error or "the engine is stopped")
             self._waiting.append(seq)
+            self._open[request_id] = seq
             self._wake.notify()
-        while True:
-            n = seq.out.get()
-            if n == _DONE:
-                return
-            if n < 0:
-                raise BackendError(self._error or "the engine stopped")
-            yield n
+        try:
+            while True:
+                n = seq.out.get()
+                if n == _DONE:
+                    return
+                if n == _CANCELLED:
+                    raise BackendError("cancelled")
+                if n < 0:
+                    raise BackendError(self._error or "the engine stopped")
+                yield n
+        finally:
+            with self._wake:
+                self._open.pop(request_id, None)
 
     def _loop(self) -> None:
         c = self.costs
@@ -136,9 +153,13 @@ class SimServeEngine:
                         self._wake.wait(0.5)
                     if self._stop:
                         break
+                    running = [s for s in running if not s.cancelled]
+                    self._waiting = deque(s for s in self._waiting if not s.cancelled)
                     admitted: list[_Seq] = []
                     while self._waiting and len(running) + len(admitted) < self.max_batch:
                         admitted.append(self._waiting.popleft())
+                if not running and not admitted:
+                    continue  # everything left was cancelled
                 p = sum(s.prompt for s in admitted)
                 d = len(running)
                 planned = c.step_s + c.prefill_s_per_token * p + c.decode_s_per_seq * d

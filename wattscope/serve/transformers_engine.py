@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 STEPS_BATCH = 200  # logged steps per EngineSteps event
 VOCAB_IDS = 1000
 _END = object()
+_CANCELLED = object()
 
 
 class StepPace:
@@ -169,7 +170,22 @@ class TransformersEngine:
             return "the continuous batching loop stopped"
         return None
 
+    def cancel(self, request_id: str) -> None:
+        with self._lock:
+            q = self._queues.get(request_id)
+        if q is not None:
+            q.put(_CANCELLED)  # its generate ends, and cancels it in the engine
+
     def close(self) -> None:
+        # Requests still open are cancelled first: the manager's stop waits for its loop,
+        # which otherwise works through them (and restores the model's attention while
+        # the loop still runs if the wait times out).
+        with self._lock:
+            open_ids = list(self._queues)
+        for rid in open_ids:
+            if self._manager is not None:
+                self._manager.cancel_request(rid)
+            self.cancel(rid)
         self._closing.set()
         if self._manager is not None:
             self._manager.stop(block=True, timeout=30)
@@ -203,6 +219,7 @@ class TransformersEngine:
         q: queue.Queue[Any] = queue.Queue()
         with self._lock:
             self._queues[request_id] = q
+        finished = False
         try:
             rid = self._manager.add_request(ids, request_id=request_id, max_new_tokens=max_tokens, streaming=True,
                                             eos_token_id=-1)
@@ -216,6 +233,8 @@ class TransformersEngine:
                     raise BackendError(f"no token for {self.serve.request_timeout_s:g} s") from None
                 if out is _END:
                     raise BackendError("the engine stopped")
+                if out is _CANCELLED:
+                    raise BackendError("cancelled")
                 if out.error:
                     raise BackendError(f"engine error: {out.error}")
                 n = len(out.generated_tokens) - seen
@@ -223,10 +242,14 @@ class TransformersEngine:
                     seen += n
                     yield n
                 if out.is_finished():
+                    finished = True
                     return
         finally:
             with self._lock:
                 self._queues.pop(request_id, None)
+            # Cancelled, timed out or abandoned: the engine must not go on computing it.
+            if not finished and self._manager is not None:
+                self._manager.cancel_request(request_id)
 
     # -- step log -----------------------------------------------------------------------
 
