@@ -7,8 +7,9 @@
   check-visible REC POLL JSON   step (a): the run under CUDA_VISIBLE_DEVICES=1 measured
                        NVML card 1: its meta binds cuda:0 to card 1, its window energies
                        equal card 1's counter deltas over the same spans, card 0 stayed idle
-  summary JSON REC...  steps (b), (c): per recording, the GPUs, each row's figures and how
-                       its windows' energy splits between the cards
+  summary JSON REC...  steps (b), (c): per recording, the GPUs, each row's figures, the
+                       energy per call with its 95% interval over rounds, and how its
+                       windows' energy splits between the cards
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import wattscope  # noqa: E402
 from wattscope.events import Window, now_ns  # noqa: E402
+from wattscope.stats import t_quantile  # noqa: E402
 
 
 def poll(path: str, period_s: float = 0.02) -> None:
@@ -68,7 +70,8 @@ def check_visible(rec_path: str, poll_path: str, out: str) -> int:
     gpus = rec.meta["gpus"]
     binding = [g["binding"] for g in gpus]
     windows = [e for e in rec.events() if isinstance(e, Window) and e.role == "measure"]
-    cards = {i: polled[polled["nvml_index"] == i].sort_values("t_ns") for i in sorted(polled["nvml_index"].unique())}
+    # Plain ints: numpy's as dict keys stop json (the first H100 x2 run lost its check so).
+    cards = {int(i): polled[polled["nvml_index"] == i].sort_values("t_ns") for i in sorted(polled["nvml_index"].unique())}
     rows = []
     for w in windows:
         rows.append({
@@ -119,12 +122,22 @@ def summary(out: str, paths: list[str]) -> int:
                 tot = np.sum(parts, axis=0)
                 split[phase] = [float(x) for x in tot / tot.sum()]
         res = rec.results
+        per_call = {}
+        for phase in ("prefill", "decode"):
+            v = np.array([w.energy_j / w.calls for w in windows if w.phase == phase and w.calls])
+            if len(v) >= 2:
+                half = float(t_quantile(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+                per_call[phase] = {"mean_j": float(v.mean()), "half_width_j": half,
+                                   "relative_half_width": half / float(v.mean()), "windows": len(v)}
         runs.append({
             "recording": p,
             "status": rec.meta["status"],
             "gpus": [g["binding"] for g in rec.meta["gpus"]],
             "tdp_w_sum": sum(g["tdp_w"] for g in rec.meta["gpus"]),
             "results": json.loads(res.to_json(orient="records")),
+            # Counter energy per call of the measured windows (tail included), mean and 95%
+            # t-interval over the windows (one per round): one precision has no ratios.
+            "energy_per_call": per_call,
             "energy_share_per_gpu": split,
             "parts_sum_to_energy": all(math.isclose(sum(w.energy_parts_j), w.energy_j, rel_tol=1e-9)
                                        for w in windows if w.energy_parts_j),

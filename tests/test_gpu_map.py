@@ -237,6 +237,7 @@ def test_a_two_gpu_simulated_run_stores_each_gpus_part_of_every_window(tmp_path:
     assert [g["binding"]["cuda_ordinal"] for g in rec.meta["gpus"]] == [0, 1]
     assert [g["binding"]["uuid"] for g in rec.meta["gpus"]] == [g["uuid"] for g in rec.meta["gpus"]]
     assert metrics.run_meta(rec.meta).tdp_w == 1400.0  # %TDP is of both cards' default limits
+    assert metrics.run_meta(rec.meta).gpu_label == "2 × Simulated H100"
     windows = [e for e in rec.events() if isinstance(e, Window)]
     assert {w.role for w in windows} == {"idle", "warmup", "measure"}
     for w in windows:
@@ -262,6 +263,7 @@ def test_a_two_gpu_simulated_run_stores_each_gpus_part_of_every_window(tmp_path:
     w = next(e for e in events if isinstance(e, Window) and e.phase == "decode" and e.role == "measure")
     snap = snapshot_at(events, (w.start_ns + w.end_ns) // 2)
     assert [g.index for g in snap.gpus] == [0, 1] and snap.tdp_w == 1400.0
+    assert snap.gpu_name == "2 × Simulated H100"
 
     async def screen() -> str:
         app = make_app(MockSource(snap))

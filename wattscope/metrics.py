@@ -364,6 +364,15 @@ class RunMeta:
         return self.gpus[0] if self.gpus else None
 
     @property
+    def gpu_label(self) -> str:
+        """What the run measured, by name: "NVIDIA H100 80GB HBM3", "2 × NVIDIA H100 80GB
+        HBM3" for a model split over two alike cards, names joined by " + " otherwise."""
+        names = [g.name for g in self.gpus]
+        if len(set(names)) == 1 and len(names) > 1:
+            return f"{len(names)} × {names[0]}"
+        return " + ".join(names)
+
+    @property
     def tdp_w(self) -> float | None:
         """The TDP of what the run measured: the sum of its GPUs' default power limits
         (a model split over several cards draws from all of them); None if any is unknown."""

@@ -133,7 +133,7 @@ class Snapshot:
     error: str
     meta: Mapping[str, Any]
     sweep_name: str
-    gpu_name: str
+    gpu_name: str  # RunMeta.gpu_label: every measured card by name
     tdp_w: float | None
     simulated: bool
     synthetic: bool
@@ -492,7 +492,7 @@ class RunState:
             error=self._error,
             meta=MappingProxyType(self._meta),
             sweep_name=run.sweep_name,
-            gpu_name=first.name if first is not None else "",
+            gpu_name=run.gpu_label,
             tdp_w=run.tdp_w,
             simulated=run.simulated,
             synthetic=run.weights == "synthetic",

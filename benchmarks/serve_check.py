@@ -1,0 +1,102 @@
+"""What a serving recording says about its engine and its attribution (issue 12).
+
+    python benchmarks/serve_check.py REC [REC...] -o OUT.json
+
+Per load phase: the offered rate, requests sent and finished, the engine's logged steps
+(steps per second, median step length, mean decoding sequences per step), the card's mean
+power against its idle window, and both fits of ``wattscope.serve.analysis``: on the
+streamed timestamps (what the report shows) and on the engine's step log (the ground
+truth), with whether the two J-per-token figures lie within each other's intervals. The
+fits are taken whatever their quality gate says (``ok`` and ``reason`` are kept beside
+them), so a reader can see how far a figure the report withholds was from its check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import wattscope  # noqa: E402
+from wattscope import attribution as at  # noqa: E402
+from wattscope.events import EngineSteps, ServePhase  # noqa: E402
+from wattscope.serve.analysis import analyse  # noqa: E402
+
+
+def _est(e: at.Estimate) -> dict[str, float]:
+    return {"value": e.value, "low": e.low, "high": e.high, "relative_half_width": e.half_width}
+
+
+def _fit(f: at.Fit | None) -> dict[str, object] | None:
+    if f is None:
+        return None
+    return {"ok": f.ok, "reason": f.reason, "r2": f.r2, "intervals": f.n_intervals,
+            "j_per_prefill_token": _est(f.prefill_j_per_token), "j_per_decode_token": _est(f.decode_j_per_token),
+            "measured_j": f.measured_j, "idle_j": f.idle_j, "prefill_j": f.prefill_j, "decode_j": f.decode_j}
+
+
+def _inside(a: at.Estimate, b: at.Estimate) -> bool:
+    """Each value inside the other's interval."""
+    return bool(b.low <= a.value <= b.high and a.low <= b.value <= a.high)
+
+
+def check(path: str) -> dict[str, object]:
+    rec = wattscope.load(path)
+    events = list(rec.events(samples=False))
+    steps = np.array([s for e in events if isinstance(e, EngineSteps) for s in e.steps], dtype=np.int64).reshape(-1, 4)
+    phases = [e for e in events if isinstance(e, ServePhase)]
+    gpu = rec.meta.get("gpu", {}).get("index", 0)
+    s = rec.samples[rec.samples["gpu"] == gpu]
+    idle_w = {p.precision: float(s[(s.t_ns >= p.start_ns) & (s.t_ns < p.end_ns)].power_w.mean())
+              for p in phases if p.phase == "idle"}
+    rows = []
+    for r in analyse(rec):
+        ph = next(p for p in phases if p.phase == "load" and p.precision == r.precision and p.index == r.index)
+        mine = steps[(steps[:, 0] >= ph.start_ns) & (steps[:, 0] < ph.end_ns)]
+        span = (ph.end_ns - ph.start_ns) / 1e9
+        power = s[(s.t_ns >= ph.start_ns) & (s.t_ns < ph.end_ns)].power_w
+        row: dict[str, object] = {
+            "precision": r.precision, "offered_rps": r.offered_rps, "sent": r.ok + r.failed, "ok": r.ok,
+            "failed": r.failed, "span_s": span,
+            "steps_per_s": len(mine) / span if len(mine) else math.nan,
+            "median_step_ms": float(np.median(mine[:, 1] - mine[:, 0]) / 1e6) if len(mine) else math.nan,
+            "mean_decoding_sequences_per_step": float(mine[:, 3].mean()) if len(mine) else math.nan,
+            "mean_power_w": float(power.mean()), "idle_power_w": idle_w.get(r.precision, math.nan),
+            "streamed_fit": _fit(r.fit), "steps_fit": _fit(r.steps_fit),
+        }
+        if r.steps_fit is not None:
+            row["decode_agrees"] = _inside(r.fit.decode_j_per_token, r.steps_fit.decode_j_per_token)
+            row["prefill_agrees"] = _inside(r.fit.prefill_j_per_token, r.steps_fit.prefill_j_per_token)
+        rows.append(row)
+    gpus = [g.get("name") for g in rec.meta.get("gpus", [])]
+    return {"recording": path, "gpus": gpus, "packages": rec.meta.get("packages"), "phases": rows}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("recordings", nargs="+")
+    ap.add_argument("-o", "--output", required=True)
+    a = ap.parse_args()
+    out = [check(p) for p in a.recordings]
+    Path(a.output).write_text(json.dumps(out, indent=1, default=str))
+    for run in out:
+        print(run["recording"], run["gpus"], run["packages"])
+        for r in run["phases"]:  # type: ignore[attr-defined]
+            sf, tf = r["streamed_fit"], r["steps_fit"] or {}
+            b = sf["j_per_decode_token"]
+            bt = (tf.get("j_per_decode_token") or {}).get("value", math.nan)
+            print(f"  {r['precision']:5} {r['offered_rps']:5.2f}/s ok {r['ok']:3}/{r['sent']:3}  "
+                  f"{r['steps_per_s']:5.1f} steps/s {r['median_step_ms']:4.0f} ms {r['mean_decoding_sequences_per_step']:4.1f} seqs  "
+                  f"{r['mean_power_w']:4.0f} W (idle {r['idle_power_w']:4.0f})  "
+                  f"J/decode tok {b['value']:.3f} ±{b['relative_half_width']:.1%} (steps {bt:.3f}) r2 {sf['r2']:.2f} "
+                  f"{'ok' if sf['ok'] else 'poor'}  agree {r.get('decode_agrees')}/{r.get('prefill_agrees')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
