@@ -1,15 +1,16 @@
 """Helpers of benchmarks/multi_gpu.sh, on a lent 2-GPU machine (issue 9).
 
   poll FILE            read every card's energy counter and power through NVML, by NVML
-                       index and independently of wattscope, every 20 ms until killed:
+                       index and independently of wattscope, both cards then a 20 ms sleep
+                       (about 35 rounds a second on the H100 pair) until killed:
                        CSV t_ns (CLOCK_MONOTONIC, wattscope's clock), nvml_index, energy_j,
                        power_w (nvmlDeviceGetPowerUsage), and FILE.uuids.json
   check-visible REC POLL JSON   step (a): the run under CUDA_VISIBLE_DEVICES=1 measured
                        NVML card 1: its meta binds cuda:0 to card 1, its window energies
                        equal card 1's counter deltas over the same spans, card 0 stayed idle
-  summary JSON REC...  steps (b), (c): per recording, the GPUs, each row's figures, the
-                       energy per call with its 95% interval over rounds, and how its
-                       windows' energy splits between the cards
+  summary JSON REC...  steps (b), (c): per recording, the GPUs, each row's figures, per
+                       row the 95% intervals over its rounds' windows of energy per call
+                       and decode tok/s, and how its windows' energy splits between the cards
 """
 
 from __future__ import annotations
@@ -110,6 +111,13 @@ def check_visible(rec_path: str, poll_path: str, out: str) -> int:
     return 0 if ok else 1
 
 
+def _interval(values: list[float]) -> dict[str, float]:
+    """Mean and 95% t-interval of a few values."""
+    v = np.asarray(values, dtype=float)
+    half = float(t_quantile(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return {"mean": float(v.mean()), "half_width": half, "relative_half_width": half / float(v.mean()), "n": len(v)}
+
+
 def summary(out: str, paths: list[str]) -> int:
     runs = []
     for p in paths:
@@ -122,22 +130,25 @@ def summary(out: str, paths: list[str]) -> int:
                 tot = np.sum(parts, axis=0)
                 split[phase] = [float(x) for x in tot / tot.sum()]
         res = rec.results
-        per_call = {}
-        for phase in ("prefill", "decode"):
-            v = np.array([w.energy_j / w.calls for w in windows if w.phase == phase and w.calls])
-            if len(v) >= 2:
-                half = float(t_quantile(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-                per_call[phase] = {"mean_j": float(v.mean()), "half_width_j": half,
-                                   "relative_half_width": half / float(v.mean()), "windows": len(v)}
+        # Per row, over its measured windows (one a round; one precision has no ratios):
+        # counter energy per call (tail included) and decode tokens per second of work.
+        per_row: dict[str, dict[str, dict[str, float]]] = {}
+        for cid in sorted({w.config_id for w in windows}):
+            mine = [w for w in windows if w.config_id == cid]
+            figures = {
+                "prefill_j_per_call": [w.energy_j / w.calls for w in mine if w.phase == "prefill" and w.calls],
+                "decode_j_per_call": [w.energy_j / w.calls for w in mine if w.phase == "decode" and w.calls],
+                "decode_tok_s": [w.tokens / ((w.work_end_ns - w.start_ns) / 1e9) for w in mine
+                                 if w.phase == "decode" and w.work_end_ns > w.start_ns],
+            }
+            per_row[cid] = {name: _interval(v) for name, v in figures.items() if len(v) >= 2}
         runs.append({
             "recording": p,
             "status": rec.meta["status"],
             "gpus": [g["binding"] for g in rec.meta["gpus"]],
             "tdp_w_sum": sum(g["tdp_w"] for g in rec.meta["gpus"]),
             "results": json.loads(res.to_json(orient="records")),
-            # Counter energy per call of the measured windows (tail included), mean and 95%
-            # t-interval over the windows (one per round): one precision has no ratios.
-            "energy_per_call": per_call,
+            "intervals_per_row": per_row,
             "energy_share_per_gpu": split,
             "parts_sum_to_energy": all(math.isclose(sum(w.energy_parts_j), w.energy_j, rel_tol=1e-9)
                                        for w in windows if w.energy_parts_j),

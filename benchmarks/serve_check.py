@@ -7,8 +7,17 @@ Per load phase: the offered rate, requests sent and finished, the engine's logge
 power against its idle window, and both fits of ``wattscope.serve.analysis``: on the
 streamed timestamps (what the report shows) and on the engine's step log (the ground
 truth), with whether the two J-per-token figures lie within each other's intervals. The
-fits are taken whatever their quality gate says (``ok`` and ``reason`` are kept beside
-them), so a reader can see how far a figure the report withholds was from its check.
+fits are taken whatever their R2 gate says (``ok`` and ``reason`` are kept beside them),
+so a reader can see how far a figure the report withholds was from its check; where no fit
+could be made at all (too few intervals, tokens that do not vary) its figures are null and
+so is the agreement. ``residual_sd_j`` (the fit's residual standard error per counter
+interval) stands beside ``idle_noise_sd_j``, the same spread in the idle window: what the
+counter itself scatters.
+
+``per_step_fit`` asks what the report's model leaves out: the same step-log fit with the
+number of engine steps in each interval as a third term (J per step: what a step costs
+whatever its tokens, e.g. reading the weights), its coefficients with 95% Newey-West
+t-intervals (n - 3 degrees of freedom; the idle power's own uncertainty left out) and R2.
 """
 
 from __future__ import annotations
@@ -26,23 +35,53 @@ import wattscope  # noqa: E402
 from wattscope import attribution as at  # noqa: E402
 from wattscope.events import EngineSteps, ServePhase  # noqa: E402
 from wattscope.serve.analysis import analyse  # noqa: E402
+from wattscope.stats import t_quantile  # noqa: E402
 
 
 def _est(e: at.Estimate) -> dict[str, float]:
     return {"value": e.value, "low": e.low, "high": e.high, "relative_half_width": e.half_width}
 
 
-def _fit(f: at.Fit | None) -> dict[str, object] | None:
+def _fit(f: at.Fit | None, mean_interval_j: float) -> dict[str, object] | None:
     if f is None:
         return None
     return {"ok": f.ok, "reason": f.reason, "r2": f.r2, "intervals": f.n_intervals,
+            "residual_sd_j": f.nrmse * mean_interval_j,
             "j_per_prefill_token": _est(f.prefill_j_per_token), "j_per_decode_token": _est(f.decode_j_per_token),
             "measured_j": f.measured_j, "idle_j": f.idle_j, "prefill_j": f.prefill_j, "decode_j": f.decode_j}
 
 
-def _inside(a: at.Estimate, b: at.Estimate) -> bool:
-    """Each value inside the other's interval."""
+def _per_step_fit(r_steps: list[tuple[int, int, int, int]], starts: np.ndarray, ends: np.ndarray,
+                  energy: np.ndarray, idle_w: float) -> dict[str, object]:
+    sp, sd = at.step_activity(r_steps, starts, ends)
+    n_steps, _ = at.step_activity([(a, b, 1, 0) for a, b, _p, _d in r_steps], starts, ends)
+    y = energy - idle_w * (ends - starts) / 1e9
+    x = np.column_stack([sp, sd, n_steps])
+    beta, cov, u = at.ols_hac(x, y)
+    df = len(y) - 3
+    q = t_quantile(0.975, df)
+    est = {name: {"value": float(b), "low": float(b - q * math.sqrt(cov[i, i])), "high": float(b + q * math.sqrt(cov[i, i])),
+                  "relative_half_width": float(q * math.sqrt(cov[i, i]) / abs(b))}
+           for i, (name, b) in enumerate(zip(("j_per_prefill_token", "j_per_decode_token", "j_per_step"), beta))}
+    return {**est, "r2": float(1 - u @ u / ((y - y.mean()) @ (y - y.mean()))), "intervals": len(y)}
+
+
+def _inside(a: at.Estimate, b: at.Estimate) -> bool | None:
+    """Each value inside the other's interval; None where either has no interval."""
+    if not all(math.isfinite(x) for x in (a.value, a.low, a.high, b.value, b.low, b.high)):
+        return None
     return bool(b.low <= a.value <= b.high and a.low <= b.value <= a.high)
+
+
+def _null_nan(x: object) -> object:
+    """Strict JSON: NaN and infinities become null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _null_nan(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_null_nan(v) for v in x]
+    return x
 
 
 def check(path: str) -> dict[str, object]:
@@ -54,12 +93,22 @@ def check(path: str) -> dict[str, object]:
     s = rec.samples[rec.samples["gpu"] == gpu]
     idle_w = {p.precision: float(s[(s.t_ns >= p.start_ns) & (s.t_ns < p.end_ns)].power_w.mean())
               for p in phases if p.phase == "idle"}
+    t_ns, e_j = s["t_ns"].to_numpy(np.int64), s["energy_j"].to_numpy(float)
+    min_s = float(rec.meta.get("serve", {}).get("serve", {}).get("min_interval_s", at.DEFAULT_MIN_INTERVAL_S))
+    idle_noise = {}
+    for p in phases:
+        if p.phase == "idle":
+            starts, ends, de = at.counter_intervals(t_ns, e_j, p.start_ns, p.end_ns, min_s)
+            dt = (ends - starts) / 1e9
+            idle_noise[p.precision] = float(np.std(de - de.sum() / dt.sum() * dt, ddof=1)) if len(de) > 1 else math.nan
     rows = []
     for r in analyse(rec):
         ph = next(p for p in phases if p.phase == "load" and p.precision == r.precision and p.index == r.index)
         mine = steps[(steps[:, 0] >= ph.start_ns) & (steps[:, 0] < ph.end_ns)]
         span = (ph.end_ns - ph.start_ns) / 1e9
         power = s[(s.t_ns >= ph.start_ns) & (s.t_ns < ph.end_ns)].power_w
+        _, _, load_de = at.counter_intervals(t_ns, e_j, ph.start_ns, ph.end_ns, min_s)
+        mean_interval_j = float(load_de.mean()) if len(load_de) else math.nan
         row: dict[str, object] = {
             "precision": r.precision, "offered_rps": r.offered_rps, "sent": r.ok + r.failed, "ok": r.ok,
             "failed": r.failed, "span_s": span,
@@ -67,8 +116,13 @@ def check(path: str) -> dict[str, object]:
             "median_step_ms": float(np.median(mine[:, 1] - mine[:, 0]) / 1e6) if len(mine) else math.nan,
             "mean_decoding_sequences_per_step": float(mine[:, 3].mean()) if len(mine) else math.nan,
             "mean_power_w": float(power.mean()), "idle_power_w": idle_w.get(r.precision, math.nan),
-            "streamed_fit": _fit(r.fit), "steps_fit": _fit(r.steps_fit),
+            "idle_noise_sd_j": idle_noise.get(r.precision, math.nan),
+            "streamed_fit": _fit(r.fit, mean_interval_j), "steps_fit": _fit(r.steps_fit, mean_interval_j),
         }
+        if len(mine):
+            starts, ends, de = at.counter_intervals(t_ns, e_j, ph.start_ns, ph.end_ns, min_s)
+            row["per_step_fit"] = _per_step_fit([tuple(x) for x in mine.tolist()], starts, ends, de,
+                                                r.fit.idle_w.value)
         if r.steps_fit is not None:
             row["decode_agrees"] = _inside(r.fit.decode_j_per_token, r.steps_fit.decode_j_per_token)
             row["prefill_agrees"] = _inside(r.fit.prefill_j_per_token, r.steps_fit.prefill_j_per_token)
@@ -83,7 +137,7 @@ def main() -> int:
     ap.add_argument("-o", "--output", required=True)
     a = ap.parse_args()
     out = [check(p) for p in a.recordings]
-    Path(a.output).write_text(json.dumps(out, indent=1, default=str))
+    Path(a.output).write_text(json.dumps(_null_nan(out), indent=1, default=str))
     for run in out:
         print(run["recording"], run["gpus"], run["packages"])
         for r in run["phases"]:  # type: ignore[attr-defined]
@@ -95,6 +149,11 @@ def main() -> int:
                   f"{r['mean_power_w']:4.0f} W (idle {r['idle_power_w']:4.0f})  "
                   f"J/decode tok {b['value']:.3f} ±{b['relative_half_width']:.1%} (steps {bt:.3f}) r2 {sf['r2']:.2f} "
                   f"{'ok' if sf['ok'] else 'poor'}  agree {r.get('decode_agrees')}/{r.get('prefill_agrees')}")
+            ps = r.get("per_step_fit")
+            if ps:
+                print(f"        with a per-step term: J/step {ps['j_per_step']['value']:.3f} ±{ps['j_per_step']['relative_half_width']:.0%}, "
+                      f"J/decode tok {ps['j_per_decode_token']['value']:.3f} ±{ps['j_per_decode_token']['relative_half_width']:.0%}, "
+                      f"J/prefill tok {ps['j_per_prefill_token']['value']:.4f} ±{ps['j_per_prefill_token']['relative_half_width']:.0%}, r2 {ps['r2']:.2f}")
     return 0
 
 

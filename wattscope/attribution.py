@@ -194,7 +194,7 @@ def hac_lag(n: int) -> int:
     return max(1, int(math.floor(4.0 * (n / 100.0) ** (2.0 / 9.0))))
 
 
-def _ols_hac(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def ols_hac(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """OLS coefficients, their Newey-West covariance and the residuals."""
     n, k = x.shape
     xtx_inv = np.linalg.inv(x.T @ x)
@@ -240,7 +240,7 @@ def fit_idle(energy_j: np.ndarray, dt_s: np.ndarray) -> IdleFit:
     if n < 2:
         value = float(e.sum() / dt.sum()) if n else math.nan
         return IdleFit(Estimate(value, math.nan, math.nan), math.nan, n)
-    beta, cov, _ = _ols_hac(dt[:, None], e)
+    beta, cov, _ = ols_hac(dt[:, None], e)
     se = math.sqrt(max(cov[0, 0], 0.0))
     return IdleFit(_estimate(float(beta[0]), se, n - 1), se, n)
 
@@ -291,7 +291,7 @@ def fit(intervals: Intervals, idle: IdleFit) -> Fit:
     if np.linalg.matrix_rank(x) < 2:
         return poor("prefill and decode tokens do not vary independently over the intervals")
     y = e - idle_w * dt
-    beta, cov, u = _ols_hac(x, y)
+    beta, cov, u = ols_hac(x, y)
     g = np.linalg.inv(x.T @ x) @ x.T @ dt
     cov = cov + np.outer(g, g) * idle.se_w**2
     df = token_dof(n)

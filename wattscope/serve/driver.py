@@ -10,9 +10,11 @@ with each chunk of the stream, and the driver stamps them; a failure is a
 ``BackendError`` with the reason, recorded on the request, and the run goes on.
 
 A request the drain limit cuts off is cancelled in the engine, and the phase ends only
-when its thread has stopped (``CANCEL_WAIT_S`` at most): left running, its work would be
-counted in the next phase's energy. The first H100 run left hundreds of requests queued
-in the engine from one offered rate into the next.
+when its thread has stopped (``CANCEL_WAIT_S`` at most; those still running then are
+counted in ``LoadOutcome.lingering``, which the session warns of): left running, its work
+would be counted in the next phase's energy. The first H100 run left hundreds of requests
+queued in the engine from one offered rate into the next. An engine drops a cancelled
+request at its next step, so the step under way when the phase ends still runs.
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ class LoadOutcome:
     sent: int
     cut_off: int  # still in flight when the drain limit passed
     failure: str | None  # the engine died: the run must end
+    lingering: int = 0  # cancelled requests whose threads had not ended CANCEL_WAIT_S later
 
 
 def run_load(
@@ -183,4 +186,5 @@ def run_load(
     deadline = time.monotonic() + CANCEL_WAIT_S
     for th in threads:
         th.join(max(0.0, deadline - time.monotonic()))
-    return LoadOutcome(start, now_ns(), len(flights), cut, failure or backend.failure())
+    lingering = sum(th.is_alive() for th in threads)
+    return LoadOutcome(start, now_ns(), len(flights), cut, failure or backend.failure(), lingering)

@@ -44,6 +44,7 @@ class HttpBackend:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._socks: dict[str, socket.socket] = {}  # of requests in flight, for cancel
+        self._cancelled: set[str] = set()  # cancelled before their socket was known
         self._lock = threading.Lock()
 
     # -- the server ---------------------------------------------------------------------
@@ -129,6 +130,9 @@ class HttpBackend:
                 if conn.sock is not None:  # the response takes it over (conn.sock goes None)
                     with self._lock:
                         self._socks[request_id] = conn.sock
+                        early = request_id in self._cancelled
+                    if early:
+                        raise BackendError("cancelled")
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as e:
                 raise BackendError(_reason(e)) from None
@@ -139,6 +143,7 @@ class HttpBackend:
         finally:
             with self._lock:
                 self._socks.pop(request_id, None)
+                self._cancelled.discard(request_id)
             conn.close()
 
     def cancel(self, request_id: str) -> None:
@@ -146,6 +151,8 @@ class HttpBackend:
         OpenAI-compatible servers (vLLM, SGLang, TGI) abort a request whose client left."""
         with self._lock:
             sock = self._socks.get(request_id)
+            if sock is None:
+                self._cancelled.add(request_id)  # still connecting: generate checks once it has sent
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)

@@ -26,7 +26,7 @@ from wattscope.errors import WattscopeError
 from wattscope.events import SCHEMA_VERSION, Event, Request, RunEnded, RunStarted, RunWarning, ServePhase, now_ns
 from wattscope.recording import Recorder
 from wattscope.serve.config import ServeBench
-from wattscope.serve.driver import Backend, ServeError, run_load, schedule
+from wattscope.serve.driver import CANCEL_WAIT_S, Backend, ServeError, run_load, schedule
 from wattscope.telemetry import SensorSpec, measure_refresh_periods, open_sensor
 from wattscope.telemetry.gpu_map import SIM_MACHINE_GPUS, GpuBinding, resolve, resolve_machine, simulated_gpus
 
@@ -251,6 +251,10 @@ class ServeSession:
                 ok, failed = self._counts.get((precision, i), [0, 0])
                 self.progress(f"{precision}: rate {rate:g}/s done: {ok} ok, {failed} failed"
                               + (f" ({out.cut_off} cut off by serve.drain_s)" if out.cut_off else ""))
+                if out.lingering:
+                    self._emit(RunWarning(now_ns(), "serve", (
+                        f"{precision}: {out.lingering} cancelled request(s) still running {CANCEL_WAIT_S:g} s "
+                        f"after rate {rate:g}/s ended; their work may count in what follows")))
                 if out.failure:
                     self._emit(RunWarning(now_ns(), "serve", f"{precision}: {out.failure}"))
                     return "failed", out.failure

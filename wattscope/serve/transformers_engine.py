@@ -248,8 +248,9 @@ class TransformersEngine:
             with self._lock:
                 self._queues.pop(request_id, None)
             # Cancelled, timed out or abandoned: the engine must not go on computing it.
-            if not finished and self._manager is not None:
-                self._manager.cancel_request(request_id)
+            manager = self._manager  # close() may clear it meanwhile
+            if not finished and manager is not None:
+                manager.cancel_request(request_id)
 
     # -- step log -----------------------------------------------------------------------
 
