@@ -156,8 +156,10 @@ def test_per_call_arithmetic_and_tokens(cpu_run):
     events, p = cpu_run["events"], cpu_run["sweep"].protocol
     for w in _windows(events):
         # The counter read at both edges: a constant 50 W card gives 50 W over every window.
-        # (Edges are stamped mid-read, microseconds from the instant the fake counter reads.)
-        assert w.energy_j == pytest.approx(POWER_W * w.duration_s, rel=1e-3)
+        # Edges are stamped mid-read, microseconds from the instant the fake counter reads;
+        # on a loaded 2-core CI machine a read can be preempted (13 us seen on a 10 ms idle
+        # window), so each edge may be off by up to 100 us (5 mJ at 50 W).
+        assert w.energy_j == pytest.approx(POWER_W * w.duration_s, rel=1e-3, abs=2 * POWER_W * 100e-6)
         if w.phase == "idle":
             continue
         batch = int(w.config_id.split("/b")[1].split("/")[0])
