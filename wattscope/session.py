@@ -10,7 +10,6 @@ reproduces the live numbers exactly.
 from __future__ import annotations
 
 import errno
-import multiprocessing as mp
 import os
 import queue
 import signal
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 from wattscope import host, metrics, provenance
+from wattscope.child import Inbox, Pump
 from wattscope.config import Sweep
 from wattscope.events import (
     RUN_ENDINGS,
@@ -59,6 +59,7 @@ ENERGY_SIGNAL = (
     "NVML total energy counter; after a GPU synchronize each window edge waits for the next counter update"
 )
 POLL_S = 0.1
+PUMP_FINISH_S = 2.0  # for a child's last events to come through once it has exited
 REFRESH_MEASURE_S = 1.0
 MAX_RUNNER_RESTARTS = 3
 
@@ -192,8 +193,8 @@ class Session:
         self._stop_request: tuple[str, str] | None = None
         self.done = threading.Event()
         self._stop = threading.Event()
-        self._ctx = mp.get_context("spawn")
-        self._queue: Any = None
+        self._inbox = Inbox()
+        self._pumps: dict[str, Pump] = {}  # the live children's: "runner", "sampler"
         self._recorder: Recorder | None = None
         self._sim_gpus: list[Any] = []
         self._bindings: tuple[GpuBinding, ...] = ()
@@ -234,7 +235,6 @@ class Session:
                 message = other_process_warning(b, self._others.get(b.nvml_index, []))
                 if message:
                     self._emit(RunWarning(now_ns(), "session", message))
-            self._queue = self._ctx.Queue()
             with _children_ignore_stop_signals():
                 self._sampler = self._start_sampler(specs)
                 self._runner = self._start_runner(start_index=0)
@@ -254,6 +254,8 @@ class Session:
             child = getattr(self, name, None)
             if child is not None:
                 child.stop()
+        for pump in self._pumps.values():
+            pump.finish(PUMP_FINISH_S)
         if self._recorder is not None:
             self._recorder.discard()
         for gpu in self._sim_gpus:
@@ -337,9 +339,8 @@ class Session:
     def _start_sampler(self, specs: list[SensorSpec]) -> Any:
         from wattscope.telemetry.sampler import SamplerProcess
 
-        s = SamplerProcess(
-            specs, rate_hz=self.sweep.sampler.rate_hz, energy_hz=self.sweep.sampler.energy_hz, queue=self._queue
-        )
+        q, self._pumps["sampler"] = self._inbox.channel("sampler")
+        s = SamplerProcess(specs, rate_hz=self.sweep.sampler.rate_hz, energy_hz=self.sweep.sampler.energy_hz, queue=q)
         s.start()
         if s.pid is not None:
             host.pin(s.pid, self._host.sampler_cpu)
@@ -349,7 +350,8 @@ class Session:
         from wattscope.bench.runner import RunnerProcess
 
         devices = tuple(b.device for b in self._bindings)
-        r = RunnerProcess(self.sweep, self._specs, self._queue, sim=self.sim, devices=devices,
+        q, self._pumps["runner"] = self._inbox.channel("runner")  # a new runner, a new queue
+        r = RunnerProcess(self.sweep, self._specs, q, sim=self.sim, devices=devices,
                           start_index=start_index, cpu=self._host.runner_cpu)
         r.start()
         return r
@@ -370,11 +372,13 @@ class Session:
                     status, reason = self._stop_request or STOP_SIGNALS[signal.SIGINT]
                 if not self._sampler.is_alive() and not self._sampler_dead_reported:
                     self._sampler_dead_reported = True
+                    self._pumps["sampler"].finish(PUMP_FINISH_S)
                     self._emit(RunWarning(now_ns(), "session",
                         f"sampler process died (exit code {self._sampler.exitcode}); the live graph stops, "
                         "window energies still come from the counter"))
                 if self._runner.is_alive():
                     continue
+                self._pumps["runner"].finish(PUMP_FINISH_S)
                 self._drain(0)
                 code = self._runner.exitcode
                 if code == 0 or stopping:
@@ -397,10 +401,10 @@ class Session:
 
     def _drain(self, timeout: float) -> None:
         try:
-            ev = self._queue.get(timeout=timeout) if timeout else self._queue.get_nowait()
+            ev = self._inbox.get(timeout)
             while True:
                 self._emit(ev)
-                ev = self._queue.get_nowait()
+                ev = self._inbox.get(0)
         except queue.Empty:
             pass
         if self._recorder is not None:
@@ -481,6 +485,8 @@ class Session:
             # _loop only runs after start() made both children.
             for child in (self._runner, self._sampler):
                 child.stop()
+            for pump in self._pumps.values():
+                pump.finish(PUMP_FINISH_S)
             self._drain(0)
             self._check_windows(final=True)
         except Exception as e:
