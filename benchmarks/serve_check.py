@@ -17,7 +17,8 @@ counter itself scatters.
 ``per_step_fit`` asks what the report's model leaves out: the same step-log fit with the
 number of engine steps in each interval as a third term (J per step: what a step costs
 whatever its tokens, e.g. reading the weights), its coefficients with 95% Newey-West
-t-intervals (n - 3 degrees of freedom; the idle power's own uncertainty left out) and R2.
+t-intervals (n - 3 degrees of freedom; the idle power's own uncertainty left out; a
+negative coefficient has no relative width, as everywhere in wattscope) and R2.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import wattscope  # noqa: E402
 from wattscope import attribution as at  # noqa: E402
 from wattscope.events import EngineSteps, ServePhase  # noqa: E402
 from wattscope.serve.analysis import analyse  # noqa: E402
-from wattscope.stats import t_quantile  # noqa: E402
 
 
 def _est(e: at.Estimate) -> dict[str, float]:
@@ -58,10 +58,7 @@ def _per_step_fit(r_steps: list[tuple[int, int, int, int]], starts: np.ndarray, 
     y = energy - idle_w * (ends - starts) / 1e9
     x = np.column_stack([sp, sd, n_steps])
     beta, cov, u = at.ols_hac(x, y)
-    df = len(y) - 3
-    q = t_quantile(0.975, df)
-    est = {name: {"value": float(b), "low": float(b - q * math.sqrt(cov[i, i])), "high": float(b + q * math.sqrt(cov[i, i])),
-                  "relative_half_width": float(q * math.sqrt(cov[i, i]) / abs(b))}
+    est = {name: _est(at.t_estimate(float(b), math.sqrt(max(cov[i, i], 0.0)), len(y) - 3))
            for i, (name, b) in enumerate(zip(("j_per_prefill_token", "j_per_decode_token", "j_per_step"), beta))}
     return {**est, "r2": float(1 - u @ u / ((y - y.mean()) @ (y - y.mean()))), "intervals": len(y)}
 

@@ -210,7 +210,9 @@ def ols_hac(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     return beta, cov, u
 
 
-def _estimate(value: float, se: float, df: int) -> Estimate:
+def t_estimate(value: float, se: float, df: int) -> Estimate:
+    """A value with its 95% Student-t interval from a standard error (no interval without
+    degrees of freedom or a finite error)."""
     if not (df > 0 and math.isfinite(se)):
         return Estimate(value, math.nan, math.nan)
     half = t_quantile(0.5 + CONFIDENCE / 2.0, df) * se
@@ -242,7 +244,7 @@ def fit_idle(energy_j: np.ndarray, dt_s: np.ndarray) -> IdleFit:
         return IdleFit(Estimate(value, math.nan, math.nan), math.nan, n)
     beta, cov, _ = ols_hac(dt[:, None], e)
     se = math.sqrt(max(cov[0, 0], 0.0))
-    return IdleFit(_estimate(float(beta[0]), se, n - 1), se, n)
+    return IdleFit(t_estimate(float(beta[0]), se, n - 1), se, n)
 
 
 @dataclass(frozen=True)
@@ -295,8 +297,8 @@ def fit(intervals: Intervals, idle: IdleFit) -> Fit:
     g = np.linalg.inv(x.T @ x) @ x.T @ dt
     cov = cov + np.outer(g, g) * idle.se_w**2
     df = token_dof(n)
-    a = _estimate(float(beta[0]), math.sqrt(max(cov[0, 0], 0.0)), df)
-    b = _estimate(float(beta[1]), math.sqrt(max(cov[1, 1], 0.0)), df)
+    a = t_estimate(float(beta[0]), math.sqrt(max(cov[0, 0], 0.0)), df)
+    b = t_estimate(float(beta[1]), math.sqrt(max(cov[1, 1], 0.0)), df)
     nrmse = math.sqrt(float(u @ u) / df) / float(e.mean())
     spread = float((y - y.mean()) @ (y - y.mean()))
     r2 = 1.0 - float(u @ u) / spread if spread > 0 else math.nan
@@ -314,7 +316,7 @@ def fit(intervals: Intervals, idle: IdleFit) -> Fit:
     prefill_j, decode_j = float(pre_i.sum()), float(dec_i.sum())
     # The idle share is the idle part of the sum rule, so it and the token parts make 100%;
     # its uncertainty is the idle power's, over the span.
-    share = _estimate(idle_j / measured, idle.se_w * float(dt.sum()) / measured, idle.n_intervals - 1)
+    share = t_estimate(idle_j / measured, idle.se_w * float(dt.sum()) / measured, idle.n_intervals - 1)
 
     reasons = []
     if not r2 >= MIN_R2:
