@@ -18,7 +18,20 @@ counter itself scatters.
 number of engine steps in each interval as a third term (J per step: what a step costs
 whatever its tokens, e.g. reading the weights), its coefficients with 95% Newey-West
 t-intervals (n - 3 degrees of freedom; the idle power's own uncertainty left out; a
-negative coefficient has no relative width, as everywhere in wattscope) and R2.
+negative coefficient has no relative width, as everywhere in wattscope) and R2. Beside the
+coefficients it gives all-in figures: each interval's step energy (J per step x steps)
+shared between its prefill and decode tokens in proportion to their fitted token energies,
+then J per prefill and per decode token over the phase (a delta-method interval from the
+three coefficients' covariance, same degrees of freedom).
+
+``stream_step_fit`` is the same three-term fit from what a client of any server sees: the
+streamed prefill and decode tokens, as the report counts them, and the steps counted from
+the streamed token arrivals. A continuously batching engine hands every running sequence
+its token at the end of a step, so arrivals come in bursts, one a step; a burst ends at a
+gap longer than ``STEP_GAP_MS`` (arrivals within one in-process step were well under 1 ms
+apart on the lent H100; steps lasted 70 ms and more). ``stream_steps`` and ``log_steps``
+are the two step counts of the phase and ``steps_corr`` the correlation of their counts
+per interval.
 """
 
 from __future__ import annotations
@@ -34,7 +47,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import wattscope  # noqa: E402
 from wattscope import attribution as at  # noqa: E402
-from wattscope.events import EngineSteps, ServePhase  # noqa: E402
+from wattscope.events import EngineSteps, Request, ServePhase  # noqa: E402
 from wattscope.serve.analysis import analyse  # noqa: E402
 
 
@@ -51,16 +64,56 @@ def _fit(f: at.Fit | None, mean_interval_j: float) -> dict[str, object] | None:
             "measured_j": f.measured_j, "idle_j": f.idle_j, "prefill_j": f.prefill_j, "decode_j": f.decode_j}
 
 
-def _per_step_fit(r_steps: list[tuple[int, int, int, int]], starts: np.ndarray, ends: np.ndarray,
-                  energy: np.ndarray, idle_w: float) -> dict[str, object]:
-    sp, sd = at.step_activity(r_steps, starts, ends)
-    n_steps, _ = at.step_activity([(a, b, 1, 0) for a, b, _p, _d in r_steps], starts, ends)
-    y = energy - idle_w * (ends - starts) / 1e9
-    x = np.column_stack([sp, sd, n_steps])
-    beta, cov, u = at.ols_hac(x, y)
-    est = {name: _est(at.t_estimate(float(b), math.sqrt(max(cov[i, i], 0.0)), len(y) - 3))
+# A gap between streamed token arrivals longer than this ends an engine step's burst.
+STEP_GAP_MS = 5.0
+
+
+def stream_steps(token_ns: list[int], starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Engine steps per interval counted from streamed token arrivals: a step is a burst of
+    arrivals, a new one starting after a gap longer than STEP_GAP_MS, counted where it
+    starts."""
+    ts = np.sort(np.asarray(token_ns, dtype=float))
+    out = np.zeros(len(starts))
+    if not len(ts):
+        return out
+    bursts = ts[np.concatenate(([True], np.diff(ts) > STEP_GAP_MS * 1e6))]
+    k = np.searchsorted(starts, bursts, side="right") - 1
+    inside = (k >= 0) & (bursts < ends[np.clip(k, 0, None)])
+    np.add.at(out, k[inside], 1.0)
+    return out
+
+
+def _all_in(beta: np.ndarray, p: np.ndarray, d: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """J per prefill and per decode token with each interval's step energy shared by its
+    tokens in proportion to their fitted energies (half each where both are fitted at 0)."""
+    a, b, c = beta
+    tok = a * p + b * d
+    to_decode = np.divide(b * d, tok, out=np.full_like(tok, 0.5), where=tok > 0)
+    return np.array([(a * p + (1 - to_decode) * c * n).sum() / p.sum(), (b * d + to_decode * c * n).sum() / d.sum()])
+
+
+def step_fit(p: np.ndarray, d: np.ndarray, n: np.ndarray, energy: np.ndarray, dt_s: np.ndarray,
+             idle_w: float) -> dict[str, object] | None:
+    """Energy above idle per interval = a x prefill tokens + b x decode tokens + c x steps;
+    None where the three do not vary independently (e.g. no decode token in the phase)."""
+    y = energy - idle_w * dt_s
+    try:
+        beta, cov, u = at.ols_hac(np.column_stack([p, d, n]), y)
+    except np.linalg.LinAlgError:
+        return None
+    df = len(y) - 3
+    est = {name: _est(at.t_estimate(float(b), math.sqrt(max(cov[i, i], 0.0)), df))
            for i, (name, b) in enumerate(zip(("j_per_prefill_token", "j_per_decode_token", "j_per_step"), beta))}
-    return {**est, "r2": float(1 - u @ u / ((y - y.mean()) @ (y - y.mean()))), "intervals": len(y)}
+    value = _all_in(beta, p, d, n)
+    grad = np.empty((2, 3))
+    for i in range(3):  # numerical gradient of the all-in figures in the coefficients
+        h = np.zeros(3)
+        h[i] = 1e-6 * max(abs(beta[i]), 1e-9)
+        grad[:, i] = (_all_in(beta + h, p, d, n) - value) / h[i]
+    se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", grad, cov, grad), 0.0))
+    all_in = {name: _est(at.t_estimate(float(v), float(e), df))
+              for name, v, e in zip(("j_per_prefill_token_all_in", "j_per_decode_token_all_in"), value, se)}
+    return {**est, **all_in, "r2": float(1 - u @ u / ((y - y.mean()) @ (y - y.mean()))), "intervals": len(y)}
 
 
 def _inside(a: at.Estimate, b: at.Estimate) -> bool | None:
@@ -86,6 +139,7 @@ def check(path: str) -> dict[str, object]:
     events = list(rec.events(samples=False))
     steps = np.array([s for e in events if isinstance(e, EngineSteps) for s in e.steps], dtype=np.int64).reshape(-1, 4)
     phases = [e for e in events if isinstance(e, ServePhase)]
+    requests = [e for e in events if isinstance(e, Request)]
     gpu = rec.meta.get("gpu", {}).get("index", 0)
     s = rec.samples[rec.samples["gpu"] == gpu]
     idle_w = {p.precision: float(s[(s.t_ns >= p.start_ns) & (s.t_ns < p.end_ns)].power_w.mean())
@@ -116,10 +170,24 @@ def check(path: str) -> dict[str, object]:
             "idle_noise_sd_j": idle_noise.get(r.precision, math.nan),
             "streamed_fit": _fit(r.fit, mean_interval_j), "steps_fit": _fit(r.steps_fit, mean_interval_j),
         }
-        if len(mine):
-            starts, ends, de = at.counter_intervals(t_ns, e_j, ph.start_ns, ph.end_ns, min_s)
-            row["per_step_fit"] = _per_step_fit([tuple(x) for x in mine.tolist()], starts, ends, de,
-                                                r.fit.idle_w.value)
+        starts, ends, de = at.counter_intervals(t_ns, e_j, ph.start_ns, ph.end_ns, min_s)
+        dt = (ends - starts) / 1e9
+        idle = r.fit.idle_w.value
+        mine_req = [q for q in requests if q.precision == r.precision and q.rate_index == r.index]
+        sp, sd = at.request_activity([at.RequestTimes(q.prompt_tokens, q.sent_ns, q.token_ns) for q in mine_req],
+                                     starts, ends)
+        n_stream = stream_steps([t for q in mine_req for t in q.token_ns], starts, ends)
+        row["stream_steps"] = float(n_stream.sum())
+        if len(starts) > 3:
+            row["stream_step_fit"] = step_fit(sp.sum(axis=0), sd.sum(axis=0), n_stream, de, dt, idle)
+        if len(mine) and len(starts) > 3:
+            steps_log = [tuple(x) for x in mine.tolist()]
+            lp, ld = at.step_activity(steps_log, starts, ends)
+            n_log, _ = at.step_activity([(a, b, 1, 0) for a, b, _p, _d in steps_log], starts, ends)
+            row["log_steps"] = float(n_log.sum())
+            varies = n_log.std() > 0 and n_stream.std() > 0
+            row["steps_corr"] = float(np.corrcoef(n_log, n_stream)[0, 1]) if varies else math.nan
+            row["per_step_fit"] = step_fit(lp, ld, n_log, de, dt, idle)
         if r.steps_fit is not None:
             row["decode_agrees"] = _inside(r.fit.decode_j_per_token, r.steps_fit.decode_j_per_token)
             row["prefill_agrees"] = _inside(r.fit.prefill_j_per_token, r.steps_fit.prefill_j_per_token)
@@ -146,11 +214,18 @@ def main() -> int:
                   f"{r['mean_power_w']:4.0f} W (idle {r['idle_power_w']:4.0f})  "
                   f"J/decode tok {b['value']:.3f} ±{b['relative_half_width']:.1%} (steps {bt:.3f}) r2 {sf['r2']:.2f} "
                   f"{'ok' if sf['ok'] else 'poor'}  agree {r.get('decode_agrees')}/{r.get('prefill_agrees')}")
-            ps = r.get("per_step_fit")
-            if ps:
-                print(f"        with a per-step term: J/step {ps['j_per_step']['value']:.3f} ±{ps['j_per_step']['relative_half_width']:.0%}, "
-                      f"J/decode tok {ps['j_per_decode_token']['value']:.3f} ±{ps['j_per_decode_token']['relative_half_width']:.0%}, "
-                      f"J/prefill tok {ps['j_per_prefill_token']['value']:.4f} ±{ps['j_per_prefill_token']['relative_half_width']:.0%}, r2 {ps['r2']:.2f}")
+            for key, label in (("per_step_fit", "steps from the log"), ("stream_step_fit", "steps from the stream")):
+                ps = r.get(key)
+                if ps:
+                    w = {k: v["relative_half_width"] for k, v in ps.items() if isinstance(v, dict)}
+                    print(f"        + J/step, {label}: {ps['j_per_step']['value']:.3f} ±{w['j_per_step']:.0%}, "
+                          f"J/decode tok {ps['j_per_decode_token']['value']:.3f} ±{w['j_per_decode_token']:.0%}, "
+                          f"all-in {ps['j_per_decode_token_all_in']['value']:.3f} ±{w['j_per_decode_token_all_in']:.1%}; "
+                          f"J/prefill tok all-in {ps['j_per_prefill_token_all_in']['value']:.4f} "
+                          f"±{w['j_per_prefill_token_all_in']:.1%}; r2 {ps['r2']:.2f}")
+            if "log_steps" in r:
+                print(f"        steps: {r['log_steps']:.0f} logged, {r['stream_steps']:.0f} from the stream "
+                      f"(per-interval correlation {r['steps_corr']:.2f})")
     return 0
 
 
