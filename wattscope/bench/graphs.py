@@ -190,9 +190,11 @@ def _capture_reason(model: Any, e: BaseException) -> str:
     reason = describe_exception(_first_error(e))
     if getattr(model, "is_loaded_in_8bit", False):
         # Measured on the H100: LLM.int8's outlier decomposition (threshold > 0)
-        # synchronises with the host inside a step. Threshold 0.0 captures, but its replay
-        # disagreed with the eager logits in every row tried (2026-11-28), so naming it
-        # here would send users to another failed row.
+        # synchronises with the host inside a step. Threshold 0.0 captures, but INT8's
+        # row-wise input quantisation grows the replay's rounding-level differences past
+        # the replay check (7% of the logits' scale on Qwen2-1.5B, 2026-11-28;
+        # benchmarks/int8_graph_probe.py), so naming it here would send users to another
+        # failed row.
         reason += " (LLM.int8 with llm_int8_threshold > 0 cannot be captured; INT8 needs engine = \"eager\")"
     return reason
 
