@@ -4,6 +4,7 @@ exit code its class carries, mapped in one place (``cli.main``); never a traceba
 from __future__ import annotations
 
 import argparse
+import lzma
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,7 @@ def test_export_traces_in_a_table_format_is_a_bad_input_not_a_traceback(tmp_path
         (["export", str(SEED_REC), "--format", "parquet", "--table", "phases"], "is binary; give an output file"),
         (["compare", str(SEED_REC), "{tmp}/missing.csv"], "missing.csv: table not found"),
         (["export", str(SEED_REC), "-o", "{tmp}/a_file/x.md"], "a_file"),
+        (["export", "{tmp}/cut.wattscope.xz", "-o", "{tmp}/x.md"], "cut.wattscope.xz: damaged compressed recording"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -58,6 +60,7 @@ def test_bad_input_is_one_line_and_exit_2(
 ) -> None:
     (tmp_path / "bad.csv").write_text("modle,batch\nx,1\n")
     (tmp_path / "a_file").write_text("")
+    (tmp_path / "cut.wattscope.xz").write_bytes(lzma.compress(SEED_REC.read_bytes(), preset=0)[:4096])
     before = sorted(tmp_path.iterdir())
     code, out, err = _main(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
     assert code == EXIT_BAD_INPUT, err

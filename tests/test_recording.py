@@ -150,6 +150,41 @@ def test_bad_files(tmp_path: Path) -> None:
         wattscope.load(other)
 
 
+@pytest.mark.parametrize("pack", ["xz", "gzip"])
+def test_a_compressed_copy_reads_as_the_recording_itself(tmp_path: Path, pack: str) -> None:
+    import gzip
+    import lzma
+
+    from wattscope.analysis import open_source
+
+    path = tmp_path / "run.wattscope"
+    _write_run(path)
+    compress, suffix = (lzma.compress, ".xz") if pack == "xz" else (gzip.compress, ".gz")
+    packed = tmp_path / f"run.wattscope{suffix}"
+    packed.write_bytes(compress(path.read_bytes()))
+    with wattscope.load(path) as plain, wattscope.load(packed) as copy:
+        assert copy.meta == plain.meta and copy.complete
+        for table in ("samples", "windows", "results"):
+            assert getattr(copy, table).equals(getattr(plain, table)), table
+        assert [type(e).__name__ for e in copy.events()] == [type(e).__name__ for e in plain.events()]
+    assert open_source(packed).label == "run"  # tables name it as they name the plain file
+
+
+def test_damaged_compressed_copies_are_clear_errors(tmp_path: Path) -> None:
+    import lzma
+
+    path = tmp_path / "run.wattscope"
+    _write_run(path)
+    cut = tmp_path / "cut.wattscope.xz"
+    cut.write_bytes(lzma.compress(path.read_bytes())[:200])
+    with pytest.raises(RecordingError, match="cut.wattscope.xz: damaged compressed recording"):
+        wattscope.load(cut)
+    text = tmp_path / "text.wattscope.xz"
+    text.write_bytes(lzma.compress(b"not a database at all"))
+    with pytest.raises(RecordingError, match="text.wattscope.xz: not a wattscope recording .compressed"):
+        wattscope.load(text)
+
+
 def test_newer_schema_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "run.wattscope"
     _write_run(path)

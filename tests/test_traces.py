@@ -19,7 +19,7 @@ from wattscope.recording import load
 
 SEED_REC = Path(__file__).resolve().parent.parent / "recordings" / "h100-seed.wattscope"
 # Made before recordings kept a clock anchor: the 0.1.0 seed recording.
-OLD_REC = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "h100-seed-0.1.0-2026-11-27.wattscope"
+OLD_REC = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "h100-seed-0.1.0-2026-11-27.wattscope.xz"
 ANCHOR = {"unix_ns": 1_795_000_000_123_456_789, "monotonic_ns": synthetic_run.STREAM_T0_NS - 5_000_000}
 
 

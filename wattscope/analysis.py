@@ -92,9 +92,10 @@ def open_source(src: Any, label: str | None = None) -> Source:
             except TableError as e:
                 raise SourceError(str(e)) from None
         from wattscope.recording import RecordingError, load
+        from wattscope.recording import label as recording_label
 
         try:
-            return Source(label or p.stem, load(p), "recording")
+            return Source(label or recording_label(p), load(p), "recording")
         except RecordingError as e:
             raise SourceError(str(e)) from None
     if not hasattr(src, "results") or not hasattr(src, "meta"):
@@ -104,7 +105,11 @@ def open_source(src: Any, label: str | None = None) -> Source:
         )
     kind = "table" if (src.meta or {}).get("source") == "table" else "recording"
     path = getattr(src, "path", None)
-    return Source(label or (Path(path).stem if path else ""), src, kind)
+    if label is None and path:
+        from wattscope.recording import label as recording_label
+
+        label = recording_label(path)
+    return Source(label or "", src, kind)
 
 
 def open_sources(sources: Any) -> list[Source]:

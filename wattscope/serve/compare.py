@@ -133,6 +133,8 @@ def compare_serving(a: Any, b: Any, labels: tuple[str, str] | None = None) -> Se
     """Two serving recordings (paths or ``wattscope.load`` results) side by side; labels
     default to the files' names ('(A)'/'(B)' added where they are the same)."""
     if labels is None:
-        la, lb = (Path(str(getattr(s, "path", s))).stem for s in (a, b))
+        from wattscope.recording import label
+
+        la, lb = (label(str(getattr(s, "path", s))) for s in (a, b))
         labels = (f"{la} (A)", f"{lb} (B)") if la == lb else (la, lb)
     return ServeComparison(labels, compare_frames(_rates(a), _rates(b)))
