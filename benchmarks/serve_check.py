@@ -31,7 +31,8 @@ its token at the end of a step, so arrivals come in bursts, one a step; a burst 
 gap longer than ``STEP_GAP_MS`` (arrivals within one in-process step were well under 1 ms
 apart on the lent H100; steps lasted 70 ms and more). ``stream_steps`` and ``log_steps``
 are the two step counts of the phase and ``steps_corr`` the correlation of their counts
-per interval.
+per interval. ``merged_bursts`` checks the rule without a step log: the share of bursts
+holding two tokens of one request, which a request's one token a step rules out.
 """
 
 from __future__ import annotations
@@ -81,6 +82,30 @@ def stream_steps(token_ns: list[int], starts: np.ndarray, ends: np.ndarray) -> n
     inside = (k >= 0) & (bursts < ends[np.clip(k, 0, None)])
     np.add.at(out, k[inside], 1.0)
     return out
+
+
+def merged_bursts(token_ns: list[list[int]]) -> float:
+    """The share of bursts that hold two tokens of one request. A request gets one token a
+    step, so such a burst is two steps run together (STEP_GAP_MS too long for the engine):
+    0 means the count is not too low. (Bursts split by a slow client make it too high and
+    are not seen here.)"""
+    owned = sorted((t, r) for r, ts in enumerate(token_ns) for t in ts)
+    if not owned:
+        return math.nan
+    bursts = merged = 0
+    seen: set[int] = set()
+    last = None
+    for t, r in owned:
+        if last is None or t - last > STEP_GAP_MS * 1e6:
+            bursts += 1
+            seen = set()
+            counted = False
+        if r in seen and not counted:
+            merged += 1
+            counted = True
+        seen.add(r)
+        last = t
+    return merged / bursts
 
 
 def _all_in(beta: np.ndarray, p: np.ndarray, d: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -178,6 +203,7 @@ def check(path: str) -> dict[str, object]:
                                      starts, ends)
         n_stream = stream_steps([t for q in mine_req for t in q.token_ns], starts, ends)
         row["stream_steps"] = float(n_stream.sum())
+        row["merged_bursts"] = merged_bursts([list(q.token_ns) for q in mine_req])
         if len(starts) > 3:
             row["stream_step_fit"] = step_fit(sp.sum(axis=0), sd.sum(axis=0), n_stream, de, dt, idle)
         if len(mine) and len(starts) > 3:
@@ -225,7 +251,8 @@ def main() -> int:
                           f"±{w['j_per_prefill_token_all_in']:.1%}; r2 {ps['r2']:.2f}")
             if "log_steps" in r:
                 print(f"        steps: {r['log_steps']:.0f} logged, {r['stream_steps']:.0f} from the stream "
-                      f"(per-interval correlation {r['steps_corr']:.2f})")
+                      f"(per-interval correlation {r['steps_corr']:.2f}; bursts with a request twice: "
+                      f"{r['merged_bursts']:.2%})")
     return 0
 
 

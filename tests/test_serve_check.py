@@ -81,3 +81,15 @@ def test_a_phase_whose_terms_do_not_vary_apart_has_no_step_fit() -> None:
     sc = _check()
     p, d, n, e, dt = _phase(np.random.default_rng(2), 50, (0.01, 0.3, 0.8), 100.0, 0.5)
     assert sc.step_fit(p, np.zeros_like(d), n, e, dt, 100.0) is None  # no decode token at all
+
+
+def test_a_burst_holding_one_request_twice_is_two_steps_run_together() -> None:
+    sc = _check()
+    ms = 1_000_000
+    apart = [[0, 20 * ms, 40 * ms], [100_000, 20 * ms + 100_000]]  # one token a request a burst
+    assert sc.merged_bursts(apart) == 0.0
+    # Steps 2 ms apart with a 5 ms rule: every burst after the first request's first token
+    # holds that request again.
+    fast = [[0, 2 * ms, 4 * ms], [100_000, 2 * ms + 100_000]]
+    assert sc.merged_bursts(fast) == 1.0
+    assert np.isnan(sc.merged_bursts([[], []]))
