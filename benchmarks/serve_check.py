@@ -94,6 +94,7 @@ def merged_bursts(token_ns: list[list[int]]) -> float:
         return math.nan
     bursts = merged = 0
     seen: set[int] = set()
+    counted = False  # this burst already counted as merged
     last = None
     for t, r in owned:
         if last is None or t - last > STEP_GAP_MS * 1e6:
@@ -131,10 +132,10 @@ def step_fit(p: np.ndarray, d: np.ndarray, n: np.ndarray, energy: np.ndarray, dt
            for i, (name, b) in enumerate(zip(("j_per_prefill_token", "j_per_decode_token", "j_per_step"), beta))}
     value = _all_in(beta, p, d, n)
     grad = np.empty((2, 3))
-    for i in range(3):  # numerical gradient of the all-in figures in the coefficients
+    for i in range(3):  # central differences, each step scaled to its coefficient's size or error
         h = np.zeros(3)
-        h[i] = 1e-6 * max(abs(beta[i]), 1e-9)
-        grad[:, i] = (_all_in(beta + h, p, d, n) - value) / h[i]
+        h[i] = 1e-5 * max(abs(beta[i]), math.sqrt(max(cov[i, i], 0.0)), 1e-12)
+        grad[:, i] = (_all_in(beta + h, p, d, n) - _all_in(beta - h, p, d, n)) / (2 * h[i])
     se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", grad, cov, grad), 0.0))
     all_in = {name: _est(at.t_estimate(float(v), float(e), df))
               for name, v, e in zip(("j_per_prefill_token_all_in", "j_per_decode_token_all_in"), value, se)}

@@ -66,8 +66,8 @@ def serve_phases(check_json: Path) -> list[dict[str, Any]]:
     for run in json.loads(check_json.read_text()):
         for p in run["phases"]:
             fit = p["streamed_fit"]
-            if fit is None or fit["j_per_decode_token"]["value"] is None:
-                continue
+            if fit is None or None in (fit["j_per_decode_token"][k] for k in ("value", "low", "high")):
+                continue  # no fit, or a figure without an interval: nothing to compare
             out.append({"recording": run["recording"], "gpus": run["gpus"], "precision": p["precision"],
                         "offered_rps": p["offered_rps"],
                         "mean_decoding_sequences_per_step": p["mean_decoding_sequences_per_step"],
@@ -99,7 +99,8 @@ def main() -> None:
             inside = b["low"] <= a["value"] <= b["high"] and a["low"] <= b["value"] <= a["high"]
             half = math.hypot((a["high"] - a["low"]) / 2, (b["high"] - b["low"]) / 2)
             consistent = abs(a["value"] - b["value"]) <= half
-            light = s["offered_rps"] == min(x["offered_rps"] for x in phases if x["precision"] == s["precision"])
+            light = s["offered_rps"] == min(x["offered_rps"] for x in phases
+                                            if x["precision"] == s["precision"] and x["recording"] == s["recording"])
             pairs.append({"serve": s, "offline_batch": o["batch"], "light_rate": light, "inside": inside,
                           "consistent": consistent})
             print(f"{Path(s['recording']).name} {s['precision']:5} {s['offered_rps']:.2f}/s ({s['mean_decoding_sequences_per_step']:.1f} "

@@ -171,6 +171,7 @@ def test_a_compressed_copy_reads_as_the_recording_itself(tmp_path: Path, pack: s
 
 
 def test_damaged_compressed_copies_are_clear_errors(tmp_path: Path) -> None:
+    import gzip
     import lzma
 
     path = tmp_path / "run.wattscope"
@@ -183,6 +184,34 @@ def test_damaged_compressed_copies_are_clear_errors(tmp_path: Path) -> None:
     text.write_bytes(lzma.compress(b"not a database at all"))
     with pytest.raises(RecordingError, match="text.wattscope.xz: not a wattscope recording .compressed"):
         wattscope.load(text)
+    # Damage inside a gzip stream: a block of the reserved type is zlib's own error (not an
+    # OSError); a wrong checksum in the trailer is gzip's (an OSError).
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+    crc = bytearray(gzip.compress(path.read_bytes()))
+    crc[-8] ^= 0xFF
+    for packed, what in ((header + b"\x07" + bytes(16), "invalid block type"), (bytes(crc), "CRC check failed")):
+        bad = tmp_path / "bad.wattscope.gz"
+        bad.write_bytes(packed)
+        with pytest.raises(RecordingError, match=f"bad.wattscope.gz: damaged compressed recording .*{what}"):
+            wattscope.load(bad)
+
+
+def test_a_compressed_copy_of_a_wal_mode_file_and_the_size_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lzma
+
+    from wattscope import recording
+
+    path = tmp_path / "run.wattscope"
+    _write_run(path)
+    data = bytearray(path.read_bytes())
+    data[18:20] = b"\x02\x02"  # the header of a file copied while its run was going (WAL mode)
+    copy = tmp_path / "live.wattscope.xz"
+    copy.write_bytes(lzma.compress(bytes(data)))
+    with wattscope.load(copy) as rec, wattscope.load(path) as plain:
+        assert rec.samples.equals(plain.samples)
+    monkeypatch.setattr(recording, "MAX_DECOMPRESSED_BYTES", len(data) // 2)
+    with pytest.raises(RecordingError, match="live.wattscope.xz: over .* too large to read in memory; decompress it first"):
+        wattscope.load(copy)
 
 
 def test_newer_schema_is_a_clear_error(tmp_path: Path) -> None:

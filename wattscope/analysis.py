@@ -105,7 +105,7 @@ def open_source(src: Any, label: str | None = None) -> Source:
         )
     kind = "table" if (src.meta or {}).get("source") == "table" else "recording"
     path = getattr(src, "path", None)
-    if label is None and path:
+    if not label and path:
         from wattscope.recording import label as recording_label
 
         label = recording_label(path)

@@ -10,12 +10,14 @@ over it for users who query the file directly.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import lzma
 import math
 import os
 import sqlite3
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -334,9 +336,15 @@ class Recorder:
 
 # A finished recording may also be read from an xz or gzip copy of its file (measured runs'
 # recordings shrink 3-5x so; the benchmark results are kept that way). SQLite reads a
-# database from bytes in memory, so the copy is decompressed there, never to disk.
-_COMPRESSED: dict[bytes, Callable[[bytes], bytes]] = {b"\xfd7zXZ\x00": lzma.decompress, b"\x1f\x8b": gzip.decompress}
+# database from bytes in memory, so the copy is decompressed there, never to disk, up to
+# MAX_DECOMPRESSED_BYTES (an hour at 1 kHz is a few hundred MB; past the cap, decompress
+# the file first).
+_OPENERS: dict[bytes, Callable[[Path], io.BufferedIOBase]] = {
+    b"\xfd7zXZ\x00": lambda p: lzma.open(p, "rb"),
+    b"\x1f\x8b": lambda p: gzip.open(p, "rb"),
+}
 COMPRESSED_SUFFIXES = (".xz", ".gz")
+MAX_DECOMPRESSED_BYTES = 2 << 30
 
 
 def label(path: str | Path) -> str:
@@ -350,22 +358,36 @@ def label(path: str | Path) -> str:
 
 def _decompressed(path: Path, magic: bytes) -> sqlite3.Connection | None:
     """An in-memory, read-only copy of a compressed recording; None if it is not compressed."""
-    unpack = next((f for m, f in _COMPRESSED.items() if magic.startswith(m)), None)
-    if unpack is None:
+    opener = next((o for m, o in _OPENERS.items() if magic.startswith(m)), None)
+    if opener is None:
         return None
+    too_large = (f"{path}: over {MAX_DECOMPRESSED_BYTES >> 30} GiB decompressed, too large to read in memory; "
+                 "decompress it first (xz -dk or gunzip -k) and read that file")
+    data = bytearray()
     try:
-        data = unpack(path.read_bytes())
-    except (lzma.LZMAError, OSError, EOFError) as e:
+        with opener(path) as f:
+            # The header first: a compressed file of anything else is refused unread.
+            if f.read(16) != _SQLITE_MAGIC:
+                raise RecordingError(f"{path}: not a wattscope recording (compressed, but not an SQLite file)")
+            data += _SQLITE_MAGIC
+            while chunk := f.read(1 << 20):
+                data += chunk
+                if len(data) > MAX_DECOMPRESSED_BYTES:
+                    raise RecordingError(too_large)
+    except (lzma.LZMAError, zlib.error, OSError, EOFError) as e:
         raise RecordingError(f"{path}: damaged compressed recording ({e})") from None
-    if data[:16] != _SQLITE_MAGIC:
-        raise RecordingError(f"{path}: not a wattscope recording (compressed, but not an SQLite file)")
+    except MemoryError:
+        raise RecordingError(too_large) from None
+    # A copy taken while the run was going is in WAL mode, which a database in memory
+    # cannot open; the copy holds no WAL anyway, so it is read as a rollback-journal file.
+    data[18:20] = b"\x01\x01"
     db = sqlite3.connect(":memory:", check_same_thread=False)
     try:
-        db.deserialize(data)
+        db.deserialize(bytes(data))
+        db.execute("PRAGMA query_only = ON")
     except sqlite3.DatabaseError as e:
         db.close()
         raise RecordingError(f"{path}: damaged compressed recording ({e})") from None
-    db.execute("PRAGMA query_only = ON")
     return db
 
 
@@ -449,6 +471,8 @@ class Recording:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._db = _connect(self.path)
+        # SQLite names no file for a database in memory: a decompressed copy.
+        self._in_memory = self._db.execute("PRAGMA database_list").fetchone()[2] == ""
         with _damage_is_an_error(self.path):
             raw = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
             values = {k: json.loads(v) for k, v in raw.items()}
@@ -631,8 +655,10 @@ class Recording:
                 ev_cur = self._db.execute(
                     "SELECT t_ns, json FROM events WHERE t_ns >= ? AND t_ns <= ? ORDER BY t_ns, seq", (lo, hi)
                 )
-                # A separate connection so both cursors can step independently.
-                sdb = _connect(self.path) if samples else None
+                # A separate connection so both cursors can step independently; a
+                # compressed recording's one in-memory copy serves both (each cursor has
+                # its own statement), rather than a second decompressed copy.
+                sdb = (self._db if self._in_memory else _connect(self.path)) if samples else None
                 s_cur = (
                     sdb.execute(
                         f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples WHERE t_ns >= ? AND t_ns <= ? "
@@ -648,7 +674,7 @@ class Recording:
                     if isinstance(event, ConfigFinished) and event.config_id in recomputed:
                         yield from recomputed[event.config_id]
             finally:
-                if sdb:
+                if sdb and sdb is not self._db:
                     sdb.close()
 
 
