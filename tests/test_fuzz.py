@@ -235,6 +235,7 @@ def _damaged(d: Path, data: bytes, how: tuple[str, object]) -> Path:
 @given(how=damage)
 @example(how=("foreign", "{"))  # a schema version that is not JSON (found by this test)
 @example(how=("truncate", 0.5))
+@example(how=("flip", [(0.058973734953136084, 7)]))  # undecodable text in the meta table (found by this test)
 def test_damaged_recordings_replay_export_and_compare_cleanly(how: tuple[str, object]) -> None:
     with _workdir() as d:
         path = _damaged(d, _good_recording(), how)

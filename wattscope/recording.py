@@ -412,6 +412,9 @@ def _connect(path: Path) -> sqlite3.Connection:
     except sqlite3.DatabaseError as e:
         db.close()
         raise RecordingError(f"{path}: not a wattscope recording ({e})") from None
+    except ValueError as e:  # text that is not UTF-8: a damaged byte inside the meta table
+        db.close()
+        raise RecordingError(f"{path}: damaged recording ({type(e).__name__}: {e})") from None
     try:
         version = json.loads(rows.get("schema_version", "null"))
     except (TypeError, ValueError):
