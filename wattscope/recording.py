@@ -474,8 +474,6 @@ class Recording:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._db = _connect(self.path)
-        # SQLite names no file for a database in memory: a decompressed copy.
-        self._in_memory = self._db.execute("PRAGMA database_list").fetchone()[2] == ""
         with _damage_is_an_error(self.path):
             raw = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
             values = {k: json.loads(v) for k, v in raw.items()}
@@ -652,33 +650,27 @@ class Recording:
         cursors, so the first events of an hour-long recording arrive at once."""
         lo = -(2**63) if start_ns is None else start_ns
         hi = 2**63 - 1 if end_ns is None else end_ns
-        sdb = None
         with _damage_is_an_error(self.path):
-            try:
-                ev_cur = self._db.execute(
-                    "SELECT t_ns, json FROM events WHERE t_ns >= ? AND t_ns <= ? ORDER BY t_ns, seq", (lo, hi)
+            # Two cursors of the one connection: each has its own statement and steps on
+            # its own (a second connection would mean a second decompressed copy of a
+            # compressed recording).
+            ev_cur = self._db.execute(
+                "SELECT t_ns, json FROM events WHERE t_ns >= ? AND t_ns <= ? ORDER BY t_ns, seq", (lo, hi)
+            )
+            s_cur = (
+                self._db.execute(
+                    f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples WHERE t_ns >= ? AND t_ns <= ? "
+                    f"AND {_SAMPLE_OK} ORDER BY t_ns",
+                    (lo, hi),
                 )
-                # A separate connection so both cursors can step independently; a
-                # compressed recording's one in-memory copy serves both (each cursor has
-                # its own statement), rather than a second decompressed copy.
-                sdb = (self._db if self._in_memory else _connect(self.path)) if samples else None
-                s_cur = (
-                    sdb.execute(
-                        f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples WHERE t_ns >= ? AND t_ns <= ? "
-                        f"AND {_SAMPLE_OK} ORDER BY t_ns",
-                        (lo, hi),
-                    )
-                    if sdb
-                    else iter(())
-                )
-                recomputed = self._recomputed
-                for event in _merge(ev_cur, s_cur):
-                    yield event
-                    if isinstance(event, ConfigFinished) and event.config_id in recomputed:
-                        yield from recomputed[event.config_id]
-            finally:
-                if sdb and sdb is not self._db:
-                    sdb.close()
+                if samples
+                else iter(())
+            )
+            recomputed = self._recomputed
+            for event in _merge(ev_cur, s_cur):
+                yield event
+                if isinstance(event, ConfigFinished) and event.config_id in recomputed:
+                    yield from recomputed[event.config_id]
 
 
 def _merge(ev_cur: Iterator[tuple[int, str]], s_cur: Iterator[tuple]) -> Iterator[Event]:
