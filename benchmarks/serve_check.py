@@ -52,7 +52,8 @@ from wattscope.events import EngineSteps, Request, ServePhase  # noqa: E402
 from wattscope.serve.analysis import analyse  # noqa: E402
 
 
-def _est(e: at.Estimate) -> dict[str, float]:
+def estimate_dict(e: at.Estimate) -> dict[str, float]:
+    """An estimate as JSON: value, interval and relative half-width."""
     return {"value": e.value, "low": e.low, "high": e.high, "relative_half_width": e.half_width}
 
 
@@ -61,7 +62,7 @@ def _fit(f: at.Fit | None, mean_interval_j: float) -> dict[str, object] | None:
         return None
     return {"ok": f.ok, "reason": f.reason, "r2": f.r2, "intervals": f.n_intervals,
             "residual_sd_j": f.nrmse * mean_interval_j,
-            "j_per_prefill_token": _est(f.prefill_j_per_token), "j_per_decode_token": _est(f.decode_j_per_token),
+            "j_per_prefill_token": estimate_dict(f.prefill_j_per_token), "j_per_decode_token": estimate_dict(f.decode_j_per_token),
             "measured_j": f.measured_j, "idle_j": f.idle_j, "prefill_j": f.prefill_j, "decode_j": f.decode_j}
 
 
@@ -69,15 +70,20 @@ def _fit(f: at.Fit | None, mean_interval_j: float) -> dict[str, object] | None:
 STEP_GAP_MS = 5.0
 
 
+def _starts_burst(ts: np.ndarray) -> np.ndarray:
+    """For sorted arrival times: True where an arrival starts a new burst (the first, and
+    any after a gap longer than STEP_GAP_MS)."""
+    return np.concatenate(([True], np.diff(ts) > STEP_GAP_MS * 1e6))
+
+
 def stream_steps(token_ns: list[int], starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Engine steps per interval counted from streamed token arrivals: a step is a burst of
-    arrivals, a new one starting after a gap longer than STEP_GAP_MS, counted where it
-    starts."""
+    arrivals, counted where it starts."""
     ts = np.sort(np.asarray(token_ns, dtype=float))
     out = np.zeros(len(starts))
     if not len(ts):
         return out
-    bursts = ts[np.concatenate(([True], np.diff(ts) > STEP_GAP_MS * 1e6))]
+    bursts = ts[_starts_burst(ts)]
     k = np.searchsorted(starts, bursts, side="right") - 1
     inside = (k >= 0) & (bursts < ends[np.clip(k, 0, None)])
     np.add.at(out, k[inside], 1.0)
@@ -89,24 +95,14 @@ def merged_bursts(token_ns: list[list[int]]) -> float:
     step, so such a burst is two steps run together (STEP_GAP_MS too long for the engine):
     0 means the count is not too low. (Bursts split by a slow client make it too high and
     are not seen here.)"""
-    owned = sorted((t, r) for r, ts in enumerate(token_ns) for t in ts)
-    if not owned:
+    t = np.asarray([x for ts in token_ns for x in ts], dtype=float)
+    if not len(t):
         return math.nan
-    bursts = merged = 0
-    seen: set[int] = set()
-    counted = False  # this burst already counted as merged
-    last = None
-    for t, r in owned:
-        if last is None or t - last > STEP_GAP_MS * 1e6:
-            bursts += 1
-            seen = set()
-            counted = False
-        if r in seen and not counted:
-            merged += 1
-            counted = True
-        seen.add(r)
-        last = t
-    return merged / bursts
+    owner = np.repeat(np.arange(len(token_ns)), [len(ts) for ts in token_ns])
+    order = np.argsort(t, kind="stable")
+    burst = np.cumsum(_starts_burst(t[order])) - 1
+    pairs, count = np.unique(np.column_stack([burst, owner[order]]), axis=0, return_counts=True)
+    return len(np.unique(pairs[count > 1, 0])) / (int(burst[-1]) + 1)
 
 
 def _all_in(beta: np.ndarray, p: np.ndarray, d: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -128,7 +124,7 @@ def step_fit(p: np.ndarray, d: np.ndarray, n: np.ndarray, energy: np.ndarray, dt
     except np.linalg.LinAlgError:
         return None
     df = len(y) - 3
-    est = {name: _est(at.t_estimate(float(b), math.sqrt(max(cov[i, i], 0.0)), df))
+    est = {name: estimate_dict(at.t_estimate(float(b), math.sqrt(max(cov[i, i], 0.0)), df))
            for i, (name, b) in enumerate(zip(("j_per_prefill_token", "j_per_decode_token", "j_per_step"), beta))}
     value = _all_in(beta, p, d, n)
     grad = np.empty((2, 3))
@@ -137,7 +133,7 @@ def step_fit(p: np.ndarray, d: np.ndarray, n: np.ndarray, energy: np.ndarray, dt
         h[i] = 1e-5 * max(abs(beta[i]), math.sqrt(max(cov[i, i], 0.0)), 1e-12)
         grad[:, i] = (_all_in(beta + h, p, d, n) - _all_in(beta - h, p, d, n)) / (2 * h[i])
     se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", grad, cov, grad), 0.0))
-    all_in = {name: _est(at.t_estimate(float(v), float(e), df))
+    all_in = {name: estimate_dict(at.t_estimate(float(v), float(e), df))
               for name, v, e in zip(("j_per_prefill_token_all_in", "j_per_decode_token_all_in"), value, se)}
     return {**est, **all_in, "r2": float(1 - u @ u / ((y - y.mean()) @ (y - y.mean()))), "intervals": len(y)}
 
@@ -184,8 +180,9 @@ def check(path: str) -> dict[str, object]:
         mine = steps[(steps[:, 0] >= ph.start_ns) & (steps[:, 0] < ph.end_ns)]
         span = (ph.end_ns - ph.start_ns) / 1e9
         power = s[(s.t_ns >= ph.start_ns) & (s.t_ns < ph.end_ns)].power_w
-        _, _, load_de = at.counter_intervals(t_ns, e_j, ph.start_ns, ph.end_ns, min_s)
-        mean_interval_j = float(load_de.mean()) if len(load_de) else math.nan
+        starts, ends, de = at.counter_intervals(t_ns, e_j, ph.start_ns, ph.end_ns, min_s)
+        dt = (ends - starts) / 1e9
+        mean_interval_j = float(de.mean()) if len(de) else math.nan
         row: dict[str, object] = {
             "precision": r.precision, "offered_rps": r.offered_rps, "sent": r.ok + r.failed, "ok": r.ok,
             "failed": r.failed, "span_s": span,
@@ -196,8 +193,6 @@ def check(path: str) -> dict[str, object]:
             "idle_noise_sd_j": idle_noise.get(r.precision, math.nan),
             "streamed_fit": _fit(r.fit, mean_interval_j), "steps_fit": _fit(r.steps_fit, mean_interval_j),
         }
-        starts, ends, de = at.counter_intervals(t_ns, e_j, ph.start_ns, ph.end_ns, min_s)
-        dt = (ends - starts) / 1e9
         idle = r.fit.idle_w.value
         mine_req = [q for q in requests if q.precision == r.precision and q.rate_index == r.index]
         sp, sd = at.request_activity([at.RequestTimes(q.prompt_tokens, q.sent_ns, q.token_ns) for q in mine_req],

@@ -39,6 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import wattscope  # noqa: E402
 from wattscope import attribution as at  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_check import estimate_dict  # noqa: E402
+
 
 def offline_rows(path: Path) -> list[dict[str, Any]]:
     rec = wattscope.load(path)
@@ -51,13 +54,9 @@ def offline_rows(path: Path) -> list[dict[str, Any]]:
         mean = statistics.fmean(per_tok)
         est = at.t_estimate(mean, statistics.stdev(per_tok) / math.sqrt(n), n - 1)
         rows.append({"precision": r.precision, "batch": int(r.batch), "rounds": n, "idle_power_w": r.idle_power_w,
-                     "j_per_decode_token_above_idle": _est(est),
+                     "j_per_decode_token_above_idle": estimate_dict(est),
                      "j_per_decode_token_with_idle": r.decode_energy_per_token_j, "decode_tok_s": r.decode_tok_s})
     return rows
-
-
-def _est(e: at.Estimate) -> dict[str, float]:
-    return {"value": e.value, "low": e.low, "high": e.high, "relative_half_width": e.half_width}
 
 
 def serve_phases(check_json: Path) -> list[dict[str, Any]]:
