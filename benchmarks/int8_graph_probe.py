@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 
-def _layers(w: Any, static_prefill: Any) -> list[float]:
+def _layers(w: Any) -> list[float]:
     """The graphs engine's prefill captured as the engine captures it, with the hidden
     states among its outputs (the embeddings, then each layer's output): for each,
     max |replay - eager| over the eager state's max |value|."""
     import torch
+
+    from wattscope.bench.graphs import StaticPrefill  # wattscope is on sys.path by now (_model_paths)
 
     held: dict[str, Any] = {}
 
@@ -38,7 +40,7 @@ def _layers(w: Any, static_prefill: Any) -> list[float]:
         held["hidden"] = out.hidden_states
         return out
 
-    static = static_prefill(forward, w.model.config, w.ids)
+    static = StaticPrefill(forward, w.model.config, w.ids)
     static.run()
     eager = [h.float().clone() for h in held["hidden"]]
     side = torch.cuda.Stream()
@@ -94,7 +96,7 @@ precisions = ["fp16", "int8"]
              "dynamic_vs_dynamic": (dynamic[0] - dynamic[1]).abs().max().item(),
              "static_vs_static": (runs[0] - runs[1]).abs().max().item(),
              "static_vs_dynamic": (runs[0] - dynamic[0]).abs().max().item()}
-        r["layers_replay_vs_eager"] = _layers(w, StaticPrefill)
+        r["layers_replay_vs_eager"] = _layers(w)
         out["precisions"][rc.precision] = r
         print(rc.precision, {k: f"{v:.4g}" for k, v in r.items() if not isinstance(v, list)})
         print("  hidden states (embeddings, then each layer's output), replay vs eager, max |diff| / scale:",
