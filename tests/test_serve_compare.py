@@ -95,11 +95,11 @@ def test_rows_match_by_precision_and_rate_with_b_over_a(serve_recordings) -> Non
             if not (ra["fit_ok"] and rb["fit_ok"]):
                 assert math.isnan(row[f"{fig}_ratio"]) and row[f"{fig}_beyond_ci"] == ""
                 continue
-            # B/A and its interval from the two fits' standard errors (t(n - 2) intervals).
-            sa = (ra[f"{fig}_high"] - ra[f"{fig}_low"]) / 2 / t_quantile(0.975, token_dof(ra["intervals"]))
-            sb = (rb[f"{fig}_high"] - rb[f"{fig}_low"]) / 2 / t_quantile(0.975, token_dof(rb["intervals"]))
+            # B/A and its interval from the two fits' standard errors (t(n - k) intervals).
+            sa = (ra[f"{fig}_high"] - ra[f"{fig}_low"]) / 2 / t_quantile(0.975, token_dof(ra["intervals"], ra["fit_terms"]))
+            sb = (rb[f"{fig}_high"] - rb[f"{fig}_low"]) / 2 / t_quantile(0.975, token_dof(rb["intervals"], rb["fit_terms"]))
             va, vb = (sa / ra[fig]) ** 2, (sb / rb[fig]) ** 2
-            dof = (va + vb) ** 2 / (va**2 / token_dof(ra["intervals"]) + vb**2 / token_dof(rb["intervals"]))
+            dof = (va + vb) ** 2 / (va**2 / token_dof(ra["intervals"], ra["fit_terms"]) + vb**2 / token_dof(rb["intervals"], rb["fit_terms"]))
             half = t_quantile(0.975, dof) * math.sqrt(va + vb)
             ratio = rb[fig] / ra[fig]
             assert row[f"{fig}_ratio"] == ratio

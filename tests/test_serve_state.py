@@ -79,9 +79,9 @@ def test_phase_now_follows_the_ended_phases(stream: list[ev.Event]) -> None:
 
 def test_in_flight_ok_and_failed_of_the_running_phase(stream: list[ev.Event]) -> None:
     _, load0, *_ = _phases(stream)
-    mid = load0.start_ns + 3 * S
-    snap = _fold_to(stream, mid).serving(mid)
     reqs = [e for e in stream if isinstance(e, ev.Request) and e.precision == "fp16" and e.rate_index == 0]
+    mid = reqs[len(reqs) // 2].token_ns[2]  # that request is in flight
+    snap = _fold_to(stream, mid).serving(mid)
     ended = [r for r in reqs if r.t_ns <= mid]
     sent = [a for a in schedule(SERVE, 0, "fp16") if load0.start_ns + a.offset_s * S <= mid]
     assert 0 < len(ended) < len(sent)
@@ -102,9 +102,8 @@ def test_running_attribution_is_the_reports_on_the_phase_so_far(stream: list[ev.
     pd.testing.assert_frame_equal(rates_frame([snap.current]), rates_frame(expected))
     f = snap.current.fit
     assert f.ok, f.reason
-    # The requests in flight have spent energy whose tokens arrive with their Request
-    # events: so far, J per token reads high.
-    assert f.decode_j_per_token.value > DECODE_J
+    assert f.n_intervals < next(r for r in analyse(StreamRecording(stream)) if r.index == 0).fit.n_intervals
+    assert f.decode_j_per_token.low < DECODE_J < f.decode_j_per_token.high
     idle, pre, dec = snap.shares
     assert idle + pre + dec == pytest.approx(1.0) and 0 < pre < dec < 1
 
@@ -134,8 +133,9 @@ def test_last_snapshot_carries_the_reports_figures(stream: list[ev.Event]) -> No
     pd.testing.assert_frame_equal(rates_frame(list(snap.rates)), rates_frame(analyse(StreamRecording(stream))))
     for r in snap.rates:
         assert r.fit.ok, r.fit.reason
-        assert r.fit.prefill_j_per_token.value == pytest.approx(PREFILL_J, rel=0.06)
-        assert r.fit.decode_j_per_token.value == pytest.approx(DECODE_J, rel=0.04)
+        for est, truth in ((r.fit.prefill_j_per_token, PREFILL_J), (r.fit.decode_j_per_token, DECODE_J)):
+            assert est.low < truth < est.high
+            assert est.value == pytest.approx(truth, rel=0.1)
 
 
 def test_the_rates_table_has_its_columns_with_or_without_a_load_phase(stream: list[ev.Event]) -> None:

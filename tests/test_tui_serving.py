@@ -42,7 +42,7 @@ def stream() -> list[ev.Event]:
 
 def _mid_second_load(stream: list[ev.Event]) -> ServeSnapshot:
     load1 = [e for e in stream if isinstance(e, ev.ServePhase)][2]
-    t = load1.start_ns + 5 * S
+    t = load1.start_ns + 6 * S
     state = ServeState()
     state.apply_all(e for e in stream if e.t_ns <= t)
     return state.serving(t)
@@ -71,7 +71,7 @@ async def test_live_frame_shows_header_panel_and_phases(stream) -> None:
             assert part in header, header
         cur = serving_grid([snap.current])
         cells = dict(zip(cur.headers, cur.rows[0]))
-        assert "fp16 load 2 at 12.00/s 00:05 (3/6)" in text
+        assert "fp16 load 2 at 12.00/s 00:06 (3/6)" in text
         assert f"{snap.in_flight} in flight · {snap.ok} ok · 0 failed" in text
         assert f"offered 12.00 · achieved {cells['Achieved /s']}" in text
         assert cells["J/prefill tok"] in text and cells["J/decode tok"] in text
@@ -103,7 +103,7 @@ async def test_quit_asks_while_the_run_goes_then_stops_it(stream) -> None:
 @sync
 async def test_help_lists_keys_and_the_columns(stream) -> None:
     app = ServeApp(ServeReplay(MemoryRecording(stream)))
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=(120, 50)) as pilot:
         await pilot.press("question_mark")
         await pilot.pause()
         assert isinstance(app.screen, HelpScreen)

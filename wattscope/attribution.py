@@ -4,11 +4,25 @@ A server that batches continuously mixes prefill and decode in the same steps, s
 window holds one phase alone. Instead, the run is cut into intervals between energy
 counter readings, and each interval's energy is explained by what the server did in it::
 
-    E_i = idle_W * dt_i + a * P_i + b * D_i + e_i
+    E_i = idle_W * dt_i + a * P_i + b * D_i + c * N_i + e_i
 
-with ``P_i`` the prompt tokens processed (prefill) and ``D_i`` the tokens produced after
-each request's first (decode) in interval i. ``a`` and ``b`` are J per prefill and per
-decode token.
+with ``P_i`` the prompt tokens processed (prefill), ``D_i`` the tokens produced after each
+request's first (decode) and ``N_i`` the engine steps run in interval i. ``a`` and ``b``
+are J per prefill and per decode token; ``c`` is J per step, what a step costs whatever
+its tokens (reading the weights once, launching its kernels), which a continuously
+batching engine pays once for all the sequences of the step. Without it, ``b`` would hold
+the step's cost spread over however many sequences shared it, so it would move with the
+batch from interval to interval, which is error the fit cannot explain. Where the steps
+cannot be counted (``Intervals.steps`` is None) the term is left out.
+
+**The figures reported** are J per prefill and per decode token *all in*: each
+interval's step energy ``c N_i`` goes to its prefill and decode tokens in proportion to
+their fitted energies ``a P_i`` and ``b D_i`` (half each where both are fitted at zero),
+and the figure is the phase's prefill (decode) energy over its prefill (decode) tokens. So
+they answer "what does a token cost under this load", comparable with the offline
+protocol's energy per token and with the two-term fit. Their intervals come from the
+coefficients' covariance by the delta method (numerical gradient). ``c`` is reported
+beside them.
 
 The regression, and why:
 
@@ -17,39 +31,55 @@ The regression, and why:
   on time over its intervals). Fitting it as a free term would set it against ``dt``, which
   is almost the same in every interval, so it would be nearly collinear with the intercept
   of the token terms and take their variance; measured, it is the card's own floor, and
-  everything above it is what the tokens cost. Its uncertainty is carried into ``a`` and
-  ``b`` (the idle estimate comes from different intervals, so the two variances add:
-  ``V = V_tokens + g g' var(idle_W)`` with ``g = (X'X)^-1 X' dt``).
-* **Ordinary least squares** of ``E_i - idle_W dt_i`` on ``(P_i, D_i)`` without an
-  intercept. Non-negativity is not imposed but checked: a coefficient whose interval
+  everything above it is what the work costs. Its uncertainty is carried into the
+  coefficients (the idle estimate comes from different intervals, so the two variances
+  add: ``V = V_work + g g' var(idle_W)`` with ``g = (X'X)^-1 X' dt``).
+* **Ordinary least squares** of ``E_i - idle_W dt_i`` on ``(P_i, D_i[, N_i])`` without an
+  intercept. Non-negativity is not imposed but checked: a per-token figure whose interval
   reaches zero makes the fit poor.
 * **Newey-West (HAC) standard errors**, Bartlett kernel, lag ``floor(4 (n/100)^(2/9))``
   (at least 1), with the small-sample factor n/(n-k) and Student's t(n-k). The interval
-  errors are autocorrelated: a counter reading lags the counter update by up to a sampler
-  period, so energy moves between neighbouring intervals (negative lag-1 correlation),
-  and clocks and temperature drift over many intervals (positive correlation). HC3
-  assumes independent errors; a block bootstrap would handle the dependence too but is
-  random and slow, and Newey-West is its analytic, deterministic counterpart.
+  errors are autocorrelated: energy moves between neighbouring intervals at their edges
+  (negative lag-1 correlation), and clocks and temperature drift over many intervals
+  (positive correlation). HC3 assumes independent errors; a block bootstrap would handle
+  the dependence too but is random and slow, and Newey-West is its analytic,
+  deterministic counterpart.
 
 **Goodness of fit.** The fit is *poor*, and no figure is reported, when any of:
-fewer than ``MIN_INTERVALS`` intervals; the token terms explain less than ``MIN_R2`` of
-the variation of the energy above idle (R^2 of ``E_i - idle_W dt_i`` about its mean: the
+fewer than ``MIN_INTERVALS`` intervals; the terms explain less than ``MIN_R2`` of the
+variation of the energy above idle (R^2 of ``E_i - idle_W dt_i`` about its mean: the
 load's own fluctuations, which Poisson arrivals provide, must show in the counter);
-a coefficient's 95% interval does not lie above zero. The residual standard error as a
-fraction of the mean interval energy (``nrmse``) is reported beside it.
+a per-token figure's 95% interval does not lie above zero. The residual standard error as
+a fraction of the mean interval energy (``nrmse``) is reported beside it.
 
 **Sum rule.** The attributed parts sum to the measured energy exactly. Each interval's
-residual ``e_i`` goes to the tokens of that interval in proportion to their fitted
-energy (``a P_i`` and ``b D_i``); an interval whose tokens are fitted at no energy (none ran, or
-a coefficient came out negative in a poor fit) gives all its energy above idle to idle.
-A request's prefill (decode) part is its share of its intervals' attributed prefill
-(decode) energy, by its tokens there.
+fitted energy above idle is its prefill part (``a P_i`` and its share of ``c N_i``) plus
+its decode part; its residual ``e_i`` goes to the two in proportion to them. An interval
+fitted at no energy (nothing ran, or a coefficient came out negative in a poor fit) gives
+all its energy above idle to idle. A request's prefill (decode) part is its share of its
+intervals' attributed prefill (decode) energy, by its tokens there.
 
-**Activity from the streamed timestamps** (``request_activity``): a request's prompt
-tokens are spread evenly over its span from sending to its first token (the server
-admitted and prefilled it somewhere in there); each token after the first counts as one
-decode token at the time it arrived. When the engine logs its steps, ``step_activity``
-gives the ground truth the same way.
+**When the work happened, from the streamed timestamps** (``request_activity``,
+``stream_steps``). A continuously batching engine hands every running sequence its token
+at the end of a step, so token arrivals come in bursts, one a step; a burst ends at a gap
+longer than ``STEP_GAP_NS``. Each burst is one step, which ran from the burst before it
+(its last arrival) to this burst's first arrival; after an idle spell, from the sending
+of the earliest request it admitted. The work whose tokens a burst returns is spread
+evenly over its step: a request's prompt over the step of its first token (the prefill
+step), each later token over its own step. (An engine that prefills a long prompt in
+chunks over several steps has its earlier chunks placed in the last one, a few steps
+late.) ``merged_bursts`` checks the burst rule without an engine log: a request gets one
+token a step, so a burst holding two tokens of one request is two steps run together
+(steps faster than the gap, or a server that sends tokens in batches). Above
+``MAX_MERGED_BURSTS`` the steps are not counted and the fit leaves out their term.
+When the engine logs its steps, ``logged_steps`` gives the ground truth the same way.
+
+**Interval edges.** The counter refreshes on its own clock (every ~100 ms on an
+H100/H200) and is read more often or less often than that: a refresh seen first at read
+``t`` happened after the read before it and at most one refresh period before ``t``. The
+edge is put in the middle of that span, ``t - min(t - t_prev, refresh) / 2``: unbiased, and
+half the timing error of putting it at the read (on the lent H100s, with reads every 50 ms,
+this raised R^2 in all twelve phases of two serving runs).
 
 Numpy only; no pandas, so the live session and tests can call it cheaply.
 """
@@ -65,8 +95,10 @@ import numpy as np
 from wattscope.stats import CONFIDENCE, relative_half_width, t_quantile
 
 MIN_INTERVALS = 20
-MIN_R2 = 0.8  # of the energy above idle, explained by the token terms
+MIN_R2 = 0.8  # of the energy above idle, explained by the fitted terms
 DEFAULT_MIN_INTERVAL_S = 0.5
+STEP_GAP_NS = 5_000_000  # a gap between token arrivals longer than this ends a step's burst
+MAX_MERGED_BURSTS = 0.01  # above this share of merged bursts the steps are not counted
 
 
 @dataclass(frozen=True)
@@ -87,15 +119,42 @@ NO_ESTIMATE = Estimate(math.nan, math.nan, math.nan)
 
 
 @dataclass(frozen=True)
+class Steps:
+    """An engine's steps: when each ran and the prefill tokens and decode tokens it did
+    (from its log, or counted from the stream: ``stream_steps``)."""
+
+    begin_ns: np.ndarray
+    end_ns: np.ndarray
+    prefill_tokens: np.ndarray
+    decode_tokens: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.begin_ns)
+
+    def per_interval(self, starts: np.ndarray, ends: np.ndarray, amounts: np.ndarray | None = None) -> np.ndarray:
+        """``amounts`` per step (default: one) spread over each step, summed per interval."""
+        w = np.ones(len(self)) if amounts is None else amounts
+        return spread(self.begin_ns, self.end_ns, w, starts, ends)
+
+
+def logged_steps(rows: Iterable[Sequence[int]]) -> Steps:
+    """An engine's logged steps ``(start_ns, end_ns, prefill_tokens, decode_tokens)``."""
+    arr = np.asarray(list(rows), dtype=np.int64).reshape(-1, 4)
+    return Steps(arr[:, 0], arr[:, 1], arr[:, 2].astype(float), arr[:, 3].astype(float))
+
+
+@dataclass(frozen=True)
 class Intervals:
     """Consecutive intervals between energy-counter readings and the work inside them.
-    ``energy_j`` is the counter's increment; the token arrays are per interval."""
+    ``energy_j`` is the counter's increment; the token arrays are per interval; ``steps``
+    is None where the engine's steps could not be counted."""
 
     start_ns: np.ndarray
     end_ns: np.ndarray
     energy_j: np.ndarray
     prefill_tokens: np.ndarray
     decode_tokens: np.ndarray
+    steps: Steps | None = None
 
     @property
     def dt_s(self) -> np.ndarray:
@@ -106,19 +165,26 @@ class Intervals:
 
 
 def counter_intervals(
-    t_ns: np.ndarray, energy_j: np.ndarray, start_ns: int, end_ns: int, min_interval_s: float = DEFAULT_MIN_INTERVAL_S
+    t_ns: np.ndarray, energy_j: np.ndarray, start_ns: int, end_ns: int,
+    min_interval_s: float = DEFAULT_MIN_INTERVAL_S, refresh_s: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Edges and energies of the intervals inside [start_ns, end_ns]: between counter
     readings that changed (a repeated value is the same update read twice), merged until
-    each lasts at least ``min_interval_s`` (a short interval is mostly edge error).
-    Returns (starts, ends, energies)."""
+    each lasts at least ``min_interval_s`` (a short interval is mostly edge error). Each
+    edge sits where the refresh it saw most likely happened: halfway back to the read
+    before, or half a refresh period (``refresh_s``, 0 for a counter that is always
+    current) if that is nearer (module docstring). Returns (starts, ends, energies)."""
     t = np.asarray(t_ns, dtype=np.int64)
     e = np.asarray(energy_j, dtype=float)
-    keep = ~np.isnan(e) & (t >= start_ns) & (t <= end_ns)
-    t, e = t[keep], e[keep]
-    if len(t):
-        changed = np.concatenate(([True], np.diff(e) != 0))
-        t, e = t[changed], e[changed]
+    read = ~np.isnan(e)
+    t, e = t[read], e[read]
+    # A reading shows a refresh where its value differs from the reading before (the first
+    # reading's refresh is of unknown age: its edge stays at the read).
+    prev = np.concatenate((t[:1], t[:-1]))
+    changed = np.concatenate(([True], np.diff(e) != 0))
+    keep = changed & (t >= start_ns) & (t <= end_ns)
+    t, e, prev = t[keep], e[keep], prev[keep]
+    edge = t - np.minimum(t - prev, int(refresh_s * 1e9)) // 2
     min_ns = min_interval_s * 1e9
     edges = [0] if len(t) else []
     for j in range(1, len(t)):
@@ -128,7 +194,7 @@ def counter_intervals(
     if len(idx) < 2:
         empty = np.array([], dtype=np.int64)
         return empty, empty, np.array([], dtype=float)
-    return t[idx[:-1]], t[idx[1:]], np.diff(e[idx])
+    return edge[idx[:-1]], edge[idx[1:]], np.diff(e[idx])
 
 
 @dataclass(frozen=True)
@@ -140,53 +206,130 @@ class RequestTimes:
     token_ns: Sequence[int]  # arrival of each streamed token; the first is the prefill's
 
 
-def _overlap(a0: np.ndarray, a1: np.ndarray, b0: float, b1: float) -> np.ndarray:
-    return np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0, None)
+def spread(a: np.ndarray, b: np.ndarray, w: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Amounts ``w`` spread evenly over spans [a, b], summed per interval [start, end); a
+    span of no length puts its amount in the interval that holds its instant. Linear in
+    the spans and intervals: through the running integral of the amounts' density, read
+    at the interval edges (times taken from the first start, so the sums keep their
+    precision)."""
+    a, b, w = (np.asarray(x, dtype=float).ravel() for x in (a, b, w))
+    s0 = np.asarray(starts, dtype=float)
+    s1 = np.asarray(ends, dtype=float)
+    if not len(s0) or not len(a):
+        return np.zeros(len(s0))
+    origin = s0[0]
+    a, b, s0, s1 = a - origin, b - origin, s0 - origin, s1 - origin
+    point = b <= a
+    ramp = ~point
+    slope = w[ramp] / (b[ramp] - a[ramp])
+
+    def ramps(x: np.ndarray, at: np.ndarray, k: np.ndarray) -> np.ndarray:
+        # sum over spans of k * max(x - at, 0), for every x
+        order = np.argsort(at)
+        at, k = at[order], k[order]
+        c1 = np.concatenate(([0.0], np.cumsum(k)))
+        c2 = np.concatenate(([0.0], np.cumsum(k * at)))
+        j = np.searchsorted(at, x, side="left")
+        return x * c1[j] - c2[j]
+
+    def total(x: np.ndarray) -> np.ndarray:
+        # the amount done before x
+        lin = ramps(x, a[ramp], slope) - ramps(x, b[ramp], slope)
+        pts = np.sort(a[point])
+        cum = np.concatenate(([0.0], np.cumsum(w[point][np.argsort(a[point])])))
+        return lin + cum[np.searchsorted(pts, x, side="left")]
+
+    return np.asarray(total(s1) - total(s0))
+
+
+@dataclass(frozen=True)
+class Bursts:
+    """The engine steps a client sees: bursts of token arrivals, one a step (module
+    docstring). Per burst: when its step began and when its first and last tokens
+    arrived; per streamed token, in ``requests`` order, the burst it came in."""
+
+    begin_ns: np.ndarray
+    first_ns: np.ndarray
+    last_ns: np.ndarray
+    of_token: list[np.ndarray]
+    prefill_tokens: np.ndarray  # prompt tokens of the requests whose first token came in it
+    decode_tokens: np.ndarray  # later tokens in it
+
+
+def bursts(requests: Sequence[RequestTimes]) -> Bursts:
+    """The bursts of the requests' token arrivals and each burst's step (module docstring)."""
+    counts = [len(r.token_ns) for r in requests]
+    t = np.asarray([x for r in requests for x in r.token_ns], dtype=np.int64)
+    # When each token's work could have begun: a later token after the token before it,
+    # a first token at its sending.
+    could = np.asarray([x for r in requests for x in ([r.sent_ns, *r.token_ns[:-1]] if r.token_ns else [])],
+                       dtype=np.int64)
+    if not len(t):
+        empty = np.array([], dtype=np.int64)
+        return Bursts(empty, empty, empty, [empty for _ in requests], empty.astype(float), empty.astype(float))
+    order = np.argsort(t, kind="stable")
+    ts = t[order]
+    new = np.concatenate(([True], np.diff(ts) > STEP_GAP_NS))
+    starts = np.flatnonzero(new)
+    first, last = ts[starts], np.maximum.reduceat(ts, starts)
+    burst_sorted = np.cumsum(new) - 1
+    earliest = np.minimum.reduceat(could[order], starts)
+    # A step begins when the step before it ended, unless every token it returns could
+    # only have begun later (the engine was idle until its requests came).
+    begin = np.maximum(np.concatenate(([earliest[0]], last[:-1])), earliest)
+    begin = np.minimum(begin, first)
+    of = np.empty(len(t), dtype=np.int64)
+    of[order] = burst_sorted
+    split = np.split(of, np.cumsum(counts)[:-1])
+    prefill, decode = np.zeros(len(first)), np.zeros(len(first))
+    for r, o in zip(requests, split):
+        if len(o):
+            prefill[o[0]] += r.prompt_tokens
+            np.add.at(decode, o[1:], 1.0)
+    return Bursts(begin, first, last, split, prefill, decode)
+
+
+def merged_bursts(requests: Sequence[RequestTimes], b: Bursts | None = None) -> float:
+    """The share of bursts that hold two tokens of one request (NaN without any burst): a
+    request gets one token a step, so such a burst is two steps run together."""
+    b = bursts(requests) if b is None else b
+    if not len(b.first_ns):
+        return math.nan
+    merged = np.zeros(len(b.first_ns), dtype=bool)
+    for of in b.of_token:
+        if len(of) > 1:
+            same = of[1:] == of[:-1]
+            merged[of[1:][same]] = True
+    return float(merged.mean())
 
 
 def request_activity(
-    requests: Sequence[RequestTimes], starts: np.ndarray, ends: np.ndarray
+    requests: Sequence[RequestTimes], starts: np.ndarray, ends: np.ndarray, b: Bursts | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per request and interval: prefill tokens (the prompt spread evenly from sending to
-    the first token) and decode tokens (tokens after the first, at their arrival).
-    Returns two arrays of shape (requests, intervals). Intervals are half-open [start, end)."""
+    """Per request and interval: prefill tokens (the prompt spread over the step of its
+    first token) and decode tokens (each later token spread over its own step). Returns
+    two arrays of shape (requests, intervals). Intervals are half-open [start, end)."""
+    b = bursts(requests) if b is None else b
     n, m = len(requests), len(starts)
     prefill = np.zeros((n, m))
     decode = np.zeros((n, m))
-    s0, s1 = np.asarray(starts, dtype=float), np.asarray(ends, dtype=float)
     for r, req in enumerate(requests):
-        if not req.token_ns:
+        of = b.of_token[r]
+        if not len(of):
             continue
-        first = float(req.token_ns[0])
-        span = first - req.sent_ns
-        if span > 0:
-            prefill[r] = req.prompt_tokens * _overlap(s0, s1, req.sent_ns, first) / span
-        else:  # first token at the sending instant: all in the interval that holds it
-            prefill[r] = req.prompt_tokens * ((s0 <= first) & (first < s1))
-        later = np.asarray(req.token_ns[1:], dtype=float)
-        if len(later):
-            k = np.searchsorted(s0, later, side="right") - 1
-            inside = (k >= 0) & (later < s1[np.clip(k, 0, None)])
-            np.add.at(decode[r], k[inside], 1.0)
+        prefill[r] = spread(b.begin_ns[of[:1]], b.first_ns[of[:1]], np.array([req.prompt_tokens]), starts, ends)
+        if len(of) > 1:
+            decode[r] = spread(b.begin_ns[of[1:]], b.first_ns[of[1:]], np.ones(len(of) - 1), starts, ends)
     return prefill, decode
 
 
-def step_activity(
-    steps: Iterable[tuple[int, int, int, int]], starts: np.ndarray, ends: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per interval prefill and decode tokens from an engine's logged steps
-    ``(start_ns, end_ns, prefill_tokens, decode_tokens)``, each step's tokens spread
-    evenly over its span."""
-    s0, s1 = np.asarray(starts, dtype=float), np.asarray(ends, dtype=float)
-    prefill, decode = np.zeros(len(s0)), np.zeros(len(s0))
-    for a, b, p, d in steps:
-        if b > a:
-            w = _overlap(s0, s1, a, b) / (b - a)
-        else:
-            w = ((s0 <= a) & (a < s1)).astype(float)
-        prefill += p * w
-        decode += d * w
-    return prefill, decode
+def stream_steps(requests: Sequence[RequestTimes], b: Bursts | None = None) -> Steps | None:
+    """The engine's steps as the stream shows them, one a burst; None where the bursts do
+    not count steps (more than ``MAX_MERGED_BURSTS`` of them merged)."""
+    b = bursts(requests) if b is None else b
+    if not merged_bursts(requests, b) <= MAX_MERGED_BURSTS:
+        return None
+    return Steps(b.begin_ns, b.first_ns, b.prefill_tokens, b.decode_tokens)
 
 
 def hac_lag(n: int) -> int:
@@ -219,10 +362,11 @@ def t_estimate(value: float, se: float, df: int) -> Estimate:
     return Estimate(value, value - half, value + half)
 
 
-def token_dof(n_intervals: int) -> int:
-    """Degrees of freedom of the token fit's t-intervals: the intervals less its two
-    coefficients. A reader of a fit's interval recovers its standard error with it."""
-    return n_intervals - 2
+def token_dof(n_intervals: int, terms: int = 2) -> int:
+    """Degrees of freedom of a fit's t-intervals: the intervals less its coefficients (two
+    token terms, three with the steps). A reader of a fit's interval recovers its standard
+    error with it."""
+    return n_intervals - terms
 
 
 @dataclass(frozen=True)
@@ -256,11 +400,13 @@ class Fit:
     ok: bool
     reason: str
     n_intervals: int
+    terms: int  # 2: prefill and decode tokens; 3: and the engine's steps
     hac_lag: int
-    prefill_j_per_token: Estimate
+    prefill_j_per_token: Estimate  # all in: with its share of the steps' energy
     decode_j_per_token: Estimate
+    step_j: Estimate  # J per engine step (NO_ESTIMATE without the step term)
     idle_w: Estimate
-    idle_share: Estimate  # idle_j / measured_j (idle power x time, plus intervals fitted at no token energy)
+    idle_share: Estimate  # idle_j / measured_j (idle power x time, plus intervals fitted at no energy)
     r2: float  # of the energy above idle, about its mean
     nrmse: float  # residual standard error / mean interval energy
     measured_j: float
@@ -271,8 +417,55 @@ class Fit:
     interval_decode_j: np.ndarray
 
 
+@dataclass(frozen=True)
+class _Work:
+    """What a fit explains the energy with: tokens per interval and, where counted, the
+    steps (per interval, and each step's own tokens to share its energy by)."""
+
+    p: np.ndarray
+    d: np.ndarray
+    steps: Steps | None
+    starts: np.ndarray
+    ends: np.ndarray
+    n: np.ndarray  # steps per interval (zeros without steps)
+
+
+def _parts(beta: np.ndarray, w: _Work) -> tuple[np.ndarray, np.ndarray]:
+    """Each interval's fitted prefill and decode energy: the token terms, plus each step's
+    energy shared by its own prefill and decode tokens in proportion to their fitted
+    energies (half each where both are fitted at zero or less)."""
+    fa, fb = beta[0] * w.p, beta[1] * w.d
+    if len(beta) < 3 or w.steps is None:
+        return fa, fb
+    sa, sb = beta[0] * w.steps.prefill_tokens, beta[1] * w.steps.decode_tokens
+    tok = sa + sb
+    to_prefill = np.divide(sa, tok, out=np.full_like(tok, 0.5), where=tok > 0)
+    step_pre = beta[2] * w.steps.per_interval(w.starts, w.ends, to_prefill)
+    return fa + step_pre, fb + beta[2] * w.n - step_pre
+
+
+def _per_token(beta: np.ndarray, w: _Work) -> np.ndarray:
+    pre, dec = _parts(beta, w)
+    return np.array([pre.sum() / w.p.sum(), dec.sum() / w.d.sum()])
+
+
+def _per_token_cov(beta: np.ndarray, cov: np.ndarray, w: _Work) -> np.ndarray:
+    """Covariance of the all-in J per prefill and per decode token by the delta method,
+    the gradient by central differences (each step scaled to its coefficient's size or
+    error, so it stays well inside the region where the shares are smooth)."""
+    k = len(beta)
+    grad = np.empty((2, k))
+    for i in range(k):
+        h = np.zeros(k)
+        h[i] = 1e-5 * max(abs(beta[i]), math.sqrt(max(cov[i, i], 0.0)), 1e-12)
+        grad[:, i] = (_per_token(beta + h, w) - _per_token(beta - h, w)) / (2 * h[i])
+    return np.asarray(grad @ cov @ grad.T)
+
+
 def fit(intervals: Intervals, idle: IdleFit) -> Fit:
-    """Fit a and b over ``intervals`` with idle power fixed at ``idle`` (module docstring)."""
+    """Fit the work's coefficients over ``intervals`` with idle power fixed at ``idle``
+    (module docstring). The step term is left out where ``intervals.steps`` is None or
+    does not vary independently of the tokens."""
     n = len(intervals)
     e = intervals.energy_j.astype(float)
     dt = intervals.dt_s.astype(float)
@@ -282,8 +475,8 @@ def fit(intervals: Intervals, idle: IdleFit) -> Fit:
     idle_w = idle.watts.value
     empty = np.zeros(n)
     poor = lambda why: Fit(  # noqa: E731 - one place builds every poor fit
-        False, why, n, hac_lag(max(n, 1)), NO_ESTIMATE, NO_ESTIMATE, idle.watts, NO_ESTIMATE, math.nan, math.nan,
-        measured, measured, 0.0, 0.0, empty, empty,
+        False, why, n, 2, hac_lag(max(n, 1)), NO_ESTIMATE, NO_ESTIMATE, NO_ESTIMATE, idle.watts, NO_ESTIMATE,
+        math.nan, math.nan, measured, measured, 0.0, 0.0, empty, empty,
     )
     if not math.isfinite(idle_w):
         return poor("no idle power measured")
@@ -292,26 +485,37 @@ def fit(intervals: Intervals, idle: IdleFit) -> Fit:
     x = np.column_stack([p, d])
     if np.linalg.matrix_rank(x) < 2:
         return poor("prefill and decode tokens do not vary independently over the intervals")
+    work = _Work(p, d, None, intervals.start_ns, intervals.end_ns, np.zeros(n))
+    if intervals.steps is not None and len(intervals.steps):
+        counted = intervals.steps.per_interval(intervals.start_ns, intervals.end_ns)
+        with_steps = np.column_stack([p, d, counted])
+        if np.linalg.matrix_rank(with_steps) == 3:
+            x, work = with_steps, _Work(p, d, intervals.steps, intervals.start_ns, intervals.end_ns, counted)
+    k = x.shape[1]
     y = e - idle_w * dt
     beta, cov, u = ols_hac(x, y)
     g = np.linalg.inv(x.T @ x) @ x.T @ dt
     cov = cov + np.outer(g, g) * idle.se_w**2
-    df = token_dof(n)
-    a = t_estimate(float(beta[0]), math.sqrt(max(cov[0, 0], 0.0)), df)
-    b = t_estimate(float(beta[1]), math.sqrt(max(cov[1, 1], 0.0)), df)
+    df = token_dof(n, k)
+    value = _per_token(beta, work)
+    tok_cov = _per_token_cov(beta, cov, work)
+    a = t_estimate(float(value[0]), math.sqrt(max(tok_cov[0, 0], 0.0)), df)
+    b = t_estimate(float(value[1]), math.sqrt(max(tok_cov[1, 1], 0.0)), df)
+    c = t_estimate(float(beta[2]), math.sqrt(max(cov[2, 2], 0.0)), df) if k == 3 else NO_ESTIMATE
     nrmse = math.sqrt(float(u @ u) / df) / float(e.mean())
-    spread = float((y - y.mean()) @ (y - y.mean()))
-    r2 = 1.0 - float(u @ u) / spread if spread > 0 else math.nan
+    about_mean = float((y - y.mean()) @ (y - y.mean()))
+    r2 = 1.0 - float(u @ u) / about_mean if about_mean > 0 else math.nan
     idle_fit_j = idle_w * float(dt.sum())
 
-    # The sum rule: each interval's residual to its tokens, by their fitted energy.
-    fa, fb = beta[0] * p, beta[1] * d
+    # The sum rule: each interval's residual to its prefill and decode parts, by their
+    # fitted energy.
+    fa, fb = _parts(beta, work)
     fitted = fa + fb
     active = fitted > 0
     scale = np.where(active, 1.0 + u / np.where(active, fitted, 1.0), 0.0)
     pre_i, dec_i = fa * scale, fb * scale
-    # An interval whose tokens are fitted at no energy (none ran, or a coefficient came
-    # out negative in a poor fit) has all its energy above idle counted as idle.
+    # An interval fitted at no energy (nothing ran, or a coefficient came out negative in
+    # a poor fit) has all its energy above idle counted as idle.
     idle_j = idle_fit_j + float(y[~active].sum())
     prefill_j, decode_j = float(pre_i.sum()), float(dec_i.sum())
     # The idle share is the idle part of the sum rule, so it and the token parts make 100%;
@@ -320,7 +524,8 @@ def fit(intervals: Intervals, idle: IdleFit) -> Fit:
 
     reasons = []
     if not r2 >= MIN_R2:
-        reasons.append(f"the tokens explain {r2:.0%} of the energy above idle (at least {MIN_R2:.0%} needed)")
+        what = "tokens and steps" if k == 3 else "tokens"
+        reasons.append(f"the {what} explain {r2:.0%} of the energy above idle (at least {MIN_R2:.0%} needed)")
     for name, est in (("J per prefill token", a), ("J per decode token", b)):
         if not est.low > 0:
             reasons.append(f"the interval of {name} reaches zero")
@@ -328,9 +533,11 @@ def fit(intervals: Intervals, idle: IdleFit) -> Fit:
         ok=not reasons,
         reason="; ".join(reasons),
         n_intervals=n,
+        terms=k,
         hac_lag=hac_lag(n),
         prefill_j_per_token=a,
         decode_j_per_token=b,
+        step_j=c,
         idle_w=idle.watts,
         idle_share=share,
         r2=r2,

@@ -22,12 +22,14 @@ from wattscope.serve.compare import FIGURES as COMPARE_FIGURES, ServeComparison
 
 FORMATS = ("text", "md", "csv", "json", "parquet")
 METHOD_NOTE = (
-    "Counter energy per interval = idle W x dt + a x prefill tokens + b x decode tokens (OLS, idle measured in an "
-    "idle window; 95% intervals from Newey-West errors). Prefill tokens: each prompt spread from sending to first "
-    "token; decode tokens: each later streamed token. The fit is poor (no figures) with fewer than "
-    f"{MIN_INTERVALS} intervals, when the tokens explain less than {MIN_R2:.0%} of the energy above idle (R2), or "
-    "when an interval reaches zero. Residuals go to the tokens of their interval (to idle where its tokens are fitted at "
-    "no energy), so idle + prefill + decode = measured."
+    "Counter energy per interval = idle W x dt + a x prefill tokens + b x decode tokens + c x engine steps (OLS, idle "
+    "measured in an idle window; 95% intervals from Newey-West errors). The steps are the bursts of streamed tokens "
+    "(one a step); each burst's work is spread over its step: a prompt over the step of its first token, each later "
+    "token over its own (no step term where bursts merge). J/prefill and J/decode tok are all in: each step's energy "
+    "c goes to its own prefill and decode tokens by their fitted energies. The fit is poor (no figures) with fewer than "
+    f"{MIN_INTERVALS} intervals, when the work explains less than {MIN_R2:.0%} of the energy above idle (R2), or "
+    "when a per-token interval reaches zero. Residuals go to the tokens of their interval (to idle where it is fitted "
+    "at no energy), so idle + prefill + decode = measured."
 )
 
 
@@ -48,9 +50,9 @@ def serving_grid(results: list[RateResult]) -> Grid:
     df = rates_frame(results)
     steps = df["steps_decode_j_per_token"].notna().any() if not df.empty else False
     headers = ["Precision", "Offered /s", "Achieved /s", "Requests ok/failed", "J/prefill tok", "J/decode tok",
-               "Idle share", "Measured J", "Fit"]
+               "J/step", "Idle share", "Measured J", "Fit"]
     if steps:
-        headers[7:7] = ["J/decode tok (steps)"]
+        headers[8:8] = ["J/decode tok (steps)"]
     rows = []
     for _, r in df.iterrows():
         row = [
@@ -58,15 +60,16 @@ def serving_grid(results: list[RateResult]) -> Grid:
             f"{r['requests_ok']}/{r['requests_failed']}",
             _pm(r["prefill_j_per_token"], r["prefill_j_per_token_low"], r["prefill_j_per_token_high"], 4),
             _pm(r["decode_j_per_token"], r["decode_j_per_token_low"], r["decode_j_per_token_high"], 4),
+            _pm(r["j_per_step"], r["j_per_step_low"], r["j_per_step_high"], 3),
             _pm(r["idle_share"] * 100, r["idle_share_low"] * 100, r["idle_share_high"] * 100, 1),
             fmt_fixed(r["measured_j"], 0),
             "ok" if r["fit_ok"] else f"fit poor: {r['fit_reason']}",
         ]
         if steps:
-            row[7:7] = [_pm(r["steps_decode_j_per_token"], r["steps_decode_j_per_token_low"],
+            row[8:8] = [_pm(r["steps_decode_j_per_token"], r["steps_decode_j_per_token_low"],
                             r["steps_decode_j_per_token_high"], 4)]
         rows.append(row)
-    return Grid(headers, rows, "lrrrrrrrl" if not steps else "lrrrrrrrrl", [bool(x) for x in df.get("fit_ok", [])])
+    return Grid(headers, rows, "l" + "r" * (len(headers) - 2) + "l", [bool(x) for x in df.get("fit_ok", [])])
 
 
 def format_serving(results: list[RateResult], fmt: str = "text", per_request: bool = False) -> str | bytes:

@@ -1,9 +1,11 @@
 """A serving recording's figures per precision and offered rate, from what it holds.
 
-Per load phase: the counter intervals of the phase, the tokens the streamed timestamps
-put in each (``attribution.request_activity``), the fit against the idle window of the
-same precision, and each request's prefill and decode energy. Where the engine logged its
-steps, the same fit on the steps' tokens (the ground truth) is kept beside it.
+Per load phase: the counter intervals of the phase (their edges placed by the card's
+measured counter refresh period, from the recording's ``gpu.refresh_s``), the tokens and
+steps the streamed timestamps put in each (``attribution.request_activity`` and
+``stream_steps``), the fit against the idle window of the same precision, and each
+request's prefill and decode energy. Where the engine logged its steps, the same fit on
+the logged steps (the ground truth) is kept beside it.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class RateResult:
     fit: at.Fit
     steps_fit: at.Fit | None  # the same fit on the engine's logged steps, where it logged them
     requests: tuple[RequestEnergy, ...]
+    stream_steps: float  # engine steps counted from the streamed bursts (NaN where not counted)
+    merged_bursts: float  # share of bursts holding two tokens of one request (attribution.merged_bursts)
 
 
 def is_serving(meta: dict) -> bool:
@@ -73,25 +77,29 @@ def analyse(rec: object) -> list[RateResult]:
     s = s[s["gpu"] == gpu]
     t, e = s["t_ns"].to_numpy(np.int64), s["energy_j"].to_numpy(float)
     min_s = float(meta.get("serve", {}).get("serve", {}).get("min_interval_s", at.DEFAULT_MIN_INTERVAL_S))
+    refresh_s = counter_refresh_s(meta)
 
     idle: dict[str, at.IdleFit] = {}
     out = []
     for ph in phases:
-        starts, ends, de = at.counter_intervals(t, e, ph.start_ns, ph.end_ns, min_s)
+        starts, ends, de = at.counter_intervals(t, e, ph.start_ns, ph.end_ns, min_s, refresh_s)
         if ph.phase == "idle":
             idle[ph.precision] = at.fit_idle(de, (ends - starts) / 1e9)
             continue
         idle_fit = idle.get(ph.precision, at.IdleFit(at.NO_ESTIMATE, math.nan, 0))
         mine = [r for r in requests if r.precision == ph.precision and r.rate_index == ph.index]
         times = [at.RequestTimes(r.prompt_tokens, r.sent_ns, r.token_ns) for r in mine]
-        pre, dec = at.request_activity(times, starts, ends)
-        f = at.fit(at.Intervals(starts, ends, de, pre.sum(axis=0), dec.sum(axis=0)), idle_fit)
+        bursts = at.bursts(times)
+        pre, dec = at.request_activity(times, starts, ends, bursts)
+        counted = at.stream_steps(times, bursts)
+        f = at.fit(at.Intervals(starts, ends, de, pre.sum(axis=0), dec.sum(axis=0), counted), idle_fit)
         rp, rd = at.split_requests(f, pre, dec)
         mine_steps = [st for st in steps if ph.start_ns <= st[0] < ph.end_ns]
         steps_fit = None
         if mine_steps:
-            sp, sd = at.step_activity([tuple(st) for st in mine_steps], starts, ends)  # type: ignore[misc]
-            steps_fit = at.fit(at.Intervals(starts, ends, de, sp, sd), idle_fit)
+            logged = at.logged_steps(mine_steps)
+            steps_fit = at.fit(at.Intervals(starts, ends, de, logged.per_interval(starts, ends, logged.prefill_tokens),
+                                            logged.per_interval(starts, ends, logged.decode_tokens), logged), idle_fit)
         span = (ph.end_ns - ph.start_ns) / 1e9
         n_ok = sum(r.ok for r in mine)
         out.append(RateResult(
@@ -103,8 +111,16 @@ def analyse(rec: object) -> list[RateResult]:
                               float(rp[i]) if f.ok else math.nan, float(rd[i]) if f.ok else math.nan)
                 for i, r in enumerate(mine)
             ),
+            float(len(counted)) if counted is not None else math.nan, at.merged_bursts(times, bursts),
         ))
     return out
+
+
+def counter_refresh_s(meta: dict) -> float:
+    """The energy counter's refresh period the sampler measured on the recording's card
+    (0, a counter always current, where it could not tell)."""
+    period = meta.get("gpu", {}).get("refresh_s", {}).get("energy_j")
+    return float(period) if isinstance(period, (int, float)) and period > 0 else 0.0
 
 
 def _est(prefix: str, est: at.Estimate, shown: bool = True) -> dict[str, float]:
@@ -120,8 +136,8 @@ def _with_interval(*names: str) -> list[str]:
 # Named once, so a recording without a load phase still exports its header.
 RATE_COLUMNS = [
     "precision", "offered_rps", "achieved_rps", "duration_s", "requests_ok", "requests_failed",
-    "fit_ok", "fit_reason", "intervals", "r2", "nrmse",
-    *_with_interval("prefill_j_per_token", "decode_j_per_token", "idle_w", "idle_share"),
+    "fit_ok", "fit_reason", "intervals", "fit_terms", "r2", "nrmse", "steps", "merged_bursts",
+    *_with_interval("prefill_j_per_token", "decode_j_per_token", "j_per_step", "idle_w", "idle_share"),
     "measured_j", "idle_j", "prefill_j", "decode_j",
     *_with_interval("steps_prefill_j_per_token", "steps_decode_j_per_token"),
 ]
@@ -129,16 +145,21 @@ RATE_COLUMNS = [
 
 def rates_frame(results: list[RateResult]) -> pd.DataFrame:
     """One row per precision and offered rate; a poor fit's per-token figures are blank
-    (``fit_reason`` says why), its measured energy is still there."""
+    (``fit_reason`` says why), its measured energy is still there. ``fit_terms`` is 3 where
+    the fit had the steps counted from the stream (``steps`` of them), 2 where it did not;
+    a reader recovers a figure's standard error from its interval with
+    ``attribution.token_dof(intervals, fit_terms)``."""
     rows = []
     for r in results:
         f, sf = r.fit, r.steps_fit
         rows.append({
             "precision": r.precision, "offered_rps": r.offered_rps, "achieved_rps": r.achieved_rps,
             "duration_s": r.duration_s, "requests_ok": r.ok, "requests_failed": r.failed,
-            "fit_ok": f.ok, "fit_reason": f.reason, "intervals": f.n_intervals, "r2": f.r2, "nrmse": f.nrmse,
+            "fit_ok": f.ok, "fit_reason": f.reason, "intervals": f.n_intervals, "fit_terms": f.terms,
+            "r2": f.r2, "nrmse": f.nrmse, "steps": r.stream_steps, "merged_bursts": r.merged_bursts,
             **_est("prefill_j_per_token", f.prefill_j_per_token, f.ok),
             **_est("decode_j_per_token", f.decode_j_per_token, f.ok),
+            **_est("j_per_step", f.step_j, f.ok),
             **_est("idle_w", f.idle_w),
             **_est("idle_share", f.idle_share, f.ok),
             "measured_j": f.measured_j, "idle_j": f.idle_j, "prefill_j": f.prefill_j, "decode_j": f.decode_j,

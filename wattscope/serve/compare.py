@@ -6,8 +6,9 @@ the ratio B/A with its 95% interval, and the "beyond CI" mark of sweep compares
 (``analysis.beyond_ci``: A's and B's intervals do not overlap).
 
 **The ratio's interval** is the delta method on the log scale. Each figure's interval is
-Student's t(n - 2) times its Newey-West standard error (``attribution.fit``), so the
-standard error is read back as half-width / t quantile (``attribution.token_dof``). The two
+Student's t(n - k) times its Newey-West standard error (``attribution.fit``, k its terms),
+so the standard error is read back as half-width / t quantile (``attribution.token_dof``
+of the row's ``intervals`` and ``fit_terms``). The two
 fits come from different runs, so their variances add: ``var(log B/A) = (se_A/A)^2 +
 (se_B/B)^2``; the interval is ``B/A x exp(+-t * sd)`` with t at the Welch-Satterthwaite
 degrees of freedom of the two. A poor fit has no figures, so its row has no ratio and
@@ -89,7 +90,7 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     per figure ``FIG_a``, ``FIG_low_a``, ``FIG_high_a``, the same for ``_b``, ``FIG_ratio``
     (B/A) with ``FIG_ratio_low``/``_high`` and ``FIG_beyond_ci``; ``fit_a``/``fit_b``
     ("ok", "fit poor: why", or "" where the row is absent) and ``present``."""
-    cols = [*KEY, "fit_ok", "fit_reason", "intervals",
+    cols = [*KEY, "fit_ok", "fit_reason", "intervals", "fit_terms",
             *(f"{f}{end}" for f in FIGURES for end in ("", "_low", "_high"))]
     left, right = (df[cols].drop_duplicates(KEY) if not df.empty else pd.DataFrame(columns=cols) for df in (a, b))
     t = left.merge(right, on=KEY, how="outer", suffixes=("_a", "_b"), indicator=True, sort=False)
@@ -102,8 +103,8 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
         ratios, marks = [], []
         for _, row in t.iterrows():
             ea, eb = _estimate(row, f, "a"), _estimate(row, f, "b")
-            dof_a = token_dof(int(row["intervals_a"])) if row["present"] == "both" else 0
-            dof_b = token_dof(int(row["intervals_b"])) if row["present"] == "both" else 0
+            dof_a = token_dof(int(row["intervals_a"]), int(row["fit_terms_a"])) if row["present"] == "both" else 0
+            dof_b = token_dof(int(row["intervals_b"]), int(row["fit_terms_b"])) if row["present"] == "both" else 0
             ratios.append(ratio_estimate(ea, dof_a, eb, dof_b) if row["present"] == "both" else NO_RATIO)
             marks.append(beyond_ci(_value(ea), _value(eb)))
         out[f"{f}_ratio"] = [r.value for r in ratios]

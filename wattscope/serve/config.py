@@ -77,11 +77,13 @@ class Lengths:
 @dataclass(frozen=True)
 class SimEngine:
     """The simulated engine's known costs: energy above idle per prefill and per decode
-    token, and step timing (a step lasts step_s + prefill_s_per_token * prefill tokens +
-    decode_s_per_seq * decoding sequences). ``refresh_s`` is the simulated counter's."""
+    token and per step, and step timing (a step lasts step_s + prefill_s_per_token *
+    prefill tokens + decode_s_per_seq * decoding sequences). ``refresh_s`` is the simulated
+    counter's."""
 
     prefill_j_per_token: float = 0.02
     decode_j_per_token: float = 0.2
+    step_j: float = 0.0
     step_s: float = 0.01
     prefill_s_per_token: float = 2e-5
     decode_s_per_seq: float = 2e-4
@@ -174,6 +176,8 @@ _SERVE_KEYS: dict[str, Key] = {
 _SIM_ENGINE_KEYS: dict[str, Key] = {
     "prefill_j_per_token": Key((int, float), "a number of joules > 0", lambda v: v > 0, "true energy above idle per prefill token"),
     "decode_j_per_token": Key((int, float), "a number of joules > 0", lambda v: v > 0, "true energy above idle per decode token"),
+    "step_j": Key((int, float), "a number of joules >= 0", lambda v: v >= 0,
+                  "true energy above idle per engine step, whatever its tokens"),
     "step_s": _seconds(0, 10, "fixed time of one engine step"),
     "prefill_s_per_token": Key((int, float), "a number of seconds from 0 to 1", lambda v: 0 <= v <= 1,
                                "step time per prefill token"),

@@ -4,7 +4,7 @@ One thread runs steps like a real engine: admit waiting requests (their whole pr
 prefilled in the step that admits them) while fewer than ``max_batch`` run, then one
 decode token for every sequence admitted earlier. A step lasts ``step_s +
 prefill_s_per_token * P + decode_s_per_seq * D`` and costs ``prefill_j_per_token * P +
-decode_j_per_token * D`` above idle, which the engine puts on the simulated GPU as power.
+decode_j_per_token * D + step_j`` above idle, which the engine puts on the simulated GPU as power.
 Sleeps overrun on a busy host, so the power of each step is set from the energy still
 owed (all steps' cost so far minus what was delivered), which keeps the counter's total
 on the known costs to within one step (``StepPower``, which also puts the steps of a real
@@ -57,7 +57,7 @@ class StepPower:
 
     def begin(self, prefill_tokens: int, decode_tokens: int, expected_s: float, t_ns: int) -> None:
         c = self.costs
-        self._owed_j += c.prefill_j_per_token * prefill_tokens + c.decode_j_per_token * decode_tokens
+        self._owed_j += c.prefill_j_per_token * prefill_tokens + c.decode_j_per_token * decode_tokens + c.step_j
         self._extra_w = max(0.0, self._owed_j / max(expected_s, 1e-4))
         self._start = t_ns
         self.gpu.set_load_w(self.gpu.spec.idle_w + self._extra_w, t_ns)

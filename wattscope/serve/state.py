@@ -235,6 +235,9 @@ class ServeState(RunState):
         keep = np.zeros(len(t), dtype=bool)
         for a, b in spans:
             keep |= (t >= a) & (t <= b)
+            before = int(np.searchsorted(t, a, side="left")) - 1
+            if before >= 0:  # the reading before: whether the first one inside changed, and since when
+                keep[before] = True
         samples = pd.DataFrame({"t_ns": t[keep], "gpu": np.full(int(keep.sum()), self._energy_gpu), "energy_j": e[keep]})
         steps = [ev.EngineSteps(phase.end_ns, [s for s in self._steps if phase.start_ns <= s[0] < phase.end_ns])]
         events: list[ev.Event] = [*([idle] if idle is not None else []), phase,

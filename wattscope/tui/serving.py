@@ -40,8 +40,11 @@ COLUMN_HELP = [
     ("Offered /s", "the open-loop Poisson arrival rate offered"),
     ("Achieved /s", "requests that ended well / the phase's span"),
     ("Requests ok/failed", "requests that ended well / with a failure (reasons in the recording)"),
-    ("J/prefill tok", "J per prompt token above idle, ± the half-width of its 95% interval"),
-    ("J/decode tok", "J per generated token above idle, ± the half-width of its 95% interval"),
+    ("J/prefill tok", "J per prompt token above idle, all in (with its share of its steps' energy), ± the half-width "
+                      "of its 95% interval"),
+    ("J/decode tok", "J per generated token above idle, all in, ± the half-width of its 95% interval"),
+    ("J/step", "J per engine step whatever its tokens (steps counted from the bursts of streamed tokens), ± its "
+               "interval; blank where the bursts do not count steps"),
     ("J/decode tok (steps)", "the same fit on the engine's logged steps (the ground truth), where it logs them"),
     ("Idle share", "energy attributed to idle / measured energy (idle power x time, plus intervals whose tokens are fitted at no energy), ± its interval"),
     ("Measured J", "the counter's energy over the phase's intervals"),
