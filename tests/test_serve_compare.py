@@ -4,19 +4,22 @@ the sweep compare's "beyond CI" mark, and poor fits shown with their reason."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
 
 import pytest
+from serve_stream import StreamRecording, event_stream
 
 from wattscope import cli
 from wattscope.analysis import beyond_ci
-from wattscope.attribution import Estimate, token_dof
+from wattscope.attribution import Estimate, ratio_estimate, token_dof
 from wattscope.metrics import RatioValue
 from wattscope.recording import load
 from wattscope.serve.analysis import analyse, rates_frame
-from wattscope.serve.compare import FIGURES, compare_serving, ratio_estimate
+from wattscope.serve.compare import FIGURES, compare_serving
+from wattscope.serve_report import format_serving
 from wattscope.stats import t_quantile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,3 +170,27 @@ def test_a_sweep_against_a_serving_recording_exits_2_naming_both(serve_recording
                        "(serve-bench); compare reads two sweeps or two serving recordings\n")
     assert cli.main(["compare", str(a), str(SEED_CSV)]) == 2
     assert "is a sweep table" in capsys.readouterr().err
+
+
+def test_each_precision_is_set_against_fp16_at_the_same_rate() -> None:
+    results = analyse(StreamRecording(event_stream()))
+    df = rates_frame(results)
+    fp16 = df[df["precision"] == "fp16"]
+    assert (fp16["decode_vs_fp16"] == 1.0).all() and fp16["decode_vs_fp16_low"].isna().all()
+    for r in (x for x in results if x.precision == "nf4"):
+        base = next(b for b in results if b.precision == "fp16" and b.index == r.index)
+        want = ratio_estimate(base.fit.decode_j_per_token, token_dof(base.fit.n_intervals, base.fit.terms),
+                              r.fit.decode_j_per_token, token_dof(r.fit.n_intervals, r.fit.terms))
+        row = df[(df["precision"] == "nf4") & (df["offered_rps"] == r.offered_rps)].iloc[0]
+        assert (row["decode_vs_fp16"], row["decode_vs_fp16_low"], row["decode_vs_fp16_high"]) == pytest.approx(
+            (want.value, want.low, want.high))
+        # The stream's two precisions cost the same: the ratio's interval holds 1.
+        assert want.low < 1.0 < want.high
+    text = format_serving(results, "md")
+    assert "| nf4 | 4.00 |" in text and "J/decode tok vs FP16" in text
+    # A poor FP16 fit leaves its rate without ratios.
+    poor = [dataclasses.replace(r, fit=dataclasses.replace(r.fit, ok=False, reason="poor")) if r.precision == "fp16"
+            and r.index == 0 else r for r in results]
+    df = rates_frame(poor)
+    assert df[(df["precision"] == "nf4") & (df["offered_rps"] == 4.0)]["decode_vs_fp16"].isna().all()
+    assert df[(df["precision"] == "nf4") & (df["offered_rps"] == 12.0)]["decode_vs_fp16"].notna().all()

@@ -369,6 +369,34 @@ def token_dof(n_intervals: int, terms: int = 2) -> int:
     return n_intervals - terms
 
 
+def _log_se(est: Estimate, dof: int) -> float:
+    """Standard error of log(value): the t-interval's half-width back to a standard error,
+    over the value (NaN without an interval)."""
+    if not (dof > 0 and est.value > 0 and math.isfinite(est.low) and math.isfinite(est.high)):
+        return math.nan
+    return (est.high - est.low) / 2.0 / t_quantile(0.5 + CONFIDENCE / 2.0, dof) / est.value
+
+
+def ratio_estimate(a: Estimate, dof_a: int, b: Estimate, dof_b: int) -> Estimate:
+    """B/A of two independent fits' figures (``dof_*``: their ``token_dof``) and its 95%
+    interval, by the delta method on the log scale: each standard error read back from its
+    t-interval, the two variances added, Student's t at the Welch-Satterthwaite degrees of
+    freedom. No interval where either side has none, no ratio where either value is not
+    positive."""
+    if not (a.value > 0 and b.value > 0):
+        return NO_ESTIMATE
+    r = b.value / a.value
+    va, vb = _log_se(a, dof_a) ** 2, _log_se(b, dof_b) ** 2
+    if not (math.isfinite(va) and math.isfinite(vb)):
+        return Estimate(r, math.nan, math.nan)
+    var = va + vb
+    if var == 0:
+        return Estimate(r, r, r)
+    dof = var**2 / (va**2 / dof_a + vb**2 / dof_b)  # Welch-Satterthwaite
+    half = t_quantile(0.5 + CONFIDENCE / 2.0, dof) * math.sqrt(var)
+    return Estimate(r, r * math.exp(-half), r * math.exp(half))
+
+
 @dataclass(frozen=True)
 class IdleFit:
     """Idle power from an idle window's counter intervals, and its standard error."""

@@ -17,7 +17,7 @@ from typing import Any
 from wattscope.attribution import MIN_INTERVALS, MIN_R2
 from wattscope.errors import WattscopeError
 from wattscope.render import MISSING, Grid, fmt_fixed, fmt_percent, markdown_table, text_table
-from wattscope.serve.analysis import RateResult, rates_frame, requests_frame
+from wattscope.serve.analysis import BASELINE, RateResult, rates_frame, requests_frame
 from wattscope.serve.compare import FIGURES as COMPARE_FIGURES, ServeComparison
 
 FORMATS = ("text", "md", "csv", "json", "parquet")
@@ -90,8 +90,51 @@ def format_serving(results: list[RateResult], fmt: str = "text", per_request: bo
     grid = serving_grid(results)
     if not grid.rows:
         return "no load phases in this recording\n"
-    body = markdown_table(grid) if fmt == "md" else text_table(grid)
-    return f"{body}\n\n{METHOD_NOTE}\n"
+    table = markdown_table if fmt == "md" else text_table
+    parts = [table(grid)]
+    vs = vs_fp16_grid(results)
+    if vs.rows:
+        parts += [table(vs), VS_FP16_NOTE]
+    return "\n\n".join([*parts, METHOD_NOTE]) + "\n"
+
+
+VS_FP16_NOTE = (
+    "vs FP16: J per token over FP16's at the same offered rate, 95% interval by the delta method on the log scale (the "
+    "two fits' variances add; Welch-Satterthwaite degrees of freedom). The precisions ran one after the other, not "
+    "interleaved. beyond CI: the two J per token intervals do not overlap. No ratio where either fit is poor."
+)
+
+
+def _ratio_cell(value: float, low: float, high: float) -> str:
+    from wattscope.metrics import RatioValue
+    from wattscope.render import fmt_ratio
+
+    has_ci = math.isfinite(low) and math.isfinite(high)
+    return fmt_ratio(RatioValue(value, low if has_ci else None, high if has_ci else None), "")
+
+
+def vs_fp16_grid(results: list[RateResult]) -> Grid:
+    """Each other precision's J per prefill and per decode token over FP16's at the same
+    offered rate (``serve.analysis._vs_baseline``); no rows without an FP16 row."""
+    from wattscope.analysis import beyond_ci
+    from wattscope.metrics import RatioValue
+
+    df = rates_frame(results)
+    headers = ["Precision", "Offered /s", "J/prefill tok vs FP16", "J/decode tok vs FP16"]
+    rows = []
+    has_base = set(df.loc[df["precision"] == BASELINE, "offered_rps"]) if not df.empty else set()
+    for _, r in df.iterrows():
+        if r["precision"] == BASELINE or r["offered_rps"] not in has_base:
+            continue
+        base = df[(df["precision"] == BASELINE) & (df["offered_rps"] == r["offered_rps"])].iloc[0]
+        row = [str(r["precision"]), fmt_fixed(r["offered_rps"], 2)]
+        for fig, vs in (("prefill_j_per_token", "prefill_vs_fp16"), ("decode_j_per_token", "decode_vs_fp16")):
+            cell = _ratio_cell(r[vs], r[f"{vs}_low"], r[f"{vs}_high"])
+            ends = [RatioValue(x[fig], x[f"{fig}_low"], x[f"{fig}_high"]) if math.isfinite(x[fig]) else None
+                    for x in (base, r)]
+            row.append(cell + (" beyond CI" if beyond_ci(*ends) == "yes" else ""))
+        rows.append(row)
+    return Grid(headers, rows, "lrrr")
 
 
 def export_serving(path: Any, fmt: str, per_request: bool = False) -> str | bytes:
@@ -115,9 +158,6 @@ COMPARE_NOTE = (
 
 
 def _compare_grid(c: ServeComparison) -> Grid:
-    from wattscope.metrics import RatioValue
-    from wattscope.render import fmt_ratio
-
     headers = ["Precision", "Offered /s"]
     for short in ("J/prefill tok", "J/decode tok"):
         headers += [f"{short} A", f"{short} B", f"{short} B/A"]
@@ -127,10 +167,7 @@ def _compare_grid(c: ServeComparison) -> Grid:
         row = [str(r["precision"]), fmt_fixed(r["offered_rps"], 2)]
         for fig in COMPARE_FIGURES:
             a, b = (_pm(r[f"{fig}_{s}"], r[f"{fig}_low_{s}"], r[f"{fig}_high_{s}"], 4) for s in ("a", "b"))
-            ratio = r[f"{fig}_ratio"]
-            low, high = r[f"{fig}_ratio_low"], r[f"{fig}_ratio_high"]
-            has_ci = math.isfinite(low) and math.isfinite(high)
-            cell = fmt_ratio(RatioValue(ratio, low if has_ci else None, high if has_ci else None), "")
+            cell = _ratio_cell(r[f"{fig}_ratio"], r[f"{fig}_ratio_low"], r[f"{fig}_ratio_high"])
             # A difference the two intervals support says so in its cell, as in sweep compares.
             row += [a, b, cell + (" beyond CI" if r[f"{fig}_beyond_ci"] == "yes" else "")]
         fits = [f"{side}: {r[f'fit_{side.lower()}']}" for side in ("A", "B") if r[f"fit_{side.lower()}"] not in ("", "ok")]

@@ -140,7 +140,25 @@ RATE_COLUMNS = [
     *_with_interval("prefill_j_per_token", "decode_j_per_token", "j_per_step", "idle_w", "idle_share"),
     "measured_j", "idle_j", "prefill_j", "decode_j",
     *_with_interval("steps_prefill_j_per_token", "steps_decode_j_per_token"),
+    *_with_interval("prefill_vs_fp16", "decode_vs_fp16"),
 ]
+BASELINE = "fp16"  # the precision the others' J per token are set against, at the same rate, as in sweeps
+
+
+def _vs_baseline(r: RateResult, results: list[RateResult]) -> tuple[at.Estimate, at.Estimate]:
+    """This row's J per prefill and per decode token over the FP16 row's at the same
+    offered rate (``attribution.ratio_estimate``: two independent fits); 1 for the FP16
+    row itself, none where there is no FP16 row or either fit is poor."""
+    base = next((b for b in results if b.precision == BASELINE and b.index == r.index), None)
+    if base is None or not (base.fit.ok and r.fit.ok):
+        return at.NO_ESTIMATE, at.NO_ESTIMATE
+    if base is r:
+        one = at.Estimate(1.0, math.nan, math.nan)
+        return one, one
+    dof_a = at.token_dof(base.fit.n_intervals, base.fit.terms)
+    dof_b = at.token_dof(r.fit.n_intervals, r.fit.terms)
+    return (at.ratio_estimate(base.fit.prefill_j_per_token, dof_a, r.fit.prefill_j_per_token, dof_b),
+            at.ratio_estimate(base.fit.decode_j_per_token, dof_a, r.fit.decode_j_per_token, dof_b))
 
 
 def rates_frame(results: list[RateResult]) -> pd.DataFrame:
@@ -148,10 +166,13 @@ def rates_frame(results: list[RateResult]) -> pd.DataFrame:
     (``fit_reason`` says why), its measured energy is still there. ``fit_terms`` is 3 where
     the fit had the steps counted from the stream (``steps`` of them), 2 where it did not;
     a reader recovers a figure's standard error from its interval with
-    ``attribution.token_dof(intervals, fit_terms)``."""
+    ``attribution.token_dof(intervals, fit_terms)``. ``prefill_vs_fp16`` and
+    ``decode_vs_fp16`` are the J per token over FP16's at the same rate
+    (``_vs_baseline``)."""
     rows = []
     for r in results:
         f, sf = r.fit, r.steps_fit
+        pre_vs, dec_vs = _vs_baseline(r, results)
         rows.append({
             "precision": r.precision, "offered_rps": r.offered_rps, "achieved_rps": r.achieved_rps,
             "duration_s": r.duration_s, "requests_ok": r.ok, "requests_failed": r.failed,
@@ -165,6 +186,7 @@ def rates_frame(results: list[RateResult]) -> pd.DataFrame:
             "measured_j": f.measured_j, "idle_j": f.idle_j, "prefill_j": f.prefill_j, "decode_j": f.decode_j,
             **_est("steps_prefill_j_per_token", sf.prefill_j_per_token if sf else at.NO_ESTIMATE, bool(sf and sf.ok)),
             **_est("steps_decode_j_per_token", sf.decode_j_per_token if sf else at.NO_ESTIMATE, bool(sf and sf.ok)),
+            **_est("prefill_vs_fp16", pre_vs), **_est("decode_vs_fp16", dec_vs),
         })
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=RATE_COLUMNS)
 

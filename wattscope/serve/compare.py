@@ -5,10 +5,10 @@ token and J per decode token with their 95% intervals (``serve.analysis.rates_fr
 the ratio B/A with its 95% interval, and the "beyond CI" mark of sweep compares
 (``analysis.beyond_ci``: A's and B's intervals do not overlap).
 
-**The ratio's interval** is the delta method on the log scale. Each figure's interval is
-Student's t(n - k) times its Newey-West standard error (``attribution.fit``, k its terms),
-so the standard error is read back as half-width / t quantile (``attribution.token_dof``
-of the row's ``intervals`` and ``fit_terms``). The two
+**The ratio's interval** is ``attribution.ratio_estimate``: the delta method on the log
+scale. Each figure's interval is Student's t(n - k) times its Newey-West standard error
+(``attribution.fit``, k its terms), so the standard error is read back as half-width / t
+quantile (``attribution.token_dof`` of the row's ``intervals`` and ``fit_terms``). The two
 fits come from different runs, so their variances add: ``var(log B/A) = (se_A/A)^2 +
 (se_B/B)^2``; the interval is ``B/A x exp(+-t * sd)`` with t at the Welch-Satterthwaite
 degrees of freedom of the two. A poor fit has no figures, so its row has no ratio and
@@ -25,13 +25,11 @@ from typing import Any
 import pandas as pd
 
 from wattscope.analysis import beyond_ci
-from wattscope.attribution import Estimate, token_dof
+from wattscope.attribution import NO_ESTIMATE as NO_RATIO, Estimate, ratio_estimate, token_dof
 from wattscope.metrics import RatioValue, precision_rank
-from wattscope.stats import CONFIDENCE, t_quantile
 
 FIGURES = ("prefill_j_per_token", "decode_j_per_token")
 KEY = ["precision", "offered_rps"]
-NO_RATIO = Estimate(math.nan, math.nan, math.nan)
 
 
 @dataclass(frozen=True)
@@ -41,31 +39,6 @@ class ServeComparison:
 
     labels: tuple[str, str]
     table: pd.DataFrame
-
-
-def _log_se(est: Estimate, dof: int) -> float:
-    """Standard error of log(value): the t-interval's half-width back to a standard error,
-    over the value (NaN without an interval)."""
-    if not (dof > 0 and est.value > 0 and math.isfinite(est.low) and math.isfinite(est.high)):
-        return math.nan
-    return (est.high - est.low) / 2.0 / t_quantile(0.5 + CONFIDENCE / 2.0, dof) / est.value
-
-
-def ratio_estimate(a: Estimate, dof_a: int, b: Estimate, dof_b: int) -> Estimate:
-    """B/A and its 95% interval by the log-scale delta method (module docstring); no
-    interval where either side has none, no ratio where either value is not positive."""
-    if not (a.value > 0 and b.value > 0):
-        return NO_RATIO
-    r = b.value / a.value
-    va, vb = _log_se(a, dof_a) ** 2, _log_se(b, dof_b) ** 2
-    if not (math.isfinite(va) and math.isfinite(vb)):
-        return Estimate(r, math.nan, math.nan)
-    var = va + vb
-    if var == 0:
-        return Estimate(r, r, r)
-    dof = var**2 / (va**2 / dof_a + vb**2 / dof_b)  # Welch-Satterthwaite
-    half = t_quantile(0.5 + CONFIDENCE / 2.0, dof) * math.sqrt(var)
-    return Estimate(r, r * math.exp(-half), r * math.exp(half))
 
 
 def _estimate(row: pd.Series, fig: str, side: str) -> Estimate:
