@@ -15,6 +15,10 @@ withholds was from its check; where no fit could be made at all (too few interva
 tokens that do not vary) its figures are null and so is the agreement.
 ``residual_sd_j`` (the fit's residual standard error per counter interval) stands beside
 ``idle_noise_sd_j``, the same spread in the idle window: what the counter itself scatters.
+``counter_power_w`` is the phase's mean power from the counter (``attribution.fit_idle``
+over its intervals, with its interval), beside the idle window's (``idle_counter_w``): for
+a phase that drew no request (``serve_idle_drift.toml``) it is the idle floor after the
+load before it.
 
 ``stream_steps`` and ``log_steps`` are the two step counts of the phase and ``steps_corr``
 the correlation of their counts per interval; ``merged_bursts`` is the share of bursts
@@ -100,6 +104,7 @@ def check(path: str) -> dict[str, object]:
         mine = steps[(steps[:, 0] >= ph.start_ns) & (steps[:, 0] < ph.end_ns)]
         span = (ph.end_ns - ph.start_ns) / 1e9
         power = s[(s.t_ns >= ph.start_ns) & (s.t_ns < ph.end_ns)].power_w
+        power_t = s[(s.t_ns >= ph.start_ns) & (s.t_ns < ph.end_ns)].temp_c.dropna()
         starts, ends, de = cut[("load", ph.precision, ph.index)]
         mean_interval_j = float(de.mean()) if len(de) else math.nan
         row: dict[str, object] = {
@@ -109,6 +114,9 @@ def check(path: str) -> dict[str, object]:
             "median_step_ms": float(np.median(mine[:, 1] - mine[:, 0]) / 1e6) if len(mine) else math.nan,
             "mean_decoding_sequences_per_step": float(mine[:, 3].mean()) if len(mine) else math.nan,
             "mean_power_w": float(power.mean()), "idle_power_w": idle_w.get(r.precision, math.nan),
+            "counter_power_w": estimate_dict(at.fit_idle(de, (ends - starts) / 1e9).watts),
+            "idle_counter_w": estimate_dict(idle_fits[r.precision].watts) if r.precision in idle_fits else None,
+            "temp_c": [float(power_t.iloc[0]), float(power_t.iloc[-1])] if len(power_t) else None,
             "idle_noise_sd_j": idle_noise.get(r.precision, math.nan),
             "streamed_fit": _fit(r.fit, mean_interval_j), "steps_fit": _fit(r.steps_fit, mean_interval_j),
             "stream_steps": r.stream_steps, "merged_bursts": r.merged_bursts,

@@ -234,6 +234,18 @@ def test_a_request_that_outlives_its_cancellation_is_counted(monkeypatch: pytest
     assert (out.cut_off, out.lingering) == (1, 1)
 
 
+def test_a_phase_lasts_its_offered_window_even_without_arrivals() -> None:
+    """An open-loop phase spans its window whatever its arrivals: at a low rate the seeded
+    schedule may hold none, and the phase is then an idle window after the load before it
+    (a 0.001/s phase on an H100 once ended the moment it began)."""
+    out = run_load(_Deaf(), [], 0, lambda ev: None, drain_s=0.1, duration_s=0.4)
+    assert out.sent == 0 and (out.end_ns - out.start_ns) / 1e9 >= 0.4
+    stop = threading.Event()
+    stop.set()  # a stop ends the wait at once
+    quick = run_load(_Deaf(), [], 0, lambda ev: None, drain_s=0.1, duration_s=30.0, stop=stop)
+    assert (quick.end_ns - quick.start_ns) / 1e9 < 1.0
+
+
 def test_cut_off_requests_stop_in_the_engine() -> None:
     """The drain limit cancels what it cuts off in the engine too: no step runs after the
     phase ends (before, a backlog ran on into the next offered rate's energy)."""

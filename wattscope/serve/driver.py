@@ -148,10 +148,13 @@ def run_load(
     drain_s: float,
     precision: str = "",
     stop: threading.Event | None = None,
+    duration_s: float = 0.0,
 ) -> LoadOutcome:
-    """Send ``arrivals`` on their schedule, each from a thread of its own, then wait up
-    to ``drain_s`` for those in flight; record the rest as cut off. Stops sending early
-    when ``stop`` is set or the backend reports a failure."""
+    """Send ``arrivals`` on their schedule, each from a thread of its own, hold until the
+    offered window of ``duration_s`` has passed (an open-loop phase lasts its window
+    however few requests it happened to draw: at a low rate, none), then wait up to
+    ``drain_s`` for those in flight; record the rest as cut off. Stops sending early when
+    ``stop`` is set or the backend reports a failure."""
     stop = stop or threading.Event()
     start = now_ns()
     flights: list[_Flight] = []
@@ -172,6 +175,10 @@ def run_load(
         flights.append(f)
         threads.append(th)
         th.start()
+    window_end = start + round(duration_s * 1e9)
+    while not (failure or stop.is_set()) and now_ns() < window_end:
+        stop.wait(min((window_end - now_ns()) / 1e9, 0.2))
+        failure = failure or backend.failure()
     deadline = time.monotonic() + drain_s
     for th in threads:
         while th.is_alive() and time.monotonic() < deadline and not stop.is_set():

@@ -246,7 +246,7 @@ class ServeSession:
                 arrivals = schedule(serve, i, precision)
                 self.progress(f"{precision}: rate {rate:g}/s, {len(arrivals)} requests over {serve.duration_s:g} s")
                 out = run_load(backend, arrivals, i, self._emit, drain_s=serve.drain_s, precision=precision,
-                               stop=self.stop)
+                               stop=self.stop, duration_s=serve.duration_s)
                 self._emit(ServePhase(out.end_ns, "load", i, rate, out.start_ns, out.end_ns, precision, out.sent))
                 ok, failed = self._counts.get((precision, i), [0, 0])
                 self.progress(f"{precision}: rate {rate:g}/s done: {ok} ok, {failed} failed"
