@@ -15,6 +15,13 @@ withholds was from its check; where no fit could be made at all (too few interva
 tokens that do not vary) its figures are null and so is the agreement.
 ``residual_sd_j`` (the fit's residual standard error per counter interval) stands beside
 ``idle_noise_sd_j``, the same spread in the idle window: what the counter itself scatters.
+``context_fit`` asks what the report's model leaves out: the streamed fit's three terms
+plus a fourth, each decode token's context (its prompt and the tokens before it, in
+thousands), spread over its step as the decode tokens are (attention reads the whole
+context every step): its R2 beside the report's, and J per thousand context tokens with its
+95% Newey-West t-interval (n - 4 degrees of freedom, the idle power's own uncertainty left
+out). A lead, not in the report.
+
 ``counter_power_w`` is the phase's mean power from the counter (``attribution.fit_idle``
 over its intervals, with its interval), beside the idle window's (``idle_counter_w``): for
 a phase that drew no request (``serve_idle_drift.toml``) it is the idle floor after the
@@ -56,6 +63,29 @@ def _fit(f: at.Fit | None, mean_interval_j: float) -> dict[str, object] | None:
             "j_per_prefill_token": estimate_dict(f.prefill_j_per_token), "j_per_decode_token": estimate_dict(f.decode_j_per_token),
             "j_per_step": estimate_dict(f.step_j),
             "measured_j": f.measured_j, "idle_j": f.idle_j, "prefill_j": f.prefill_j, "decode_j": f.decode_j}
+
+
+def context_fit(requests: list[at.RequestTimes], starts: np.ndarray, ends: np.ndarray, energy: np.ndarray,
+                idle_w: float) -> dict[str, object] | None:
+    """The four-term fit of ``context_fit`` (module docstring); None where the steps are
+    not counted or the terms do not vary apart."""
+    b = at.bursts(requests)
+    steps = at.stream_steps(requests, b)
+    if steps is None or not len(starts):
+        return None
+    ctx = np.zeros(len(starts))
+    for r, of in zip(requests, b.of_token):
+        if len(of) > 1:
+            ctx += at.spread(b.begin_ns[of[1:]], b.first_ns[of[1:]], (r.prompt_tokens + np.arange(1, len(of))) / 1000.0,
+                             starts, ends)
+    x = np.column_stack([steps.per_interval(starts, ends, steps.prefill_tokens),
+                         steps.per_interval(starts, ends, steps.decode_tokens), steps.per_interval(starts, ends), ctx])
+    y = energy - idle_w * (ends - starts) / 1e9
+    if not at.independent(x):
+        return None
+    beta, cov, u = at.ols_hac(x, y)
+    est = at.t_estimate(float(beta[3]), math.sqrt(max(cov[3, 3], 0.0)), len(y) - 4)
+    return {"r2": float(1 - u @ u / ((y - y.mean()) @ (y - y.mean()))), "j_per_kilotoken_context": estimate_dict(est)}
 
 
 def _inside(a: at.Estimate, b: at.Estimate) -> bool | None:
@@ -127,6 +157,7 @@ def check(path: str) -> dict[str, object]:
             sp, sd = at.request_activity(mine_req, starts, ends)
             two = at.fit(at.Intervals(starts, ends, de, sp.sum(axis=0), sd.sum(axis=0)), idle_fits[r.precision])
             row["tokens_only_fit"] = _fit(two, mean_interval_j)
+            row["context_fit"] = context_fit(mine_req, starts, ends, de, idle_fits[r.precision].watts.value)
         if len(mine) and len(starts) > 3:
             n_log = at.logged_steps(mine.tolist()).per_interval(starts, ends)
             counted = at.stream_steps(mine_req)

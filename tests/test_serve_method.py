@@ -2,7 +2,10 @@
 H100's counter (refreshed every ~0.1 s, read every 0.05 s) and a cost per engine step:
 the report's all-in J per prefill and per decode token cover the truth (each step's own
 cost shared by its own tokens) at close to their nominal 95%, and the steps counted from
-the stream are the engine's."""
+the stream are the engine's. The stream's engine works as the attribution assumes (a
+prompt in the step of its first token, tokens at the end of their step), so this checks
+the estimator and its intervals, not the assumptions: those are checked against a real
+engine's step log on the GPU (benchmarks/serve_check.py)."""
 
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ def test_all_in_intervals_cover_the_truth_near_their_nominal_rate() -> None:
             checks += 1
             hits += est.low <= want <= est.high
         assert r.fit.step_j.value == pytest.approx(STEP_J, rel=0.6)
-    # 92.5% over 60 seeds when this was written; 80 checks give a binomial sd of 3 points.
+    # 92.5% over 60 seeds when this was written. The 80 checks are 40 pairs from the same
+    # fits, so they are not independent: the bound is loose on purpose.
     assert 0.85 <= hits / checks <= 0.99
 
 

@@ -15,9 +15,9 @@ the step's cost spread over however many sequences shared it, so it would move w
 batch from interval to interval, which is error the fit cannot explain. Where the steps
 cannot be counted (``Intervals.steps`` is None) the term is left out.
 
-**The figures reported** are J per prefill and per decode token *all in*: each
-interval's step energy ``c N_i`` goes to its prefill and decode tokens in proportion to
-their fitted energies ``a P_i`` and ``b D_i`` (half each where both are fitted at zero),
+**The figures reported** are J per prefill and per decode token *all in*: each step's
+energy ``c`` goes to that step's own prompt and decode tokens in proportion to their
+fitted energies ``a P_j`` and ``b D_j`` (half each where both are fitted at zero or less),
 and the figure is the phase's prefill (decode) energy over its prefill (decode) tokens. So
 they answer "what does a token cost under this load", comparable with the offline
 protocol's energy per token and with the two-term fit. Their intervals come from the
@@ -50,11 +50,14 @@ fewer than ``MIN_INTERVALS`` intervals; the terms explain less than ``MIN_R2`` o
 variation of the energy above idle (R^2 of ``E_i - idle_W dt_i`` about its mean: the
 load's own fluctuations, which Poisson arrivals provide, must show in the counter);
 a per-token figure's 95% interval does not lie above zero. The residual standard error as
-a fraction of the mean interval energy (``nrmse``) is reported beside it.
+a fraction of the mean interval energy (``nrmse``) is reported beside it. Terms that do not
+vary apart from each other (``independent``: the smallest singular value of the design,
+its columns scaled to unit length, under ``MIN_INDEPENDENCE`` of the largest) cannot be
+told apart: without the steps the fit is poor; the step term is left out instead.
 
 **Sum rule.** The attributed parts sum to the measured energy exactly. Each interval's
-fitted energy above idle is its prefill part (``a P_i`` and its share of ``c N_i``) plus
-its decode part; its residual ``e_i`` goes to the two in proportion to them. An interval
+fitted energy above idle is its prefill part (``a P_i`` and its steps' shares of their
+energy) plus its decode part; its residual ``e_i`` goes to the two in proportion to them. An interval
 fitted at no energy (nothing ran, or a coefficient came out negative in a poor fit) gives
 all its energy above idle to idle. A request's prefill (decode) part is its share of its
 intervals' attributed prefill (decode) energy, by its tokens there.
@@ -63,8 +66,9 @@ intervals' attributed prefill (decode) energy, by its tokens there.
 ``stream_steps``). A continuously batching engine hands every running sequence its token
 at the end of a step, so token arrivals come in bursts, one a step; a burst ends at a gap
 longer than ``STEP_GAP_NS``. Each burst is one step, which ran from the burst before it
-(its last arrival) to this burst's first arrival; after an idle spell, from the sending
-of the earliest request it admitted. The work whose tokens a burst returns is spread
+(its last arrival) to this burst's first arrival; a step begins when its requests were
+admitted, so never before the sending of any request whose first token it returns (after
+an idle spell, the latest of them). The work whose tokens a burst returns is spread
 evenly over its step: a request's prompt over the step of its first token (the prefill
 step), each later token over its own step. (An engine that prefills a long prompt in
 chunks over several steps has its earlier chunks placed in the last one, a few steps
@@ -78,8 +82,8 @@ When the engine logs its steps, ``logged_steps`` gives the ground truth the same
 H100/H200) and is read more often or less often than that: a refresh seen first at read
 ``t`` happened after the read before it and at most one refresh period before ``t``. The
 edge is put in the middle of that span, ``t - min(t - t_prev, refresh) / 2``: unbiased, and
-half the timing error of putting it at the read (on the lent H100s, with reads every 50 ms,
-this raised R^2 in all twelve phases of two serving runs).
+half the timing error of putting it at the read. Only a reading whose value differs from
+the one before shows a refresh, whatever window is asked for.
 
 Numpy only; no pandas, so the live session and tests can call it cheaply.
 """
@@ -99,6 +103,7 @@ MIN_R2 = 0.8  # of the energy above idle, explained by the fitted terms
 DEFAULT_MIN_INTERVAL_S = 0.5
 STEP_GAP_NS = 5_000_000  # a gap between token arrivals longer than this ends a step's burst
 MAX_MERGED_BURSTS = 0.01  # above this share of merged bursts the steps are not counted
+MIN_INDEPENDENCE = 1e-3  # of the design's singular values, smallest over largest (columns at unit length)
 
 
 @dataclass(frozen=True)
@@ -212,13 +217,17 @@ def spread(a: np.ndarray, b: np.ndarray, w: np.ndarray, starts: np.ndarray, ends
     the spans and intervals: through the running integral of the amounts' density, read
     at the interval edges (times taken from the first start, so the sums keep their
     precision)."""
-    a, b, w = (np.asarray(x, dtype=float).ravel() for x in (a, b, w))
-    s0 = np.asarray(starts, dtype=float)
-    s1 = np.asarray(ends, dtype=float)
-    if not len(s0) or not len(a):
-        return np.zeros(len(s0))
-    origin = s0[0]
-    a, b, s0, s1 = a - origin, b - origin, s0 - origin, s1 - origin
+    if not len(starts) or not len(a):
+        return np.zeros(len(starts))
+    origin = np.asarray(starts).ravel()[0]
+
+    def rel(x: np.ndarray) -> np.ndarray:
+        # integer clocks are taken from the origin before they become floats
+        x = np.asarray(x).ravel()
+        return (x - origin).astype(float) if x.dtype.kind in "iu" else x.astype(float) - float(origin)
+
+    a, b, s0, s1 = rel(a), rel(b), rel(starts), rel(ends)
+    w = np.asarray(w, dtype=float).ravel()
     point = b <= a
     ramp = ~point
     slope = w[ramp] / (b[ramp] - a[ramp])
@@ -245,12 +254,11 @@ def spread(a: np.ndarray, b: np.ndarray, w: np.ndarray, starts: np.ndarray, ends
 @dataclass(frozen=True)
 class Bursts:
     """The engine steps a client sees: bursts of token arrivals, one a step (module
-    docstring). Per burst: when its step began and when its first and last tokens
-    arrived; per streamed token, in ``requests`` order, the burst it came in."""
+    docstring). Per burst: when its step began and when its first token arrived; per
+    streamed token, in ``requests`` order, the burst it came in."""
 
     begin_ns: np.ndarray
     first_ns: np.ndarray
-    last_ns: np.ndarray
     of_token: list[np.ndarray]
     prefill_tokens: np.ndarray  # prompt tokens of the requests whose first token came in it
     decode_tokens: np.ndarray  # later tokens in it
@@ -266,17 +274,18 @@ def bursts(requests: Sequence[RequestTimes]) -> Bursts:
                        dtype=np.int64)
     if not len(t):
         empty = np.array([], dtype=np.int64)
-        return Bursts(empty, empty, empty, [empty for _ in requests], empty.astype(float), empty.astype(float))
+        return Bursts(empty, empty, [empty for _ in requests], empty.astype(float), empty.astype(float))
     order = np.argsort(t, kind="stable")
     ts = t[order]
     new = np.concatenate(([True], np.diff(ts) > STEP_GAP_NS))
     starts = np.flatnonzero(new)
     first, last = ts[starts], np.maximum.reduceat(ts, starts)
     burst_sorted = np.cumsum(new) - 1
-    earliest = np.minimum.reduceat(could[order], starts)
-    # A step begins when the step before it ended, unless every token it returns could
-    # only have begun later (the engine was idle until its requests came).
-    begin = np.maximum(np.concatenate(([earliest[0]], last[:-1])), earliest)
+    latest = np.maximum.reduceat(could[order], starts)
+    # A step begins when the step before it ended, and not before the requests it admitted
+    # were sent (after an idle spell, the latest of them); a later token's could-begin is
+    # the token before it, which the burst before already returned.
+    begin = np.maximum(np.concatenate(([latest[0]], last[:-1])), latest)
     begin = np.minimum(begin, first)
     of = np.empty(len(t), dtype=np.int64)
     of[order] = burst_sorted
@@ -286,7 +295,7 @@ def bursts(requests: Sequence[RequestTimes]) -> Bursts:
         if len(o):
             prefill[o[0]] += r.prompt_tokens
             np.add.at(decode, o[1:], 1.0)
-    return Bursts(begin, first, last, split, prefill, decode)
+    return Bursts(begin, first, split, prefill, decode)
 
 
 def merged_bursts(requests: Sequence[RequestTimes], b: Bursts | None = None) -> float:
@@ -362,7 +371,7 @@ def t_estimate(value: float, se: float, df: int) -> Estimate:
     return Estimate(value, value - half, value + half)
 
 
-def token_dof(n_intervals: int, terms: int = 2) -> int:
+def token_dof(n_intervals: int, terms: int) -> int:
     """Degrees of freedom of a fit's t-intervals: the intervals less its coefficients (two
     token terms, three with the steps). A reader of a fit's interval recovers its standard
     error with it."""
@@ -490,6 +499,17 @@ def _per_token_cov(beta: np.ndarray, cov: np.ndarray, w: _Work) -> np.ndarray:
     return np.asarray(grad @ cov @ grad.T)
 
 
+def independent(x: np.ndarray) -> bool:
+    """Whether the design's columns vary apart from each other enough to be told apart
+    (module docstring): a column of zeros, or one nearly a combination of the others, is
+    not."""
+    norms = np.linalg.norm(x, axis=0)
+    if not np.all(norms > 0):
+        return False
+    sv = np.linalg.svd(x / norms, compute_uv=False)
+    return bool(sv[-1] >= MIN_INDEPENDENCE * sv[0])
+
+
 def fit(intervals: Intervals, idle: IdleFit) -> Fit:
     """Fit the work's coefficients over ``intervals`` with idle power fixed at ``idle``
     (module docstring). The step term is left out where ``intervals.steps`` is None or
@@ -503,7 +523,7 @@ def fit(intervals: Intervals, idle: IdleFit) -> Fit:
     idle_w = idle.watts.value
     empty = np.zeros(n)
     poor = lambda why: Fit(  # noqa: E731 - one place builds every poor fit
-        False, why, n, 2, hac_lag(max(n, 1)), NO_ESTIMATE, NO_ESTIMATE, NO_ESTIMATE, idle.watts, NO_ESTIMATE,
+        False, why, n, 2 if intervals.steps is None else 3, hac_lag(max(n, 1)), NO_ESTIMATE, NO_ESTIMATE, NO_ESTIMATE, idle.watts, NO_ESTIMATE,
         math.nan, math.nan, measured, measured, 0.0, 0.0, empty, empty,
     )
     if not math.isfinite(idle_w):
@@ -511,13 +531,13 @@ def fit(intervals: Intervals, idle: IdleFit) -> Fit:
     if n < MIN_INTERVALS:
         return poor(f"{n} counter intervals; at least {MIN_INTERVALS} are needed")
     x = np.column_stack([p, d])
-    if np.linalg.matrix_rank(x) < 2:
+    if not independent(x):
         return poor("prefill and decode tokens do not vary independently over the intervals")
     work = _Work(p, d, None, intervals.start_ns, intervals.end_ns, np.zeros(n))
     if intervals.steps is not None and len(intervals.steps):
         counted = intervals.steps.per_interval(intervals.start_ns, intervals.end_ns)
         with_steps = np.column_stack([p, d, counted])
-        if np.linalg.matrix_rank(with_steps) == 3:
+        if independent(with_steps):
             x, work = with_steps, _Work(p, d, intervals.steps, intervals.start_ns, intervals.end_ns, counted)
     k = x.shape[1]
     y = e - idle_w * dt

@@ -16,9 +16,12 @@ from typing import Any
 
 from wattscope.attribution import MIN_INTERVALS, MIN_R2
 from wattscope.errors import WattscopeError
+from wattscope.metrics import RatioValue
 from wattscope.render import MISSING, Grid, fmt_fixed, fmt_percent, markdown_table, text_table
-from wattscope.serve.analysis import BASELINE, RateResult, rates_frame, requests_frame
+from wattscope.attribution import Estimate
+from wattscope.serve.analysis import RateResult, baseline_of, rates_frame, requests_frame, vs_baseline
 from wattscope.serve.compare import FIGURES as COMPARE_FIGURES, ServeComparison
+from wattscope.stats import relative_half_width
 
 FORMATS = ("text", "md", "csv", "json", "parquet")
 METHOD_NOTE = (
@@ -38,11 +41,16 @@ class ServeReportError(WattscopeError):
 
 
 def _pm(value: float, low: float, high: float, digits: int) -> str:
+    """A figure and its 95% interval: ± its relative half-width (``stats.relative_half_width``),
+    or, for a value that is not positive (which has none), the interval's ends."""
     if not math.isfinite(value):
         return MISSING
     text = fmt_fixed(value, digits)
-    if math.isfinite(low) and math.isfinite(high) and value:
-        text += f" ±{fmt_percent((high - low) / 2 / abs(value) * 100, 1)}"
+    half = relative_half_width(value, low, high)
+    if math.isfinite(half):
+        return f"{text} ±{fmt_percent(half * 100, 1)}"
+    if math.isfinite(low) and math.isfinite(high):
+        return f"{text} [{fmt_fixed(low, digits)}, {fmt_fixed(high, digits)}]"
     return text
 
 
@@ -106,8 +114,10 @@ VS_FP16_NOTE = (
 
 
 def _ratio_cell(value: float, low: float, high: float) -> str:
-    from wattscope.metrics import RatioValue
     from wattscope.render import fmt_ratio
+
+    if not math.isfinite(value):
+        return MISSING
 
     has_ci = math.isfinite(low) and math.isfinite(high)
     return fmt_ratio(RatioValue(value, low if has_ci else None, high if has_ci else None), "")
@@ -115,24 +125,24 @@ def _ratio_cell(value: float, low: float, high: float) -> str:
 
 def vs_fp16_grid(results: list[RateResult]) -> Grid:
     """Each other precision's J per prefill and per decode token over FP16's at the same
-    offered rate (``serve.analysis._vs_baseline``); no rows without an FP16 row."""
+    offered rate (``serve.analysis.vs_baseline``); no rows without an FP16 row."""
     from wattscope.analysis import beyond_ci
-    from wattscope.metrics import RatioValue
 
-    df = rates_frame(results)
+    def figure(est: Estimate) -> RatioValue | None:
+        return RatioValue(est.value, est.low, est.high) if math.isfinite(est.value) else None
+
     headers = ["Precision", "Offered /s", "J/prefill tok vs FP16", "J/decode tok vs FP16"]
     rows = []
-    has_base = set(df.loc[df["precision"] == BASELINE, "offered_rps"]) if not df.empty else set()
-    for _, r in df.iterrows():
-        if r["precision"] == BASELINE or r["offered_rps"] not in has_base:
+    for r in results:
+        base = baseline_of(r, results)
+        if base is None or base is r:
             continue
-        base = df[(df["precision"] == BASELINE) & (df["offered_rps"] == r["offered_rps"])].iloc[0]
-        row = [str(r["precision"]), fmt_fixed(r["offered_rps"], 2)]
-        for fig, vs in (("prefill_j_per_token", "prefill_vs_fp16"), ("decode_j_per_token", "decode_vs_fp16")):
-            cell = _ratio_cell(r[vs], r[f"{vs}_low"], r[f"{vs}_high"])
-            ends = [RatioValue(x[fig], x[f"{fig}_low"], x[f"{fig}_high"]) if math.isfinite(x[fig]) else None
-                    for x in (base, r)]
-            row.append(cell + (" beyond CI" if beyond_ci(*ends) == "yes" else ""))
+        row = [str(r.precision), fmt_fixed(r.offered_rps, 2)]
+        for ratio, a, b in zip(vs_baseline(r, results), (base.fit.prefill_j_per_token, base.fit.decode_j_per_token),
+                               (r.fit.prefill_j_per_token, r.fit.decode_j_per_token)):
+            shown = base.fit.ok and r.fit.ok
+            mark = beyond_ci(figure(a), figure(b)) if shown else ""
+            row.append(_ratio_cell(ratio.value, ratio.low, ratio.high) + (" beyond CI" if mark == "yes" else ""))
         rows.append(row)
     return Grid(headers, rows, "lrrr")
 

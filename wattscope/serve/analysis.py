@@ -145,11 +145,16 @@ RATE_COLUMNS = [
 BASELINE = "fp16"  # the precision the others' J per token are set against, at the same rate, as in sweeps
 
 
-def _vs_baseline(r: RateResult, results: list[RateResult]) -> tuple[at.Estimate, at.Estimate]:
+def baseline_of(r: RateResult, results: list[RateResult]) -> RateResult | None:
+    """The FP16 phase at ``r``'s offered rate (its rate index), if the run has one."""
+    return next((b for b in results if b.precision == BASELINE and b.index == r.index), None)
+
+
+def vs_baseline(r: RateResult, results: list[RateResult]) -> tuple[at.Estimate, at.Estimate]:
     """This row's J per prefill and per decode token over the FP16 row's at the same
     offered rate (``attribution.ratio_estimate``: two independent fits); 1 for the FP16
     row itself, none where there is no FP16 row or either fit is poor."""
-    base = next((b for b in results if b.precision == BASELINE and b.index == r.index), None)
+    base = baseline_of(r, results)
     if base is None or not (base.fit.ok and r.fit.ok):
         return at.NO_ESTIMATE, at.NO_ESTIMATE
     if base is r:
@@ -168,11 +173,11 @@ def rates_frame(results: list[RateResult]) -> pd.DataFrame:
     a reader recovers a figure's standard error from its interval with
     ``attribution.token_dof(intervals, fit_terms)``. ``prefill_vs_fp16`` and
     ``decode_vs_fp16`` are the J per token over FP16's at the same rate
-    (``_vs_baseline``)."""
+    (``vs_baseline``)."""
     rows = []
     for r in results:
         f, sf = r.fit, r.steps_fit
-        pre_vs, dec_vs = _vs_baseline(r, results)
+        pre_vs, dec_vs = vs_baseline(r, results)
         rows.append({
             "precision": r.precision, "offered_rps": r.offered_rps, "achieved_rps": r.achieved_rps,
             "duration_s": r.duration_s, "requests_ok": r.ok, "requests_failed": r.failed,

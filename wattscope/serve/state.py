@@ -20,8 +20,8 @@ What is known when:
 * A ``Request`` arrives when it ends. Requests in flight are the arrivals due so far by
   the config's seeded schedule (``driver.schedule``, what the driver sends) that have not
   ended. Their energy is in the counter before their tokens are in the stream, so while
-  many are in flight the running J per token reads high; the phase's final figures have
-  every request.
+  many are in flight the running figures are fitted without part of the work; the
+  phase's final figures have every request.
 * The running load phase's figures are ``analyse`` of that phase from its start to now,
   recomputed at most every ``RECOMPUTE_S`` seconds (of wall clock: a fast replay costs
   no more). An ended phase's figures are final once the next phase ended or the run

@@ -36,7 +36,7 @@ RUNNING_MARK = "▶ "  # the running phase's row: its figures so far
 # What each column of the phases table holds (the help screen).
 COLUMN_HELP = [
     ("Precision", "the engine's precision; ▶ marks the phase running now: figures so far, recomputed each second, "
-                  "without the requests still in flight (their energy is in, their tokens not yet: J/token reads high)"),
+                  "without the requests still in flight (their energy is in, their tokens not yet)"),
     ("Offered /s", "the open-loop Poisson arrival rate offered"),
     ("Achieved /s", "requests that ended well / the phase's span"),
     ("Requests ok/failed", "requests that ended well / with a failure (reasons in the recording)"),
