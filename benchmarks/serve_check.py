@@ -18,9 +18,10 @@ tokens that do not vary) its figures are null and so is the agreement.
 ``context_fit`` asks what the report's model leaves out: the streamed fit's three terms
 plus a fourth, each decode token's context (its prompt and the tokens before it, in
 thousands), spread over its step as the decode tokens are (attention reads the whole
-context every step): its R2 beside the report's, and J per thousand context tokens with its
-95% Newey-West t-interval (n - 4 degrees of freedom, the idle power's own uncertainty left
-out). A lead, not in the report.
+context every step): its R2 beside the report's, J per thousand context tokens with its 95%
+Newey-West t-interval (n - 4 degrees of freedom, the idle power's own uncertainty left
+out), and the all-in J per prefill and per decode token it gives. A lead, not in the
+report.
 
 ``counter_power_w`` is the phase's mean power from the counter (``attribution.fit_idle``
 over its intervals, with its interval), beside the idle window's (``idle_counter_w``): for
@@ -68,24 +69,44 @@ def _fit(f: at.Fit | None, mean_interval_j: float) -> dict[str, object] | None:
 def context_fit(requests: list[at.RequestTimes], starts: np.ndarray, ends: np.ndarray, energy: np.ndarray,
                 idle_w: float) -> dict[str, object] | None:
     """The four-term fit of ``context_fit`` (module docstring); None where the steps are
-    not counted or the terms do not vary apart."""
+    not counted or the terms do not vary apart. Beside its R2 and J per thousand context
+    tokens, its all-in J per prefill and per decode token, as the report makes them (each
+    step's energy shared by its own prompt and decode work, the context's energy counted
+    as decode), with delta-method intervals."""
     b = at.bursts(requests)
     steps = at.stream_steps(requests, b)
     if steps is None or not len(starts):
         return None
-    ctx = np.zeros(len(starts))
+    step_ctx = np.zeros(len(steps))  # thousands of context tokens decoded in each step
     for r, of in zip(requests, b.of_token):
         if len(of) > 1:
-            ctx += at.spread(b.begin_ns[of[1:]], b.first_ns[of[1:]], (r.prompt_tokens + np.arange(1, len(of))) / 1000.0,
-                             starts, ends)
-    x = np.column_stack([steps.per_interval(starts, ends, steps.prefill_tokens),
-                         steps.per_interval(starts, ends, steps.decode_tokens), steps.per_interval(starts, ends), ctx])
+            np.add.at(step_ctx, of[1:], (r.prompt_tokens + np.arange(1, len(of))) / 1000.0)
+    p, d = steps.per_interval(starts, ends, steps.prefill_tokens), steps.per_interval(starts, ends, steps.decode_tokens)
+    n, ctx = steps.per_interval(starts, ends), steps.per_interval(starts, ends, step_ctx)
+    x = np.column_stack([p, d, n, ctx])
     y = energy - idle_w * (ends - starts) / 1e9
     if not at.independent(x):
         return None
     beta, cov, u = at.ols_hac(x, y)
-    est = at.t_estimate(float(beta[3]), math.sqrt(max(cov[3, 3], 0.0)), len(y) - 4)
-    return {"r2": float(1 - u @ u / ((y - y.mean()) @ (y - y.mean()))), "j_per_kilotoken_context": estimate_dict(est)}
+    df = len(y) - 4
+
+    def all_in(c: np.ndarray) -> np.ndarray:
+        own_pre = c[0] * steps.prefill_tokens
+        own_dec = c[1] * steps.decode_tokens + c[3] * step_ctx
+        to_prefill = np.divide(own_pre, own_pre + own_dec, out=np.full(len(steps), 0.5), where=own_pre + own_dec > 0)
+        step_pre = c[2] * steps.per_interval(starts, ends, to_prefill)
+        return np.array([(c[0] * p + step_pre).sum() / p.sum(), (c[1] * d + c[3] * ctx + c[2] * n - step_pre).sum() / d.sum()])
+
+    grad = np.empty((2, 4))
+    for i in range(4):
+        h = np.zeros(4)
+        h[i] = 1e-5 * max(abs(beta[i]), math.sqrt(max(cov[i, i], 0.0)), 1e-12)
+        grad[:, i] = (all_in(beta + h) - all_in(beta - h)) / (2 * h[i])
+    value, se = all_in(beta), np.sqrt(np.maximum(np.diag(grad @ cov @ grad.T), 0.0))
+    est = at.t_estimate(float(beta[3]), math.sqrt(max(cov[3, 3], 0.0)), df)
+    return {"r2": float(1 - u @ u / ((y - y.mean()) @ (y - y.mean()))), "j_per_kilotoken_context": estimate_dict(est),
+            "j_per_prefill_token": estimate_dict(at.t_estimate(float(value[0]), float(se[0]), df)),
+            "j_per_decode_token": estimate_dict(at.t_estimate(float(value[1]), float(se[1]), df))}
 
 
 def _inside(a: at.Estimate, b: at.Estimate) -> bool | None:

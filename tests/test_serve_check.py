@@ -43,3 +43,9 @@ def test_each_phase_holds_both_fits_the_step_counts_and_the_power(monkeypatch: p
         assert row["idle_counter_w"]["value"] == pytest.approx(IDLE_W, rel=1e-3)
         assert row["counter_power_w"]["value"] > row["idle_counter_w"]["value"]
         assert row["temp_c"] == [40.0, 40.0]  # the stream's samples hold 40 °C
+        # The stream's tokens cost nothing for their context: the fourth term finds little,
+        # and its all-in figures stay on the report's.
+        ctx = row["context_fit"]
+        assert ctx["j_per_kilotoken_context"]["low"] < 0 < ctx["j_per_kilotoken_context"]["high"]
+        for fig in ("j_per_prefill_token", "j_per_decode_token"):
+            assert ctx[fig]["value"] == pytest.approx(streamed[fig]["value"], rel=0.1)
