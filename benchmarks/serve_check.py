@@ -30,7 +30,7 @@ load before it.
 
 ``stream_steps`` and ``log_steps`` are the two step counts of the phase and ``steps_corr``
 the correlation of their counts per interval; ``merged_bursts`` is the share of bursts
-holding two tokens of one request (``attribution.merged_bursts``), which a request's one
+holding two tokens of one request (``attribution.Bursts.merged``), which a request's one
 token a step rules out.
 """
 
@@ -66,15 +66,14 @@ def _fit(f: at.Fit | None, mean_interval_j: float) -> dict[str, object] | None:
             "measured_j": f.measured_j, "idle_j": f.idle_j, "prefill_j": f.prefill_j, "decode_j": f.decode_j}
 
 
-def context_fit(requests: list[at.RequestTimes], starts: np.ndarray, ends: np.ndarray, energy: np.ndarray,
-                idle_w: float) -> dict[str, object] | None:
+def context_fit(requests: list[at.RequestTimes], b: at.Bursts, starts: np.ndarray, ends: np.ndarray,
+                energy: np.ndarray, idle_w: float) -> dict[str, object] | None:
     """The four-term fit of ``context_fit`` (module docstring); None where the steps are
     not counted or the terms do not vary apart. Beside its R2 and J per thousand context
     tokens, its all-in J per prefill and per decode token, as the report makes them (each
     step's energy shared by its own prompt and decode work, the context's energy counted
     as decode), with delta-method intervals."""
-    b = at.bursts(requests)
-    steps = at.stream_steps(requests, b)
+    steps = at.stream_steps(b)
     if steps is None or not len(starts):
         return None
     step_ctx = np.zeros(len(steps))  # thousands of context tokens decoded in each step
@@ -97,12 +96,7 @@ def context_fit(requests: list[at.RequestTimes], starts: np.ndarray, ends: np.nd
         step_pre = c[2] * steps.per_interval(starts, ends, to_prefill)
         return np.array([(c[0] * p + step_pre).sum() / p.sum(), (c[1] * d + c[3] * ctx + c[2] * n - step_pre).sum() / d.sum()])
 
-    grad = np.empty((2, 4))
-    for i in range(4):
-        h = np.zeros(4)
-        h[i] = 1e-5 * max(abs(beta[i]), math.sqrt(max(cov[i, i], 0.0)), 1e-12)
-        grad[:, i] = (all_in(beta + h) - all_in(beta - h)) / (2 * h[i])
-    value, se = all_in(beta), np.sqrt(np.maximum(np.diag(grad @ cov @ grad.T), 0.0))
+    value, se = all_in(beta), np.sqrt(np.maximum(np.diag(at.delta_cov(all_in, beta, cov)), 0.0))
     est = at.t_estimate(float(beta[3]), math.sqrt(max(cov[3, 3], 0.0)), df)
     return {"r2": float(1 - u @ u / ((y - y.mean()) @ (y - y.mean()))), "j_per_kilotoken_context": estimate_dict(est),
             "j_per_prefill_token": estimate_dict(at.t_estimate(float(value[0]), float(se[0]), df)),
@@ -174,14 +168,15 @@ def check(path: str) -> dict[str, object]:
         }
         mine_req = [at.RequestTimes(q.prompt_tokens, q.sent_ns, q.token_ns) for q in requests
                     if q.precision == r.precision and q.rate_index == r.index]
+        bursts = at.bursts(mine_req)
         if r.precision in idle_fits:
-            sp, sd = at.request_activity(mine_req, starts, ends)
+            sp, sd = at.request_activity(mine_req, starts, ends, bursts)
             two = at.fit(at.Intervals(starts, ends, de, sp.sum(axis=0), sd.sum(axis=0)), idle_fits[r.precision])
             row["tokens_only_fit"] = _fit(two, mean_interval_j)
-            row["context_fit"] = context_fit(mine_req, starts, ends, de, idle_fits[r.precision].watts.value)
+            row["context_fit"] = context_fit(mine_req, bursts, starts, ends, de, idle_fits[r.precision].watts.value)
         if len(mine) and len(starts) > 3:
             n_log = at.logged_steps(mine.tolist()).per_interval(starts, ends)
-            counted = at.stream_steps(mine_req)
+            counted = at.stream_steps(bursts)
             n_stream = counted.per_interval(starts, ends) if counted is not None else None
             row["log_steps"] = float(len(mine))
             varies = n_stream is not None and n_log.std() > 0 and n_stream.std() > 0

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pytest
+from serve_stream import all_in_truth
 
 from wattscope import attribution as at
 
@@ -245,7 +246,7 @@ def test_bursts_are_steps_that_run_from_the_burst_before() -> None:
     assert p[2].tolist() == pytest.approx([0.0, 0.0, 10.0])
     # Later tokens over their own steps: the first request's at 20-40 and 40-60 ms.
     assert d[0].tolist() == pytest.approx([0.5, 1.5, 0.0])
-    steps = at.stream_steps(reqs, b)
+    steps = at.stream_steps(b)
     assert steps is not None and steps.per_interval(starts, ends).tolist() == pytest.approx([1.5, 1.5, 1.0])
     # Each step's own work: the first prompt, then the second with the first's decode token.
     assert steps.prefill_tokens.tolist() == [100.0, 50.0, 0.0, 10.0]
@@ -253,7 +254,7 @@ def test_bursts_are_steps_that_run_from_the_burst_before() -> None:
     # The prompt and decode tokens per interval are the steps' own, spread the same way.
     assert steps.per_interval(starts, ends, steps.prefill_tokens) == pytest.approx(p.sum(axis=0))
     assert steps.per_interval(starts, ends, steps.decode_tokens) == pytest.approx(d.sum(axis=0))
-    assert at.merged_bursts(reqs, b) == 0.0
+    assert b.merged == 0.0
 
 
 def test_a_step_after_an_idle_spell_begins_when_its_last_request_came() -> None:
@@ -269,9 +270,10 @@ def test_merged_bursts_drop_the_step_term() -> None:
     # Steps 2 ms apart under a 5 ms gap rule: the bursts run together, each holding a
     # request twice, so the steps are not counted.
     reqs = _engine([(0, 100, 6), (1, 100, 6)], step_ms=2)
-    assert at.merged_bursts(reqs) > at.MAX_MERGED_BURSTS
-    assert at.stream_steps(reqs) is None
-    assert np.isnan(at.merged_bursts([at.RequestTimes(5, 0, [])]))
+    b = at.bursts(reqs)
+    assert b.merged > at.MAX_MERGED_BURSTS
+    assert at.stream_steps(b) is None
+    assert np.isnan(at.bursts([at.RequestTimes(5, 0, [])]).merged)
 
 
 def test_a_request_without_tokens_has_no_activity() -> None:
@@ -317,12 +319,7 @@ def _with_steps(rng: np.random.Generator, n: int, noise_j: float) -> tuple[at.In
 
 
 def _all_in_truth(steps: at.Steps) -> tuple[float, float]:
-    """Each step's own cost shared by its prefill and decode tokens by their energies."""
-    a, b, c = STEP_COSTS
-    pa, db = a * steps.prefill_tokens, b * steps.decode_tokens
-    to_prefill = pa / (pa + db)
-    return ((pa + c * to_prefill).sum() / steps.prefill_tokens.sum(),
-            (db + c * (1 - to_prefill)).sum() / steps.decode_tokens.sum())
+    return all_in_truth(steps.prefill_tokens, steps.decode_tokens, STEP_COSTS)
 
 
 def test_the_step_term_recovers_known_costs_and_shares_the_step_energy_out() -> None:

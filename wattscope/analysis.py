@@ -91,8 +91,7 @@ def open_source(src: Any, label: str | None = None) -> Source:
                 return Source(label or p.stem, read_table(p), "table")
             except TableError as e:
                 raise SourceError(str(e)) from None
-        from wattscope.recording import RecordingError, load
-        from wattscope.recording import label as recording_label
+        from wattscope.recording import RecordingError, label as recording_label, load
 
         try:
             return Source(label or recording_label(p), load(p), "recording")

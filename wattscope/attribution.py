@@ -72,7 +72,7 @@ an idle spell, the latest of them). The work whose tokens a burst returns is spr
 evenly over its step: a request's prompt over the step of its first token (the prefill
 step), each later token over its own step. (An engine that prefills a long prompt in
 chunks over several steps has its earlier chunks placed in the last one, a few steps
-late.) ``merged_bursts`` checks the burst rule without an engine log: a request gets one
+late.) ``Bursts.merged`` checks the burst rule without an engine log: a request gets one
 token a step, so a burst holding two tokens of one request is two steps run together
 (steps faster than the gap, or a server that sends tokens in batches). Above
 ``MAX_MERGED_BURSTS`` the steps are not counted and the fit leaves out their term.
@@ -91,7 +91,7 @@ Numpy only; no pandas, so the live session and tests can call it cheaply.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -255,13 +255,16 @@ def spread(a: np.ndarray, b: np.ndarray, w: np.ndarray, starts: np.ndarray, ends
 class Bursts:
     """The engine steps a client sees: bursts of token arrivals, one a step (module
     docstring). Per burst: when its step began and when its first token arrived; per
-    streamed token, in ``requests`` order, the burst it came in."""
+    streamed token, in ``requests`` order, the burst it came in. ``merged`` is the share of
+    bursts that hold two tokens of one request (NaN without any burst): a request gets one
+    token a step, so such a burst is two steps run together."""
 
     begin_ns: np.ndarray
     first_ns: np.ndarray
     of_token: list[np.ndarray]
     prefill_tokens: np.ndarray  # prompt tokens of the requests whose first token came in it
     decode_tokens: np.ndarray  # later tokens in it
+    merged: float
 
 
 def bursts(requests: Sequence[RequestTimes]) -> Bursts:
@@ -274,7 +277,7 @@ def bursts(requests: Sequence[RequestTimes]) -> Bursts:
                        dtype=np.int64)
     if not len(t):
         empty = np.array([], dtype=np.int64)
-        return Bursts(empty, empty, [empty for _ in requests], empty.astype(float), empty.astype(float))
+        return Bursts(empty, empty, [empty for _ in requests], empty.astype(float), empty.astype(float), math.nan)
     order = np.argsort(t, kind="stable")
     ts = t[order]
     new = np.concatenate(([True], np.diff(ts) > STEP_GAP_NS))
@@ -291,25 +294,13 @@ def bursts(requests: Sequence[RequestTimes]) -> Bursts:
     of[order] = burst_sorted
     split = np.split(of, np.cumsum(counts)[:-1])
     prefill, decode = np.zeros(len(first)), np.zeros(len(first))
+    merged = np.zeros(len(first), dtype=bool)
     for r, o in zip(requests, split):
         if len(o):
             prefill[o[0]] += r.prompt_tokens
             np.add.at(decode, o[1:], 1.0)
-    return Bursts(begin, first, split, prefill, decode)
-
-
-def merged_bursts(requests: Sequence[RequestTimes], b: Bursts | None = None) -> float:
-    """The share of bursts that hold two tokens of one request (NaN without any burst): a
-    request gets one token a step, so such a burst is two steps run together."""
-    b = bursts(requests) if b is None else b
-    if not len(b.first_ns):
-        return math.nan
-    merged = np.zeros(len(b.first_ns), dtype=bool)
-    for of in b.of_token:
-        if len(of) > 1:
-            same = of[1:] == of[:-1]
-            merged[of[1:][same]] = True
-    return float(merged.mean())
+            merged[o[1:][o[1:] == o[:-1]]] = True
+    return Bursts(begin, first, split, prefill, decode, float(merged.mean()))
 
 
 def request_activity(
@@ -332,11 +323,10 @@ def request_activity(
     return prefill, decode
 
 
-def stream_steps(requests: Sequence[RequestTimes], b: Bursts | None = None) -> Steps | None:
+def stream_steps(b: Bursts) -> Steps | None:
     """The engine's steps as the stream shows them, one a burst; None where the bursts do
     not count steps (more than ``MAX_MERGED_BURSTS`` of them merged)."""
-    b = bursts(requests) if b is None else b
-    if not merged_bursts(requests, b) <= MAX_MERGED_BURSTS:
+    if not b.merged <= MAX_MERGED_BURSTS:
         return None
     return Steps(b.begin_ns, b.first_ns, b.prefill_tokens, b.decode_tokens)
 
@@ -486,16 +476,16 @@ def _per_token(beta: np.ndarray, w: _Work) -> np.ndarray:
     return np.array([pre.sum() / w.p.sum(), dec.sum() / w.d.sum()])
 
 
-def _per_token_cov(beta: np.ndarray, cov: np.ndarray, w: _Work) -> np.ndarray:
-    """Covariance of the all-in J per prefill and per decode token by the delta method,
-    the gradient by central differences (each step scaled to its coefficient's size or
-    error, so it stays well inside the region where the shares are smooth)."""
+def delta_cov(fn: Callable[[np.ndarray], np.ndarray], beta: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """Covariance of ``fn(beta)`` by the delta method, the gradient by central differences
+    (each step scaled to its coefficient's size or error, so it stays well inside the
+    region where ``fn`` is smooth, e.g. where shares of a step's energy do not flip)."""
     k = len(beta)
-    grad = np.empty((2, k))
+    grad = np.empty((len(fn(beta)), k))
     for i in range(k):
         h = np.zeros(k)
         h[i] = 1e-5 * max(abs(beta[i]), math.sqrt(max(cov[i, i], 0.0)), 1e-12)
-        grad[:, i] = (_per_token(beta + h, w) - _per_token(beta - h, w)) / (2 * h[i])
+        grad[:, i] = (fn(beta + h) - fn(beta - h)) / (2 * h[i])
     return np.asarray(grad @ cov @ grad.T)
 
 
@@ -523,8 +513,8 @@ def fit(intervals: Intervals, idle: IdleFit) -> Fit:
     idle_w = idle.watts.value
     empty = np.zeros(n)
     poor = lambda why: Fit(  # noqa: E731 - one place builds every poor fit
-        False, why, n, 2 if intervals.steps is None else 3, hac_lag(max(n, 1)), NO_ESTIMATE, NO_ESTIMATE, NO_ESTIMATE, idle.watts, NO_ESTIMATE,
-        math.nan, math.nan, measured, measured, 0.0, 0.0, empty, empty,
+        False, why, n, 2 if intervals.steps is None else 3, hac_lag(max(n, 1)), NO_ESTIMATE, NO_ESTIMATE,
+        NO_ESTIMATE, idle.watts, NO_ESTIMATE, math.nan, math.nan, measured, measured, 0.0, 0.0, empty, empty,
     )
     if not math.isfinite(idle_w):
         return poor("no idle power measured")
@@ -546,7 +536,7 @@ def fit(intervals: Intervals, idle: IdleFit) -> Fit:
     cov = cov + np.outer(g, g) * idle.se_w**2
     df = token_dof(n, k)
     value = _per_token(beta, work)
-    tok_cov = _per_token_cov(beta, cov, work)
+    tok_cov = delta_cov(lambda c: _per_token(c, work), beta, cov)
     a = t_estimate(float(value[0]), math.sqrt(max(tok_cov[0, 0], 0.0)), df)
     b = t_estimate(float(value[1]), math.sqrt(max(tok_cov[1, 1], 0.0)), df)
     c = t_estimate(float(beta[2]), math.sqrt(max(cov[2, 2], 0.0)), df) if k == 3 else NO_ESTIMATE

@@ -18,9 +18,8 @@ from wattscope.attribution import MIN_INTERVALS, MIN_R2
 from wattscope.errors import WattscopeError
 from wattscope.metrics import RatioValue
 from wattscope.render import MISSING, Grid, fmt_fixed, fmt_percent, markdown_table, text_table
-from wattscope.attribution import Estimate
 from wattscope.serve.analysis import RateResult, baseline_of, rates_frame, requests_frame, vs_baseline
-from wattscope.serve.compare import FIGURES as COMPARE_FIGURES, ServeComparison
+from wattscope.serve.compare import FIGURES as COMPARE_FIGURES, ServeComparison, figures_beyond_ci
 from wattscope.stats import relative_half_width
 
 FORMATS = ("text", "md", "csv", "json", "parquet")
@@ -118,7 +117,6 @@ def _ratio_cell(value: float, low: float, high: float) -> str:
 
     if not math.isfinite(value):
         return MISSING
-
     has_ci = math.isfinite(low) and math.isfinite(high)
     return fmt_ratio(RatioValue(value, low if has_ci else None, high if has_ci else None), "")
 
@@ -126,11 +124,6 @@ def _ratio_cell(value: float, low: float, high: float) -> str:
 def vs_fp16_grid(results: list[RateResult]) -> Grid:
     """Each other precision's J per prefill and per decode token over FP16's at the same
     offered rate (``serve.analysis.vs_baseline``); no rows without an FP16 row."""
-    from wattscope.analysis import beyond_ci
-
-    def figure(est: Estimate) -> RatioValue | None:
-        return RatioValue(est.value, est.low, est.high) if math.isfinite(est.value) else None
-
     headers = ["Precision", "Offered /s", "J/prefill tok vs FP16", "J/decode tok vs FP16"]
     rows = []
     for r in results:
@@ -141,7 +134,7 @@ def vs_fp16_grid(results: list[RateResult]) -> Grid:
         for ratio, a, b in zip(vs_baseline(r, results), (base.fit.prefill_j_per_token, base.fit.decode_j_per_token),
                                (r.fit.prefill_j_per_token, r.fit.decode_j_per_token)):
             shown = base.fit.ok and r.fit.ok
-            mark = beyond_ci(figure(a), figure(b)) if shown else ""
+            mark = figures_beyond_ci(a, b) if shown else ""
             row.append(_ratio_cell(ratio.value, ratio.low, ratio.high) + (" beyond CI" if mark == "yes" else ""))
         rows.append(row)
     return Grid(headers, rows, "lrrr")

@@ -50,7 +50,7 @@ class RateResult:
     steps_fit: at.Fit | None  # the same fit on the engine's logged steps, where it logged them
     requests: tuple[RequestEnergy, ...]
     stream_steps: float  # engine steps counted from the streamed bursts (NaN where not counted)
-    merged_bursts: float  # share of bursts holding two tokens of one request (attribution.merged_bursts)
+    merged_bursts: float  # share of bursts holding two tokens of one request (attribution.Bursts.merged)
 
 
 def is_serving(meta: dict) -> bool:
@@ -91,7 +91,7 @@ def analyse(rec: object) -> list[RateResult]:
         times = [at.RequestTimes(r.prompt_tokens, r.sent_ns, r.token_ns) for r in mine]
         bursts = at.bursts(times)
         pre, dec = at.request_activity(times, starts, ends, bursts)
-        counted = at.stream_steps(times, bursts)
+        counted = at.stream_steps(bursts)
         f = at.fit(at.Intervals(starts, ends, de, pre.sum(axis=0), dec.sum(axis=0), counted), idle_fit)
         rp, rd = at.split_requests(f, pre, dec)
         mine_steps = [st for st in steps if ph.start_ns <= st[0] < ph.end_ns]
@@ -111,7 +111,7 @@ def analyse(rec: object) -> list[RateResult]:
                               float(rp[i]) if f.ok else math.nan, float(rd[i]) if f.ok else math.nan)
                 for i, r in enumerate(mine)
             ),
-            float(len(counted)) if counted is not None else math.nan, at.merged_bursts(times, bursts),
+            float(len(counted)) if counted is not None else math.nan, bursts.merged,
         ))
     return out
 

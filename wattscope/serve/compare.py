@@ -52,6 +52,12 @@ def _value(est: Estimate) -> RatioValue | None:
     return RatioValue(est.value, *ends)
 
 
+def figures_beyond_ci(a: Estimate, b: Estimate) -> str:
+    """``analysis.beyond_ci`` of two fits' figures: 'yes' where their 95% intervals do not
+    overlap, 'no' where they do, '' where either has no value or no interval."""
+    return beyond_ci(_value(a), _value(b))
+
+
 def _fit_text(present: bool, ok: Any, reason: Any) -> str:
     if not present:
         return ""
@@ -79,7 +85,7 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
             dof_a = token_dof(int(row["intervals_a"]), int(row["fit_terms_a"])) if row["present"] == "both" else 0
             dof_b = token_dof(int(row["intervals_b"]), int(row["fit_terms_b"])) if row["present"] == "both" else 0
             ratios.append(ratio_estimate(ea, dof_a, eb, dof_b) if row["present"] == "both" else NO_RATIO)
-            marks.append(beyond_ci(_value(ea), _value(eb)))
+            marks.append(figures_beyond_ci(ea, eb))
         out[f"{f}_ratio"] = [r.value for r in ratios]
         out[f"{f}_ratio_low"] = [r.low for r in ratios]
         out[f"{f}_ratio_high"] = [r.high for r in ratios]
