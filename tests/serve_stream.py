@@ -89,17 +89,23 @@ def _serve(sent: list[float], prompts: list[int], max_tokens: list[int], step_j:
     return tokens
 
 
+def all_in_truth(prefill: np.ndarray, decode: np.ndarray, costs: tuple[float, float, float]) -> tuple[float, float]:
+    """J per prefill and per decode token all in, from each step's prompt and decode
+    tokens and the true costs (per prefill token, per decode token, per step): each step's
+    own cost shared by its prefill and decode tokens in proportion to their energies (half
+    each where it has neither), what the report's all-in figures estimate."""
+    a, b, c = costs
+    pa, db = a * np.asarray(prefill, dtype=float), b * np.asarray(decode, dtype=float)
+    tok = pa + db
+    to_prefill = np.divide(pa, tok, out=np.full_like(tok, 0.5), where=tok > 0)
+    return (pa + c * to_prefill).sum() / np.sum(prefill), (db + c * (1 - to_prefill)).sum() / np.sum(decode)
+
+
 def steps_truth(steps: list[tuple[float, float, int, int]], step_j: float) -> tuple[float, float]:
-    """J per prefill and per decode token all in: each step's own cost shared by its
-    prefill and decode tokens in proportion to their energies."""
-    pre = dec = p_all = d_all = 0.0
-    for _, _, p, d in steps:
-        tok = PREFILL_J * p + DECODE_J * d
-        to_decode = DECODE_J * d / tok if tok > 0 else 0.5
-        pre += PREFILL_J * p + (1 - to_decode) * step_j
-        dec += DECODE_J * d + to_decode * step_j
-        p_all, d_all = p_all + p, d_all + d
-    return pre / p_all, dec / d_all
+    """``all_in_truth`` of this stream's engine steps (start, end, prompt tokens, decode
+    tokens) at its costs and ``step_j``."""
+    rows = np.asarray(steps, dtype=float).reshape(-1, 4)
+    return all_in_truth(rows[:, 2], rows[:, 3], (PREFILL_J, DECODE_J, step_j))
 
 
 def event_stream(serve: Serve = SERVE, seed: int = 0, step_j: float = 0.0, refresh_s: float = REFRESH_S,

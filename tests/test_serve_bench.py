@@ -17,7 +17,9 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
+from serve_stream import all_in_truth
 
 from wattscope.cli import main
 from wattscope.config import ConfigError
@@ -373,15 +375,10 @@ step_j = 0.3
 
 
 def _all_in_truth(steps: list[list[int]]) -> tuple[float, float]:
-    """SIM_RUN's costs, each step's own 0.3 J shared by its prefill and decode tokens by
-    their energies: what the report's all-in figures estimate."""
-    pre = dec = p_all = d_all = 0.0
-    for _, _, p, d in steps:
-        a, b = 0.02 * p, 0.2 * d
-        to_prefill = a / (a + b) if a + b > 0 else 0.5
-        pre, dec = pre + a + 0.3 * to_prefill, dec + b + 0.3 * (1 - to_prefill)
-        p_all, d_all = p_all + p, d_all + d
-    return pre / p_all, dec / d_all
+    """SIM_RUN's costs (0.02 J a prompt token, 0.2 J a decode token, 0.3 J a step) on the
+    logged steps: what the report's all-in figures estimate."""
+    rows = np.asarray(steps, dtype=float).reshape(-1, 4)
+    return all_in_truth(rows[:, 2], rows[:, 3], (0.02, 0.2, 0.3))
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
