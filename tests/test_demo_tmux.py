@@ -53,7 +53,9 @@ class Pane:
             if all(n in text for n in needles):
                 return text
             if self.dead():
-                break
+                # The command may have written its last lines between the capture above and
+                # its exit: what a dead pane holds is final, so read it once more.
+                return self.text()
             time.sleep(0.2)
         return text
 
